@@ -1,0 +1,1 @@
+"""nn.Modules only: backbones, DRS classifier, refiner, DeepLab segmenters."""

@@ -1,0 +1,1 @@
+"""LightningModules: classifier, refiner, segmenter (no file I/O here)."""
