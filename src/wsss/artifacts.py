@@ -30,6 +30,7 @@ STAGE_DIRS: dict[str, str] = {
     "seg": "seg",
     "eval": "eval",
     "predict": "predict",
+    "probe": "probe",
 }
 """Pipeline stage name -> folder inside the experiment folder."""
 
@@ -42,8 +43,13 @@ PRODUCER_ARGS: dict[str, str] = {
     "seg": "stage=seg",
     "eval": "stage=eval",
     "predict": "stage=predict",
+    "probe": "stage=probe",
 }
 """Pipeline stage name -> the train.py arguments that produce its folder."""
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class MissingArtifactError(RuntimeError):
@@ -62,6 +68,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; finished files get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,75 @@
+"""Make Lightning's script-relaunching DDP work inside Hydra multirun sweeps.
+
+Lightning's ``strategy=ddp`` starts ranks 1..N-1 by re-executing ``sys.argv``. In a Hydra
+multirun job ``sys.argv`` still holds ``-m`` and the whole sweep, and the DDP environment
+variables of the previous job are still set, so the second job would either relaunch the sweep
+or join a dead process group. ``prepare_job`` fixes both before a job builds its first Trainer;
+``end_job`` tears the process group down afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+DDP_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "WSSS_RUN_ID")
+RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+# Launchers that run several jobs inside worker processes, where relaunching the script cannot work.
+POOLED_LAUNCHERS = ("joblib", "ray", "rq")
+
+
+class UnsupportedLaunchError(RuntimeError):
+    """A launcher/strategy combination that cannot work."""
+
+
+def _hydra_config() -> DictConfig | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun_job() -> bool:
+    from hydra.types import RunMode
+
+    hc = _hydra_config()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def relaunches_script(trainer_cfg: DictConfig) -> bool:
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    return strategy in RELAUNCHING_STRATEGIES
+
+
+def prepare_job(cfg: DictConfig) -> None:
+    """Call at the start of every job, before the first Trainer is built.
+
+    Only acts in a Hydra multirun job: drops DDP variables left by the previous job, points
+    ``sys.argv`` at this job's own overrides and pins ``hydra.run.dir`` to this job's folder, so a
+    re-executed rank rebuilds exactly this job's config in this job's folder.
+    """
+    hc = _hydra_config()
+    if hc is None or not is_multirun_job():
+        return
+    launcher = str(hc.launcher.get("_target_", ""))
+    if relaunches_script(cfg.trainer) and any(name in launcher.lower() for name in POOLED_LAUNCHERS):
+        raise UnsupportedLaunchError(
+            f"trainer.strategy={cfg.trainer.strategy} re-executes the script, which the launcher {launcher} "
+            "cannot host. Use trainer=ddp_spawn with this launcher, or the basic launcher "
+            "(hydra/launcher=basic) or SLURM (hydra/launcher=slurm) with trainer=ddp."
+        )
+    for name in DDP_ENV_VARS:
+        os.environ.pop(name, None)
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    OmegaConf.set_readonly(hc, False)
+    hc.run.dir = hc.runtime.output_dir
+    OmegaConf.set_readonly(hc, True)
+
+
+def end_job() -> None:
+    """Destroy the process group a job created, so the next job starts clean."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,68 @@
+"""wsss entry point: compose the Hydra config, then run one stage or a pipeline of stages.
+
+    python train.py stage=cls experiment=toy exp=demo
+    python train.py stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
+    python train.py -m experiment=toy drs.delta=0.4,0.55,0.7   # a sweep (see conf/sweep/)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from wsss.config import register_resolvers
+
+register_resolvers()
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+log = logging.getLogger("wsss")
+
+
+class MetricNotFoundError(KeyError):
+    """``optimized_metric`` names a metric the run did not produce."""
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
+    from wsss import ddp
+    from wsss.config import print_config, validate
+    from wsss.stages import run_stages
+    from wsss.training import finish_wandb
+
+    ddp.prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
+    validate(cfg)
+    if cfg.get("print_config"):
+        print_config(cfg)
+    try:
+        return run_stages(cfg)
+    finally:
+        finish_wandb()
+        ddp.end_job()
+        log.info("experiment folder: %s", cfg.paths.exp_dir)
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimises; fails loudly when the name is not among the run's metrics."""
+    if not name:
+        return None
+    if name not in metrics:
+        available = ", ".join(sorted(metrics)) or "(none)"
+        raise MetricNotFoundError(
+            f"optimized_metric={name!r} was not produced by this run. Available metrics: {available}"
+        )
+    value = float(metrics[name])
+    return value if math.isfinite(value) else float("nan")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    metrics = task(cfg)
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
