@@ -1,8 +1,8 @@
 """wsss entry point: compose the Hydra config, then run one stage or a pipeline of stages.
 
-    python train.py stage=cls experiment=toy exp=demo
-    python train.py stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
-    python train.py -m experiment=toy drs.delta=0.4,0.55,0.7   # a sweep (see conf/sweep/)
+python train.py stage=cls experiment=toy exp=demo
+python train.py stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
+python train.py -m experiment=toy drs.delta=0.4,0.55,0.7   # a sweep (see conf/sweep/)
 """
 
 from __future__ import annotations
@@ -38,11 +38,23 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("print_config"):
         print_config(cfg)
     try:
-        return run_stages(cfg)
+        metrics = run_stages(cfg)
+        _record_job(cfg, metrics)
+        return metrics
     finally:
         finish_wandb()
         ddp.end_job()
         log.info("experiment folder: %s", cfg.paths.exp_dir)
+
+
+def _record_job(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from wsss.report import save_job_result
+
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        save_job_result(hc.runtime.output_dir, list(hc.overrides.task), str(cfg.paths.exp_dir), metrics)
 
 
 def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:

@@ -111,9 +111,20 @@ def _to_builtin(value: Any) -> Any:
 class Experiment:
     """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage."""
 
-    def __init__(self, root: str | Path, command_prefix: str = "python train.py") -> None:
+    def __init__(
+        self, root: str | Path, runs: str | Path | None = None, command_prefix: str = "python train.py"
+    ) -> None:
         self.root = Path(root)
+        self.runs = Path(runs) if runs is not None else self.root.parent
         self.command_prefix = command_prefix
+
+    @property
+    def name(self) -> str:
+        """The ``exp`` value that selects this folder under ``paths.runs``."""
+        try:
+            return self.root.relative_to(self.runs).as_posix()
+        except ValueError:
+            return self.root.name
 
     def stage_dir(self, stage: str) -> Path:
         """Folder of a pipeline stage (see ``STAGE_DIRS``)."""
@@ -125,7 +136,7 @@ class Experiment:
         return (self.stage_dir(stage) / COMPLETE).is_file()
 
     def producer_command(self, stage: str) -> str:
-        return f"{self.command_prefix} {PRODUCER_ARGS[stage]} exp={self.root.name} paths.runs={self.root.parent}"
+        return f"{self.command_prefix} {PRODUCER_ARGS[stage]} exp={self.name} paths.runs={self.runs}"
 
     def require(self, stage: str) -> Path:
         """Return the folder of a finished upstream stage, or raise naming the command that makes it."""

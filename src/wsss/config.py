@@ -48,7 +48,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.drs.mode, DRS_MODES, "drs.mode")
     bad_layers = [layer for layer in cfg.drs.placement if layer not in DRS_LAYERS]
     if bad_layers:
-        raise ConfigError(f"drs.placement has unknown layers {bad_layers}; use a list drawn from {list(DRS_LAYERS)}")
+        raise ConfigError(
+            f"drs.placement has unknown layers {bad_layers}; use a list drawn from {list(DRS_LAYERS)}"
+        )
     if not 0.0 < float(cfg.drs.delta) <= 1.0:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")

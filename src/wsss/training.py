@@ -31,7 +31,9 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
     lcfg = cfg.logger
     name = lcfg.get("name", "none")
     if name not in LOGGERS:
-        raise ValueError(f"logger.name={name!r} is not one of {LOGGERS}; pick logger=wandb|csv|tensorboard|none")
+        raise ValueError(
+            f"logger.name={name!r} is not one of {LOGGERS}; pick logger=wandb|csv|tensorboard|none"
+        )
     if name == "none":
         return None
     save_dir = Path(lcfg.save_dir)
@@ -106,7 +108,9 @@ def build_trainer(
         kwargs.setdefault(key, value)
     if logger is True:
         logger = build_logger(cfg, stage)
-    all_callbacks = build_callbacks(cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint)
+    all_callbacks = build_callbacks(
+        cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint
+    )
     all_callbacks += callbacks or []
     return pl.Trainer(
         default_root_dir=str(out_dir),
@@ -138,7 +142,9 @@ def log_image(logger: Logger | None, key: str, png_path: str | Path, step: int |
         logger.log_image(key=key, images=[str(png_path)], step=step)
     elif isinstance(logger, TensorBoardLogger):
         with Image.open(png_path) as img:
-            logger.experiment.add_image(key, np.asarray(img.convert("RGB")), global_step=step or 0, dataformats="HWC")
+            logger.experiment.add_image(
+                key, np.asarray(img.convert("RGB")), global_step=step or 0, dataformats="HWC"
+            )
 
 
 def log_table(logger: Logger | None, key: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -40,10 +40,17 @@ REGISTRY: dict[str, tuple[str, str | None]] = {
 RANK_ZERO_STAGES = ("pseudo", "eval", "predict")
 
 
+def auto_pipeline(pseudo_source: str) -> list[str]:
+    """The full method; refinement (DRS-dagger) only when pseudo labels come from refined maps."""
+    refinement = ["refine", "maps_refine"] if pseudo_source == "refine" else []
+    return ["cls", "maps_cls", *refinement, "pseudo", "seg", "eval"]
+
+
 def pipeline_name(cfg: DictConfig) -> list[str]:
     """The pipeline stage names ``cfg.stage`` asks for, in order."""
     if cfg.stage == "pipeline":
-        stages = list(cfg.pipeline.stages)
+        stages = cfg.pipeline.stages
+        stages = auto_pipeline(cfg.pseudo.source) if stages == "auto" else list(stages)
     elif cfg.stage == "maps":
         stages = [f"maps_{cfg.maps.source}"]
     else:
@@ -84,7 +91,7 @@ def save_config(cfg: DictConfig, folder: Path) -> None:
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.stage`` (or the pipeline) and return ``{"<stage>/<metric>": value}``."""
-    exp = Experiment(cfg.paths.exp_dir)
+    exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
     results: dict[str, Any] = {}
     is_pipeline = cfg.stage == "pipeline"
     for name in pipeline_name(cfg):

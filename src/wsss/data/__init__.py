@@ -1,0 +1,1 @@
+"""Datasets, transforms, the DataModule and the toy-data generator."""

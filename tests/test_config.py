@@ -1,0 +1,68 @@
+"""Every recipe and sweep composes; bad values are rejected with the allowed choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose_config
+from wsss.config import ConfigError, validate
+from wsss.stages import auto_pipeline, pipeline_name
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml"))
+
+
+def test_recipes_and_sweeps_exist() -> None:
+    assert {"toy", "paper_vgg16", "paper_r101_aspp", "release"} <= set(EXPERIMENTS)
+    assert {"table1_delta", "table2_layers", "table3_refine", "table4_seg"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_resolves(name: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"experiment={name}"], runs=tmp_path / "runs")
+    validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["paths"]["exp_dir"].startswith(str(tmp_path / "runs"))
+    assert pipeline_name(cfg)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_composes_and_resolves(name: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"sweep={name}", "experiment=toy"], runs=tmp_path / "runs")
+    validate(cfg)
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.stage == "pipeline"
+    assert cfg.optimized_metric == "eval/miou"
+    assert cfg.hydra.sweeper.params, "a sweep must sweep something"
+    for key in cfg.hydra.sweeper.params:
+        OmegaConf.select(cfg, key, throw_on_missing=True) if "/" not in key else None
+
+
+def test_auto_pipeline_follows_pseudo_source() -> None:
+    assert auto_pipeline("refine") == ["cls", "maps_cls", "refine", "maps_refine", "pseudo", "seg", "eval"]
+    assert auto_pipeline("cls") == ["cls", "maps_cls", "pseudo", "seg", "eval"]
+
+
+def test_maps_stage_name_follows_source(tmp_path: Path) -> None:
+    cfg = compose_config(["stage=maps", "maps.source=refine"], runs=tmp_path)
+    assert pipeline_name(cfg) == ["maps_refine"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("protocol=papr", "protocol='papr' is not supported; choose one of: paper, release"),
+        ("drs.placement=[layer7]", "drs.placement has unknown layers ['layer7']"),
+        ("drs.delta=1.5", "drs.delta=1.5 must be in (0, 1]"),
+        ("maps.source=seg", "maps.source='seg' is not supported; choose one of: cls, refine"),
+        ("data.num_classes=21", "data.num_classes=21"),
+    ],
+)
+def test_bad_values_are_rejected(override: str, message: str, tmp_path: Path) -> None:
+    cfg = compose_config([override], runs=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert message in str(err.value)
