@@ -1,0 +1,193 @@
+"""``make demo``: the whole method on the built-in toy data, with the paper's comparison.
+
+Runs four pipelines on CPU with the tiny backbone (maps -> pseudo labels -> segmentation -> eval):
+plain CAM (DRS off), DRS with the learnable controller, DRS with delta=0.55, and learnable DRS +
+refinement (DRS†, which reuses the learnable run's classifier). Prints one table and writes a
+Figure-1-style grid (image | CAM | DRS | DRS†).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss.artifacts import Experiment
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    title: str
+    overrides: tuple[str, ...]
+    maps_stage: str  # the maps the pseudo labels were made from
+    reuse: str | None = None  # take cls + maps_cls from this variant's folder
+
+
+VARIANTS = (
+    Variant("cam", "CAM (no DRS)", ("drs=off", "pseudo.source=cls"), "maps_cls"),
+    Variant("drs", "DRS learnable", ("drs=learnable", "pseudo.source=cls"), "maps_cls"),
+    Variant("delta", "DRS delta=0.55", ("drs=fixed", "drs.delta=0.55", "pseudo.source=cls"), "maps_cls"),
+    Variant(
+        "dagger",
+        "DRS learnable + refine (DRS†)",
+        ("drs=learnable", "pseudo.source=refine"),
+        "maps_refine",
+        "drs",
+    ),
+)
+
+
+def run_variant(variant: Variant, runs: Path, extra: list[str], threads: int) -> subprocess.CompletedProcess:
+    """Run one pipeline in its own process; its log goes to ``<runs>/<key>.log``."""
+    if variant.reuse:
+        for stage in ("cls", "maps_cls"):
+            src = Experiment(runs / variant.reuse).stage_dir(stage)
+            dst = Experiment(runs / variant.key).stage_dir(stage)
+            if not dst.exists():
+                shutil.copytree(src, dst)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WSSS_THREADS": str(threads)}
+    env.setdefault("WANDB_MODE", "offline")
+    env.pop("WSSS_RUN_ID", None)
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "stage=pipeline",
+        "experiment=toy",
+        f"exp={variant.key}",
+        f"paths.runs={runs}",
+        "logger=csv",
+        "print_config=false",
+        "trainer.enable_progress_bar=false",
+        *variant.overrides,
+        *extra,
+    ]
+    log_path = runs / f"{variant.key}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-4000:]
+        raise RuntimeError(
+            f"demo variant {variant.key!r} failed (exit {proc.returncode}); log {log_path}:\n{tail}"
+        )
+    return proc
+
+
+def collect(runs: Path) -> list[dict]:
+    rows = []
+    for v in VARIANTS:
+        exp = Experiment(runs / v.key)
+        maps, pseudo, seg = exp.metrics(v.maps_stage), exp.metrics("pseudo"), exp.metrics("eval")
+        rows.append(
+            {
+                "variant": v.title,
+                "seed_miou": maps.get("miou"),
+                "best_threshold": maps.get("best_threshold"),
+                "pseudo_miou": pseudo.get("miou"),
+                "pseudo_precision": pseudo.get("precision"),
+                "pseudo_recall": pseudo.get("recall"),
+                "seg_miou": seg.get("miou"),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="DRS on the toy data (mIoU etc. in %, maps/pseudo on toy train, segmentation on toy val)"
+    )
+    columns = [
+        ("variant", "variant"),
+        ("seed mIoU", "seed_miou"),
+        ("bg thr", "best_threshold"),
+        ("pseudo mIoU", "pseudo_miou"),
+        ("pseudo prec.", "pseudo_precision"),
+        ("pseudo rec.", "pseudo_recall"),
+        ("seg mIoU", "seg_miou"),
+    ]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title == "variant" else "right")
+    for row in rows:
+        cells = []
+        for _, key in columns:
+            value = row[key]
+            if key == "variant":
+                cells.append(value)
+            elif value is None:
+                cells.append("-")
+            else:
+                cells.append(f"{value:.2f}" if key == "best_threshold" else f"{100 * value:.1f}")
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
+    """Image | CAM | DRS | DRS† for the first toy train images with masks."""
+    from wsss.data.voc import VOCDataset
+    from wsss.maps import figure1
+
+    dataset = VOCDataset(data_root, "train")
+    map_dirs = {
+        "CAM": Experiment(runs / "cam").stage_dir("maps_cls"),
+        "DRS": Experiment(runs / "drs").stage_dir("maps_cls"),
+        "DRS†": Experiment(runs / "dagger").stage_dir("maps_refine"),
+    }
+    return figure1(list(dataset.ids[:n_images]), dataset, map_dirs, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=REPO / "runs" / "demo", help="where the four experiments go"
+    )
+    parser.add_argument("--resume", action="store_true", help="keep finished stages of an earlier demo run")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="pipelines run at once (each gets cores/jobs threads)"
+    )
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant, e.g. seed=1")
+    args = parser.parse_args(argv)
+
+    start = time.time()
+    if args.runs.exists() and not args.resume:
+        shutil.rmtree(args.runs)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    by_key = {v.key: v for v in VARIANTS}
+    waves = [["cam", "drs"], ["delta", "dagger"]] if args.jobs > 1 else [[v.key] for v in VARIANTS]
+    for wave in waves:
+        print(f"[demo] running {', '.join(by_key[k].title for k in wave)} ...", flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads) for k in wave]
+            for future in futures:
+                future.result()
+    print_table(collect(args.runs))
+    data_root = _toy_root(args.runs)
+    fig = figure(args.runs, args.runs / "figure1.png", data_root)
+    print(f"[demo] Figure-1 grid (image | CAM | DRS | DRS†): {fig}")
+    print(f"[demo] experiment folders and logs: {args.runs}")
+    print(f"[demo] finished in {time.time() - start:.0f} s")
+
+
+def _toy_root(runs: Path) -> Path:
+    """The toy data folder the variants used (read from a saved stage config)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Experiment(runs / "cam").stage_dir("cls") / "config.yaml")
+    return Path(cfg.data.root)
+
+
+if __name__ == "__main__":
+    main()
