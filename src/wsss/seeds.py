@@ -1,0 +1,122 @@
+"""Seed evaluation: how well localization maps alone segment images, over a background-threshold sweep.
+
+For a threshold t, a pixel's label is the argmax over [t (background), maps of the present classes],
+ties going to background; i.e. the top present class where its map value exceeds t, else background.
+One 21x21 confusion matrix per threshold is accumulated over the split (255 ignored), and the
+threshold with the best mIoU is reported with that mIoU, mean precision and mean recall.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.data.maps_io import load_maps
+from wsss.metrics import confusion_matrix, scores_from_confusion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 13))
+"""0.05, 0.10, ..., 0.60."""
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (K, h, w) maps to ``size`` (H, W) (half-pixel centres, like the pipeline)."""
+    if maps.shape[0] == 0:
+        return np.zeros((0, *size), np.float32)
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    out = F.interpolate(torch.from_numpy(maps)[None], size=tuple(size), mode="bilinear", align_corners=False)
+    return out[0].numpy()
+
+
+class SeedSweep:
+    """Accumulates one confusion matrix per background threshold."""
+
+    def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, num_classes: int = 21) -> None:
+        if not thresholds:
+            raise ValueError("maps.thresholds is empty; give e.g. [0.05, 0.10, ..., 0.60]")
+        self.thresholds = [float(t) for t in thresholds]
+        self.num_classes = num_classes
+        self.cms = np.zeros((len(self.thresholds), num_classes, num_classes), dtype=np.int64)
+        self.images = 0
+
+    def update(self, classes: np.ndarray, maps: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image: present classes (0-based), their maps (K, h, w) and its mask (H, W)."""
+        gt = np.asarray(gt)
+        maps = resize_maps(np.asarray(maps, dtype=np.float32), gt.shape)
+        if maps.shape[0]:
+            top = maps.max(axis=0)
+            top_class = np.asarray(classes, dtype=np.int64)[maps.argmax(axis=0)] + 1
+        else:
+            top = np.zeros(gt.shape, np.float32)
+            top_class = np.zeros(gt.shape, np.int64)
+        for k, t in enumerate(self.thresholds):
+            self.cms[k] += confusion_matrix(np.where(top > t, top_class, 0), gt, self.num_classes)
+        self.images += 1
+
+    def curve(self) -> list[dict[str, float]]:
+        """Per threshold: threshold, miou, precision, recall."""
+        rows = []
+        for t, cm in zip(self.thresholds, self.cms, strict=True):
+            s = scores_from_confusion(cm)
+            rows.append(
+                {"threshold": t, "miou": s["miou"], "precision": s["precision"], "recall": s["recall"]}
+            )
+        return rows
+
+    def compute(self) -> dict[str, float]:
+        """The best threshold (highest mIoU; the lowest such threshold on ties) and its scores."""
+        if self.images == 0:
+            raise ValueError("no image was scored; the seed evaluation needs maps for images with masks")
+        rows = self.curve()
+        best = max(range(len(rows)), key=lambda k: (np.nan_to_num(rows[k]["miou"], nan=-1.0), -k))
+        return {
+            "best_threshold": rows[best]["threshold"],
+            "miou": rows[best]["miou"],
+            "precision": rows[best]["precision"],
+            "recall": rows[best]["recall"],
+            "seed_images": self.images,
+        }
+
+
+def evaluate_seeds(
+    maps_dir: str | Path,
+    ids: Sequence[str],
+    mask: Callable[[int], np.ndarray],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps.
+
+    Returns the flat metrics (with ``seed_missing``: ids without a maps file) and the sweep curve.
+    """
+    maps_dir = Path(maps_dir)
+    sweep = SeedSweep(thresholds)
+    missing = 0
+    for i, image_id in enumerate(ids):
+        path = maps_dir / f"{image_id}.npz"
+        if not path.is_file():
+            missing += 1
+            continue
+        classes, maps = load_maps(path)
+        sweep.update(classes, maps, mask(i))
+    if sweep.images == 0:
+        raise ValueError(
+            f"none of the {len(ids)} evaluation images has a maps file in {maps_dir}; "
+            "data.eval_split must be part of maps.split (VOC: train within train_aug)"
+        )
+    if missing:
+        log.warning(
+            "seed evaluation: %d of %d images have no maps in %s and were left out",
+            missing,
+            len(ids),
+            maps_dir,
+        )
+    metrics = sweep.compute()
+    metrics["seed_missing"] = missing
+    return metrics, sweep.curve()

@@ -1,0 +1,222 @@
+"""Localization maps: normalisation, scale fusion, flip, the writer, resuming and checkpoint loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wsss.data.maps_io import load_maps
+from wsss.maps import EPS, figure1, load_state, multiscale_maps, pending_indices, scale_sizes, write_maps
+
+NUM_CLASSES = 20
+
+
+class AffineScores(nn.Module):
+    """F_c = w_c * x[0] + b_c at the input resolution (stride 1), so maps can be computed by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        w = torch.zeros(NUM_CLASSES)
+        b = torch.zeros(NUM_CLASSES)
+        w[0], b[0] = 1.0, 0.0  # class 0: x
+        w[2], b[2] = 1.0, -2.5  # class 2: x - 2.5
+        w[5], b[5] = 0.0, 10.0  # class 5: strong everywhere but absent from the label
+        self.register_buffer("w", w)
+        self.register_buffer("b", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * self.w[None, :, None, None] + self.b[None, :, None, None]
+
+
+class ToyInfer(torch.utils.data.Dataset):
+    """The ``infer`` sample layout: image (3, H, W), label (20,), id. ``fail_at`` raises like a crash."""
+
+    def __init__(self, n: int, size: int = 8, fail_at: int | None = None, varied: bool = False) -> None:
+        self.ids = [f"img_{i:03d}" for i in range(n)]
+        self.size = size
+        self.fail_at = fail_at
+        self.varied = varied
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.fail_at is not None and i == self.fail_at:
+            raise RuntimeError("simulated crash")
+        g = torch.Generator().manual_seed(i)
+        h = self.size + (i % 3) * 4 if self.varied else self.size
+        label = torch.zeros(NUM_CLASSES)
+        label[[i % 20, (i * 7 + 3) % 20]] = 1
+        return {"image": torch.rand(3, h, self.size, generator=g), "label": label, "id": self.ids[i]}
+
+
+def _trainer() -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+
+
+def test_known_scores_give_hand_computed_maps_and_absent_classes_are_not_stored(tmp_path: Path) -> None:
+    class One(torch.utils.data.Dataset):
+        ids = ["a"]
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> dict:
+            image = torch.zeros(3, 2, 2)
+            image[0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+            label = torch.zeros(NUM_CLASSES)
+            label[[0, 2]] = 1
+            return {"image": image, "label": label, "id": "a"}
+
+    counts = write_maps(_trainer(), AffineScores(), One(), tmp_path, scales=[1.0], dtype="float16")
+    assert counts == {"images": 1, "skipped": 0, "written": 1}
+    classes, maps = load_maps(tmp_path / "a.npz")
+    assert classes.tolist() == [0, 2]  # class 5 scores 10 everywhere but is not in the label
+    expected0 = np.array([[1, 2], [3, 4]]) / (4 + EPS)
+    expected2 = np.array([[0, 0], [0.5, 1.5]]) / (1.5 + EPS)
+    np.testing.assert_allclose(maps[0], expected0, atol=1e-3)
+    np.testing.assert_allclose(maps[1], expected2, atol=1e-3)
+
+
+def test_uint8_maps_are_scaled_by_255(tmp_path: Path) -> None:
+    ds = ToyInfer(1)
+    write_maps(_trainer(), AffineScores(), ds, tmp_path, dtype="uint8")
+    with np.load(tmp_path / "img_000.npz") as data:
+        assert data["maps"].dtype == np.uint8 and data["maps"].max() == 255
+
+
+def test_scale_sizes_relative_and_absolute() -> None:
+    assert scale_sizes([256, 0.5, 1.0], (100, 200)) == [(256, 256), (50, 100), (100, 200)]
+    with pytest.raises(ValueError, match="maps.scales"):
+        scale_sizes([], (10, 10))
+    with pytest.raises(ValueError, match="positive"):
+        scale_sizes([-1.0], (10, 10))
+
+
+class WidthDependent(nn.Module):
+    """4x4 output whatever the input: width 4 -> ones with column 0 = 2; width 8 -> tens with column 3 = 20."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ones(x.shape[0], NUM_CLASSES, 4, 4)
+        if x.shape[-1] == 4:
+            out[..., 0] = 2.0
+        else:
+            out = out * 10
+            out[..., 3] = 20.0
+        return out
+
+
+def test_each_scale_is_normalised_by_its_own_max_then_fused_by_max() -> None:
+    maps = multiscale_maps(WidthDependent(), torch.zeros(1, 3, 4, 4), scales=[1.0, 2.0])
+    row = maps[0, 0, 0].numpy()
+    # scale 1: [2, 1, 1, 1] / 2; scale 2: [10, 10, 10, 20] / 20; max -> [1, .5, .5, 1]
+    np.testing.assert_allclose(row, [2 / (2 + EPS), 0.5, 0.5, 20 / (20 + EPS)], atol=1e-5)
+
+
+class LeftBump(nn.Module):
+    """Scores 1 everywhere plus 3 in the leftmost column, whatever the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ones(x.shape[0], NUM_CLASSES, *x.shape[-2:])
+        out[..., 0] += 3.0
+        return out
+
+
+def test_flip_adds_the_mirrored_view() -> None:
+    images = torch.zeros(1, 3, 2, 4)
+    plain = multiscale_maps(LeftBump(), images, flip=False)[0, 0, 0].numpy()
+    flipped = multiscale_maps(LeftBump(), images, flip=True)[0, 0, 0].numpy()
+    np.testing.assert_allclose(plain, [1, 0.25, 0.25, 0.25], atol=1e-4)
+    np.testing.assert_allclose(flipped, [1, 0.25, 0.25, 1], atol=1e-4)
+
+
+def test_labels_zero_absent_classes() -> None:
+    labels = torch.zeros(1, NUM_CLASSES)
+    labels[0, 3] = 1
+    maps = multiscale_maps(LeftBump(), torch.zeros(1, 3, 2, 4), labels=labels)
+    assert maps[0, 3].max() > 0.99 and maps[0, torch.arange(NUM_CLASSES) != 3].abs().max() == 0
+
+
+def test_images_of_different_sizes_are_written_at_their_size(tmp_path: Path) -> None:
+    ds = ToyInfer(5, size=8, varied=True)
+    write_maps(_trainer(), AffineScores(), ds, tmp_path, batch_size=5, writer_threads=0)
+    for i, image_id in enumerate(ds.ids):
+        classes, maps = load_maps(tmp_path / f"{image_id}.npz")
+        assert maps.shape == (2, 8 + (i % 3) * 4, 8)
+        assert sorted(classes.tolist()) == sorted({i % 20, (i * 7 + 3) % 20})
+
+
+def test_killed_run_resumed_equals_a_clean_run(tmp_path: Path) -> None:
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    write_maps(_trainer(), AffineScores(), ToyInfer(7), clean, batch_size=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        write_maps(_trainer(), AffineScores(), ToyInfer(7, fail_at=5), resumed, batch_size=2)
+    done = sorted(p.name for p in resumed.glob("*.npz"))
+    assert done == [f"img_{i:03d}.npz" for i in range(4)]  # batches [0,1] and [2,3] made it
+    mtimes = {name: (resumed / name).stat().st_mtime_ns for name in done}
+    counts = write_maps(_trainer(), AffineScores(), ToyInfer(7), resumed, batch_size=2)
+    assert counts == {"images": 7, "skipped": 4, "written": 3}
+    assert {name: (resumed / name).stat().st_mtime_ns for name in done} == mtimes  # not rewritten
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in clean.iterdir())
+    for path in clean.glob("*.npz"):
+        with np.load(path) as a, np.load(resumed / path.name) as b:
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+    assert write_maps(_trainer(), AffineScores(), ToyInfer(7), resumed)["written"] == 0
+
+
+def test_overwrite_rewrites_everything(tmp_path: Path) -> None:
+    write_maps(_trainer(), AffineScores(), ToyInfer(3), tmp_path)
+    assert pending_indices(["img_000", "img_001", "img_002", "x"], tmp_path) == [3]
+    assert write_maps(_trainer(), AffineScores(), ToyInfer(3), tmp_path, overwrite=True)["written"] == 3
+
+
+def test_bad_dtype_is_rejected_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="maps.dtype='int8'.*uint8, float16"):
+        write_maps(_trainer(), AffineScores(), ToyInfer(1), tmp_path, dtype="int8")
+
+
+def test_load_state_strips_the_lightning_prefix(tmp_path: Path) -> None:
+    net = nn.Conv2d(3, 2, 1)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    state = load_state(tmp_path / "best.ckpt")
+    assert sorted(state) == ["bias", "weight"]
+    assert torch.equal(state["weight"], net.weight.detach())
+    with pytest.raises(KeyError, match="no weights under 'net.'"):
+        load_state(tmp_path / "best.ckpt", prefix="net.")
+    with pytest.raises(FileNotFoundError, match="train the stage"):
+        load_state(tmp_path / "missing.ckpt")
+
+
+class FigureData:
+    ids = ["a", "b"]
+
+    def image(self, i: int) -> np.ndarray:
+        return np.full((20, 30, 3), 40 * (i + 1), dtype=np.uint8)
+
+
+def test_figure1_has_one_column_per_existing_map_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from wsss.data.maps_io import save_maps
+
+    cam, drs = tmp_path / "cam", tmp_path / "drs"
+    save_maps(cam / "a.npz", np.array([1]), np.ones((1, 10, 15)))
+    save_maps(drs / "a.npz", np.array([1]), np.ones((1, 20, 30)))
+    dirs = {"CAM": cam, "DRS": drs, "DRS†": tmp_path / "absent"}
+    png = figure1(["a", "b"], FigureData(), dirs, tmp_path / "fig" / "figure1.png", cell=50)
+    with Image.open(png) as img:
+        assert img.size == (3 * 50, 18 + 2 * 50)  # image | CAM | DRS; two rows
+        pixels = np.asarray(img.convert("RGB"))
+    assert tuple(pixels[18 + 50 + 5, 50 + 5]) == (128, 128, 128)  # "b" has no CAM maps: grey panel
+    with pytest.raises(KeyError, match="not in the dataset"):
+        figure1(["zzz"], FigureData(), dirs, tmp_path / "f.png")
