@@ -1,0 +1,126 @@
+"""The refinement task (DRS-dagger): target, loss, schedule, checkpoint keys, protocol default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from wsss.maps import load_state
+from wsss.stages.refine import top_class_only
+from wsss.tasks.refiner import RefinerTask, keep_top_class
+
+NUM_CLASSES = 20
+
+
+def tiny_net() -> nn.Module:
+    """Output stride 2, like the real network's stride 8 in miniature."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, NUM_CLASSES, 1))
+
+
+class ToyMaps(torch.utils.data.Dataset):
+    """Images with a bright square; the map of one class is 1 on the square (0.5 for a second class)."""
+
+    def __init__(self, n: int = 4, size: int = 32) -> None:
+        self.samples = []
+        g = torch.Generator().manual_seed(1)
+        for i in range(n):
+            image = torch.rand(3, size, size, generator=g) * 0.2
+            maps = torch.zeros(NUM_CLASSES, size, size)
+            y, x = 4 + 4 * i, 6 + 3 * i
+            image[:, y : y + 12, x : x + 12] += 1.0
+            maps[i % 3, y : y + 12, x : x + 12] = 1.0
+            maps[10, y : y + 12, x : x + 12] = 0.5
+            self.samples.append({"image": image, "maps": maps, "label": (maps.amax((1, 2)) > 0).float()})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.samples[i]
+
+
+def _loss(task: RefinerTask, data: ToyMaps) -> float:
+    task.eval()
+    with torch.no_grad():
+        return sum(
+            float(nn.functional.mse_loss(task(s["image"][None]), s["maps"][None])) for s in data
+        ) / len(data)
+
+
+def _fit(task: RefinerTask, data: ToyMaps, epochs: int, root: Path) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        enable_checkpointing=False,
+    )
+    trainer.fit(task, torch.utils.data.DataLoader(data, batch_size=2, shuffle=True))
+    return trainer
+
+
+def test_keep_top_class_by_hand() -> None:
+    maps = torch.tensor([[[0.2, 0.9]], [[0.7, 0.1]], [[0.0, 0.0]]])[None]  # (1, 3, 1, 2)
+    top = keep_top_class(maps)
+    assert top[0, :, 0, 0].tolist() == pytest.approx([0.0, 0.7, 0.0])
+    assert top[0, :, 0, 1].tolist() == pytest.approx([0.9, 0.0, 0.0])
+
+
+def test_output_is_upsampled_to_the_input_size() -> None:
+    task = RefinerTask(tiny_net())
+    assert task(torch.zeros(2, 3, 30, 22)).shape == (2, NUM_CLASSES, 30, 22)
+
+
+def test_refiner_overfits_toy_maps(tmp_path: Path) -> None:
+    data = ToyMaps()
+    task = RefinerTask(tiny_net(), lr=1e-2, lr_steps=[100])
+    before = _loss(task, data)
+    _fit(task, data, epochs=40, root=tmp_path)
+    after = _loss(task, data)
+    assert after < 0.25 * before, (before, after)
+
+
+def test_release_target_keeps_only_the_top_class(tmp_path: Path) -> None:
+    sample = ToyMaps(1)[0]
+    task = RefinerTask(tiny_net(), top_class_only=True)
+    target = task.target(sample["maps"][None])
+    assert target[0, 10].max() == 0  # the 0.5 class loses to the 1.0 class on the square
+    assert target[0, 0].max() == 1
+    assert RefinerTask(tiny_net()).target(sample["maps"][None])[0, 10].max() == 0.5
+
+
+def test_lr_steps_per_epoch_and_checkpoint_keys_load_into_the_net(tmp_path: Path) -> None:
+    task = RefinerTask(tiny_net(), lr=1e-3, lr_steps=[1], lr_gamma=0.1)
+    trainer = _fit(task, ToyMaps(2), epochs=2, root=tmp_path)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
+    trainer.save_checkpoint(tmp_path / "best.ckpt")
+    state = load_state(tmp_path / "best.ckpt")  # weights_only=True: hyperparameters must be plain
+    net = tiny_net()
+    net.load_state_dict(state)
+    assert torch.equal(net[0].weight, task.model[0].weight)
+
+
+def test_maps_of_another_size_are_rejected() -> None:
+    task = RefinerTask(tiny_net())
+    batch = {"image": torch.zeros(1, 3, 16, 16), "maps": torch.zeros(1, NUM_CLASSES, 8, 8)}
+    with pytest.raises(ValueError, match="differ in size"):
+        task.training_step(batch, 0)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "value", "expected"),
+    [("paper", None, False), ("release", None, True), ("paper", True, True), ("release", False, False)],
+)
+def test_top_class_only_follows_the_protocol_when_null(
+    protocol: str, value: bool | None, expected: bool
+) -> None:
+    cfg = OmegaConf.create({"protocol": protocol, "refine": {"top_class_only": value}})
+    assert top_class_only(cfg) is expected
