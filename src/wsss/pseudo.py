@@ -1,0 +1,266 @@
+"""Pseudo segmentation labels from localization maps and saliency (pure numpy rules).
+
+All rules take dense maps (20, h, w) in [0, 1] (zeros for classes absent from the image label),
+resize them bilinearly to the label size (the saliency size, or ``size``) when they differ, and
+return a (H, W) uint8 label: 0 background, 1..20 classes, 255 ignore.
+
+``paper`` (paper "Pseudo segmentation label generation"; alpha=0.2, beta=0.06):
+  object cue where the highest map value > alpha (that class wins; equal values go to the lower class
+  index); background cue where saliency / 255 < beta; pixels in neither cue are 255.
+  The paper does not say what a pixel in both cues becomes. Our reading (``conflict="background"``,
+  the default): background, as in the authors' release, where non-salient pixels are background
+  whatever the maps say. ``conflict="object"`` keeps the class, ``conflict="ignore"`` makes it 255.
+
+``release`` (the authors' ``pseudo_seg_label_gen.py``):
+  map values below alpha=0.2 are zeroed; saliency is binarised (salient where > 50 of 255); the
+  background score is 1 - that binary map (so 1 on non-salient pixels, 0 on salient ones; the
+  continuous saliency is not used); label = argmax over [background, 20 maps] with ties to background
+  (so a non-salient pixel is background); a pixel where more than two of the 21 channels exceed 0.9
+  becomes 255; a salient pixel that lands on background becomes 255.
+
+``fallback`` (no saliency):
+  background where no map exceeds ``bg_threshold`` (every map <= threshold), else the top class; no
+  ignore. This is the seed label of the maps stage at that threshold (argmax over [threshold, maps],
+  ties to background), so ``maps/*/metrics.json`` (``best_threshold``) shows which value fits.
+
+Dense CRF (optional): the rule's score stack [background, maps] is normalised per pixel into
+probabilities over background + the classes present, refined by ``wsss.crf.dense_crf``, and each pixel
+takes the CRF's most probable class. Ignore regions are kept: a pixel the rule makes 255 stays 255 (the
+CRF sharpens boundaries between the cues, it never turns an uncertain pixel into a label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from wsss.data.palette import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from wsss.crf import CRFParams
+
+PROTOCOLS = ("paper", "release")
+BACKGROUNDS = ("saliency", "fallback")
+CONFLICTS = ("background", "object", "ignore")
+
+RELEASE_SALIENT_ABOVE = 50
+"""Release: a saliency value (0..255) above this is salient."""
+RELEASE_CONFIDENT = 0.9
+"""Release: a channel above this is confident ..."""
+RELEASE_MAX_CONFIDENT = 2
+"""... and a pixel with more confident channels than this is ignored."""
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (K, h, w) maps to ``size`` = (H, W), half-pixel centres (as torch's
+    ``align_corners=False``); returns float32 (K, H, W)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (K, H, W), got shape {maps.shape}")
+    height, width = int(size[0]), int(size[1])
+    if maps.shape[1:] == (height, width):
+        return maps
+    if maps.shape[0] == 0:
+        return np.zeros((0, height, width), np.float32)
+    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0))
+    resized = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(resized.reshape(height, width, -1).transpose(2, 0, 1))
+
+
+def _saliency(saliency: np.ndarray | None, protocol: str) -> np.ndarray:
+    if saliency is None:
+        raise ValueError(
+            f"the {protocol} pseudo-label rule needs a saliency map; set data.saliency_dir=<folder of "
+            "saliency PNGs> or use the no-saliency rule (pseudo.background=fallback)"
+        )
+    saliency = np.asarray(saliency)
+    if saliency.ndim != 2 or saliency.dtype != np.uint8:
+        raise ValueError(
+            f"saliency must be a (H, W) uint8 array (0..255), got {saliency.dtype} {saliency.shape}"
+        )
+    return saliency
+
+
+def _top(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Highest map value per pixel and its class id (1..20)."""
+    return maps.max(axis=0), maps.argmax(axis=0).astype(np.uint8) + 1
+
+
+def paper_scores(maps: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """Score stack [1 - saliency / 255, maps] (21, H, W) the paper rule's CRF starts from."""
+    saliency = _saliency(saliency, "paper")
+    maps = resize_maps(maps, saliency.shape)
+    return np.concatenate([1.0 - saliency[None].astype(np.float32) / 255.0, maps])
+
+
+def paper_label(
+    maps: np.ndarray,
+    saliency: np.ndarray | None,
+    alpha: float = 0.2,
+    beta: float = 0.06,
+    conflict: str = "background",
+) -> np.ndarray:
+    """Paper rule: object cue where max map > alpha, background where saliency / 255 < beta, else 255."""
+    if conflict not in CONFLICTS:
+        raise ValueError(f"conflict={conflict!r}; choose one of {CONFLICTS}")
+    saliency = _saliency(saliency, "paper")
+    maps = resize_maps(maps, saliency.shape)
+    top, top_class = _top(maps)
+    obj = top > alpha
+    bg = saliency.astype(np.float32) / 255.0 < beta
+    label = np.full(saliency.shape, IGNORE_INDEX, np.uint8)
+    label[obj] = top_class[obj]
+    if conflict == "background":
+        label[bg] = 0
+    else:
+        label[bg & ~obj] = 0
+        if conflict == "ignore":
+            label[bg & obj] = IGNORE_INDEX
+    return label
+
+
+def release_scores(
+    maps: np.ndarray, saliency: np.ndarray, alpha: float = 0.2, salient_above: int = RELEASE_SALIENT_ABOVE
+) -> np.ndarray:
+    """Release score stack (21, H, W): [1 - binary saliency, maps with values < alpha zeroed]."""
+    saliency = _saliency(saliency, "release")
+    maps = resize_maps(maps, saliency.shape)
+    maps = np.where(maps < alpha, np.float32(0.0), maps)
+    background = (saliency <= salient_above).astype(np.float32)
+    return np.concatenate([background[None], maps])
+
+
+def release_label(
+    maps: np.ndarray,
+    saliency: np.ndarray | None,
+    alpha: float = 0.2,
+    salient_above: int = RELEASE_SALIENT_ABOVE,
+    confident: float = RELEASE_CONFIDENT,
+    max_confident: int = RELEASE_MAX_CONFIDENT,
+) -> np.ndarray:
+    """Release rule (see the module docstring): argmax over [1 - binary saliency, thresholded maps]."""
+    saliency = _saliency(saliency, "release")
+    scores = release_scores(maps, saliency, alpha, salient_above)
+    label = scores.argmax(axis=0).astype(np.uint8)  # first maximum wins: ties go to background
+    label[(scores > confident).sum(axis=0) > max_confident] = IGNORE_INDEX
+    label[(saliency > salient_above) & (label == 0)] = IGNORE_INDEX
+    return label
+
+
+def fallback_scores(
+    maps: np.ndarray, bg_threshold: float = 0.2, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Score stack [bg_threshold everywhere, maps] (21, H, W) of the no-saliency rule."""
+    maps = np.asarray(maps, dtype=np.float32)
+    maps = resize_maps(maps, size or maps.shape[1:])
+    return np.concatenate([np.full((1, *maps.shape[1:]), bg_threshold, np.float32), maps])
+
+
+def fallback_label(
+    maps: np.ndarray, bg_threshold: float = 0.2, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """No-saliency rule: background where every map <= bg_threshold, else the top class (no 255)."""
+    if not 0.0 <= bg_threshold <= 1.0:
+        raise ValueError(f"pseudo.fallback_threshold={bg_threshold} must lie in [0, 1] (maps are in [0, 1])")
+    maps = np.asarray(maps, dtype=np.float32)
+    maps = resize_maps(maps, size or maps.shape[1:])
+    top, top_class = _top(maps)
+    return np.where(top > bg_threshold, top_class, np.uint8(0)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PseudoRule:
+    """Which rule makes the labels and its parameters (``cfg.protocol`` + ``cfg.pseudo``)."""
+
+    protocol: str = "paper"
+    background: str = "saliency"
+    alpha: float = 0.2
+    beta: float = 0.06
+    conflict: str = "background"
+    fallback_threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r}; choose one of {PROTOCOLS}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"pseudo.background={self.background!r}; choose saliency or fallback")
+        if self.conflict not in CONFLICTS:
+            raise ValueError(f"pseudo.conflict={self.conflict!r}; choose one of {CONFLICTS}")
+
+    @property
+    def name(self) -> str:
+        """``paper`` / ``release`` with saliency, ``fallback`` without."""
+        return self.protocol if self.background == "saliency" else "fallback"
+
+    def label(self, maps: np.ndarray, saliency: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+        if self.background == "fallback":
+            return fallback_label(maps, self.fallback_threshold, size)
+        if self.protocol == "paper":
+            return paper_label(maps, saliency, self.alpha, self.beta, self.conflict)
+        return release_label(maps, saliency, self.alpha)
+
+    def scores(self, maps: np.ndarray, saliency: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+        if self.background == "fallback":
+            return fallback_scores(maps, self.fallback_threshold, size)
+        if self.protocol == "paper":
+            return paper_scores(maps, saliency)
+        return release_scores(maps, saliency, self.alpha)
+
+
+def crf_label(
+    image: np.ndarray, scores: np.ndarray, label: np.ndarray, params: CRFParams | None = None
+) -> np.ndarray:
+    """Relabel the non-ignored pixels of ``label`` with the dense-CRF argmax of ``scores`` (21, H, W).
+
+    Only background and the channels that are non-zero somewhere take part (absent classes can never
+    win); pixels that are 255 in ``label`` stay 255.
+    """
+    from wsss.crf import dense_crf
+
+    channels = np.flatnonzero(scores.reshape(scores.shape[0], -1).max(axis=1) > 0)
+    channels = np.union1d([0], channels)
+    if channels.size == 1:
+        return label.copy()
+    q = dense_crf(image, scores[channels], params)
+    refined = channels[q.argmax(axis=0)].astype(np.uint8)
+    return np.where(label == IGNORE_INDEX, np.uint8(IGNORE_INDEX), refined)
+
+
+def make_label(
+    rule: PseudoRule,
+    maps: np.ndarray,
+    saliency: np.ndarray | None,
+    size: tuple[int, int],
+    image: np.ndarray | None = None,
+    crf_params: CRFParams | None = None,
+) -> np.ndarray:
+    """The pseudo label of one image: the rule, then (when ``crf_params`` is given) the dense CRF."""
+    if saliency is not None and np.shape(saliency) != tuple(size):
+        raise ValueError(
+            f"saliency map is {np.shape(saliency)} but the image is {tuple(size)}; saliency PNGs must have "
+            "the image's size (is data.saliency_dir the right folder?)"
+        )
+    maps = resize_maps(maps, size)
+    label = rule.label(maps, saliency, size)
+    if crf_params is None:
+        return label
+    if image is None:
+        raise ValueError("the dense CRF needs the RGB image")
+    return crf_label(image, rule.scores(maps, saliency, size), label, crf_params)
+
+
+__all__ = [
+    "BACKGROUNDS",
+    "CONFLICTS",
+    "PROTOCOLS",
+    "PseudoRule",
+    "crf_label",
+    "fallback_label",
+    "make_label",
+    "paper_label",
+    "release_label",
+    "resize_maps",
+]
