@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from wsss.data.maps_io import load_maps
-from wsss.maps import EPS, figure1, load_state, multiscale_maps, pending_indices, scale_sizes, write_maps
+from wsss.maps import (
+    EPS,
+    figure1,
+    load_state,
+    multiscale_maps,
+    pending_indices,
+    present_class_maps,
+    scale_sizes,
+    write_maps,
+)
 
 NUM_CLASSES = 20
 
@@ -142,6 +151,25 @@ def test_labels_zero_absent_classes() -> None:
     labels[0, 3] = 1
     maps = multiscale_maps(LeftBump(), torch.zeros(1, 3, 2, 4), labels=labels)
     assert maps[0, 3].max() > 0.99 and maps[0, torch.arange(NUM_CLASSES) != 3].abs().max() == 0
+
+
+def test_present_class_maps_equal_the_dense_maps_of_present_classes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, NUM_CLASSES, 3, padding=1)
+    )
+    images = torch.randn(3, 3, 24, 32)
+    labels = torch.zeros(3, NUM_CLASSES)
+    labels[0, [1, 7]] = 1
+    labels[2, 19] = 1  # image 1 has no class
+    with torch.no_grad():
+        dense = multiscale_maps(net, images, [0.75, 40], flip=True, labels=labels)
+        per_image = present_class_maps(net, images, labels, [0.75, 40], flip=True)
+    assert [p.tolist() for p, _ in per_image] == [[1, 7], [], [19]]
+    for i, (present, maps) in enumerate(per_image):
+        assert maps.shape == (len(present), 24, 32)
+        torch.testing.assert_close(maps, dense[i, present])
+    assert float(dense[0, 1].max()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_images_of_different_sizes_are_written_at_their_size(tmp_path: Path) -> None:
