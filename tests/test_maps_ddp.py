@@ -55,10 +55,8 @@ class LoggingWriter(MapWriter):
             os.close(fd)
 
 
-def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
-    out, log = tmp_path / "maps", tmp_path / "written.log"
-    n = 11  # odd: the ranks get 6 and 5 images, no padding repeats
-    trainer = pl.Trainer(
+def _two_ranks() -> pl.Trainer:
+    return pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
@@ -66,7 +64,12 @@ def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    write_maps(trainer, Scores(), Images(n), out, batch_size=2, writer=LoggingWriter(out, log))
+
+
+def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
+    out, log = tmp_path / "maps", tmp_path / "written.log"
+    n = 11  # odd: the ranks get 6 and 5 images, no padding repeats
+    write_maps(_two_ranks(), Scores(), Images(n), out, batch_size=2, writer=LoggingWriter(out, log))
     lines = [line.split() for line in log.read_text().splitlines()]
     per_id = Counter(image_id for _, image_id in lines)
     assert per_id == Counter({f"id_{i:02d}": 1 for i in range(n)})
@@ -75,3 +78,10 @@ def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [f"id_{i:02d}.npz" for i in range(n)]
     classes, maps = load_maps(out / "id_03.npz")
     assert classes.tolist() == [3] and maps.shape == (1, 8, 8)
+
+    # resume with one image left (fewer than ranks): rank 1 has nothing to do, nothing else is rewritten
+    (out / "id_04.npz").unlink()
+    log.unlink()
+    write_maps(_two_ranks(), Scores(), Images(n), out, batch_size=2, writer=LoggingWriter(out, log))
+    assert log.read_text() == "0 id_04\n"
+    assert (out / "id_04.npz").is_file()

@@ -14,7 +14,7 @@ so memory does not grow with the number of images and a killed run resumes where
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from wsss.data.maps_io import MAP_DTYPES, dense_maps, load_maps, save_maps
 from wsss.figures import overlay_heatmap, save_grid
@@ -157,6 +157,8 @@ class MapPredictor(pl.LightningModule):
         self.net = net
         self.scales = [float(s) for s in scales]
         self.flip = bool(flip)
+        # a resumed run may leave fewer images than ranks: a rank with nothing to do is fine
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return multiscale_maps(self.net, images, self.scales, self.flip, labels)
@@ -250,6 +252,37 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+class ShardSampler(DistributedSampler):
+    """This rank's share of a dataset: indices ``rank, rank + world_size, ...``, no padding, no repeats.
+
+    Unlike Lightning's predict sampler it accepts ranks with nothing to do (fewer images left than
+    ranks, as when resuming). The rank is read when iterating, so the sampler can be built before the
+    processes start.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:  # no super().__init__: it needs a process group
+        self.dataset = dataset
+        self.size = len(dataset)  # type: ignore[arg-type]
+        self.shuffle = False
+        self.epoch = 0
+
+    def _indices(self) -> range:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        return range(rank, self.size, world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 def write_maps(
     trainer: pl.Trainer,
     net: nn.Module,
@@ -267,7 +300,7 @@ def write_maps(
     """Write ``<out_dir>/<id>.npz`` for every image of ``dataset`` (which has ``.ids``) lacking one.
 
     The images still to do are listed once, before any rank writes, and split across DDP ranks by
-    Lightning's predict sampler (no repeats), so each id is written exactly once. Nothing is kept in
+    ``ShardSampler`` (no repeats), so each id is written exactly once. Nothing is kept in
     memory after its batch. ``writer`` replaces the default ``MapWriter(out_dir, dtype, writer_threads)``.
     Returns this process's counts: images, skipped (done before), written.
     """
@@ -280,10 +313,11 @@ def write_maps(
     barrier()  # every rank has listed the pending ids before anyone writes
     written = 0
     if todo:
+        subset = Subset(dataset, todo)
         loader = DataLoader(
-            Subset(dataset, todo),
+            subset,
             batch_size=int(batch_size),
-            shuffle=False,
+            sampler=ShardSampler(subset),
             num_workers=int(num_workers),
             collate_fn=collate_samples,
             persistent_workers=False,
