@@ -98,8 +98,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = N
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
-def _limit_threads() -> None:
-    """Worker initializer: one thread per process (the pool is the parallelism)."""
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Worker start: one thread per process (the pool is the parallelism), then the caller's initializer."""
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         import cv2
@@ -107,6 +107,8 @@ def _limit_threads() -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - cv2 is a dependency
         pass
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def _context() -> mp.context.BaseContext:
@@ -133,17 +135,23 @@ def crf_map(
     progress: bool = True,
     chunksize: int = 1,
     ordered: bool = True,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
 ) -> list[R]:
     """Apply ``fn`` to every item in a pool of ``workers`` processes, with a progress bar.
 
-    ``fn`` and the items must be picklable (a module-level function; file paths rather than big
-    arrays keep the transfer cheap). ``workers <= 1`` runs in this process. Results come back in item
-    order unless ``ordered=False``.
+    ``fn`` and the items must be picklable (a module-level function; file paths or indices rather than
+    big arrays keep the transfer cheap). State every call needs (a dataset, settings) goes once per
+    worker through ``initializer(*initargs)``. ``workers <= 1`` runs in this process (the initializer
+    too). Results come back in item order unless ``ordered=False``.
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
+        if initializer is not None:
+            initializer(*initargs)
         return list(_progress(map(fn, items), len(items), desc, progress))
-    with _context().Pool(processes=min(int(workers), len(items)), initializer=_limit_threads) as pool:
+    n_proc = min(int(workers), len(items))
+    with _context().Pool(n_proc, initializer=_init_worker, initargs=(initializer, initargs)) as pool:
         mapper = pool.imap if ordered else pool.imap_unordered
         return list(_progress(mapper(fn, items, chunksize=chunksize), len(items), desc, progress))
 

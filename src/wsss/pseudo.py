@@ -27,17 +27,24 @@ Dense CRF (optional): the rule's score stack [background, maps] is normalised pe
 probabilities over background + the classes present, refined by ``wsss.crf.dense_crf``, and each pixel
 takes the CRF's most probable class. Ignore regions are kept: a pixel the rule makes 255 stays 255 (the
 CRF sharpens boundaries between the cues, it never turns an uncertain pixel into a label).
+
+``label_image`` does one image from files (maps .npz, saliency PNG) to a palette PNG; it runs in the
+worker processes of ``stage=pseudo``, so this module imports no torch (workers start in a fraction of
+a second).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from wsss.data.palette import IGNORE_INDEX
+from wsss.data.maps_io import dense_maps, load_maps
+from wsss.data.palette import IGNORE_INDEX, save_mask
 
 if TYPE_CHECKING:
     from wsss.crf import CRFParams
@@ -252,15 +259,72 @@ def make_label(
     return crf_label(image, rule.scores(maps, saliency, size), label, crf_params)
 
 
+# --- one image from files to a label PNG (runs in worker processes: no torch imports here) ---
+
+
+def read_saliency(path: str | Path) -> np.ndarray:
+    """A saliency PNG as (H, W) uint8 0..255 (colour PNGs are converted to grayscale)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """What every worker needs to label one image by its index (sent once per worker)."""
+
+    dataset: Any  # VOCDataset of data.maps_split: .ids, .image(i)
+    maps_dir: Path
+    out_dir: Path
+    saliency_dir: Path | None
+    rule: PseudoRule
+    crf: CRFParams | None
+    num_classes: int = 20
+
+
+_JOB: LabelJob | None = None
+
+
+def set_job(job: LabelJob) -> None:
+    """Pool initializer: the job ``label_image`` works on in this process."""
+    global _JOB
+    _JOB = job
+
+
+def label_image(index: int) -> tuple[int, int]:
+    """Make and write the label of image ``index`` of the job's dataset; returns (ignored, total) pixels."""
+    job = _JOB
+    if job is None:
+        raise RuntimeError("label_image runs inside crf_map(..., initializer=set_job)")
+    image_id = job.dataset.ids[index]
+    classes, maps = load_maps(job.maps_dir / f"{image_id}.npz")
+    saliency = read_saliency(job.saliency_dir / f"{image_id}.png") if job.saliency_dir else None
+    image = job.dataset.image(index) if (job.crf is not None or saliency is None) else None
+    size = saliency.shape if saliency is not None else image.shape[:2]
+    if image is not None and saliency is not None and image.shape[:2] != saliency.shape:
+        raise ValueError(
+            f"{image_id}: saliency map is {saliency.shape} but the image is {image.shape[:2]}; saliency PNGs "
+            "must have the image's size (is data.saliency_dir the right folder?)"
+        )
+    # resize only the present classes, then expand to the 20 channels the rules take
+    maps = dense_maps(classes, resize_maps(maps, size), job.num_classes)
+    label = make_label(job.rule, maps, saliency, size, image=image, crf_params=job.crf)
+    save_mask(job.out_dir / f"{image_id}.png", label)
+    return int((label == IGNORE_INDEX).sum()), int(label.size)
+
+
 __all__ = [
     "BACKGROUNDS",
     "CONFLICTS",
+    "LabelJob",
     "PROTOCOLS",
     "PseudoRule",
     "crf_label",
     "fallback_label",
+    "label_image",
     "make_label",
     "paper_label",
+    "read_saliency",
     "release_label",
     "resize_maps",
+    "set_job",
 ]

@@ -1,0 +1,214 @@
+"""``stage=pseudo``: stored maps (+ saliency, + optional dense CRF) -> pseudo segmentation labels.
+
+Reads ``<exp>/maps/<pseudo.source>/<id>.npz`` for every image of ``data.maps_split`` and, with
+``pseudo.background=saliency``, ``<data.saliency_dir>/<id>.png``; writes ``<exp>/pseudo/<id>.png``
+(VOC palette, original image size, 0..20 and 255) in a pool of ``pseudo.workers`` processes, skipping
+labels already written unless ``pseudo.overwrite``. Then scores the labels against the ground truth of
+``data.eval_split`` (mIoU, precision, recall, pixel accuracy, ignore ratio), writes ``metrics.json``,
+``per_class_iou.csv``, the figure ``<exp>/figures/pseudo.png`` (image | ground truth | pseudo label) and
+``.complete``. The rules are in ``wsss.pseudo``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from wsss.artifacts import Experiment, atomic_path
+from wsss.crf import CRFParams, crf_map, require_pydensecrf
+from wsss.data.palette import IGNORE_INDEX, colorize, read_mask
+from wsss.pseudo import LabelJob, PseudoRule, label_image, set_job
+
+log = logging.getLogger(__name__)
+
+SOURCES = {"refine": "maps_refine", "cls": "maps_cls"}
+STAGE = "pseudo"
+
+
+class MissingSaliencyError(FileNotFoundError):
+    """Saliency maps are asked for (``pseudo.background=saliency``) but absent."""
+
+
+def rule_from_config(cfg: DictConfig) -> PseudoRule:
+    """The labeling rule of ``cfg.protocol`` and ``cfg.pseudo``."""
+    p = cfg.pseudo
+    return PseudoRule(
+        protocol=str(cfg.protocol),
+        background=str(p.background),
+        alpha=float(p.alpha),
+        beta=float(p.beta),
+        conflict=str(p.get("conflict", "background")),
+        fallback_threshold=float(p.fallback_threshold),
+    )
+
+
+def check_saliency(saliency_dir: str | None, ids: list[str]) -> Path:
+    """The saliency folder, after checking it holds ``<id>.png`` for every id; raise naming the fix."""
+    fix = (
+        "Point data.saliency_dir=<folder> at one grayscale PNG per image (same name as the JPEG, e.g. from "
+        "PoolNet), or make labels without saliency: pseudo.background=fallback"
+    )
+    if not saliency_dir:
+        raise MissingSaliencyError(f"pseudo.background=saliency but data.saliency_dir is not set. {fix}")
+    folder = Path(saliency_dir)
+    if not folder.is_dir():
+        raise MissingSaliencyError(f"data.saliency_dir={folder} is not a folder. {fix}")
+    missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
+    if missing:
+        raise MissingSaliencyError(
+            f"{len(missing)} of {len(ids)} images have no saliency map in {folder} "
+            f"(e.g. {folder / (missing[0] + '.png')}). {fix}"
+        )
+    return folder
+
+
+def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """Score ``<out>/<id>.png`` against ``gt.mask(i)`` for the eval ids that have both."""
+    from wsss.metrics import SEG_CLASSES, ConfusionAccumulator
+
+    acc = ConfusionAccumulator(len(SEG_CLASSES))
+    ignored = total = scored = missing = 0
+    for i, image_id in enumerate(gt.ids):
+        path = out / f"{image_id}.png"
+        mask = gt.mask(i)
+        if mask is None:
+            continue
+        if not path.is_file():
+            missing += 1
+            continue
+        label = read_mask(path)
+        if label.shape != mask.shape:
+            raise ValueError(f"{path}: pseudo label is {label.shape} but its ground truth is {mask.shape}")
+        acc.update(label, mask)
+        ignored += int((label == IGNORE_INDEX).sum())
+        total += label.size
+        scored += 1
+    if scored == 0:
+        raise ValueError(
+            f"none of the {len(gt.ids)} images of data.eval_split has both a mask and a pseudo label in {out}; "
+            "data.eval_split must be part of data.maps_split (VOC: train within train_aug)"
+        )
+    if missing:
+        log.warning("pseudo-label quality: %d eval images have no pseudo label and were left out", missing)
+    scores = acc.compute()
+    metrics = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
+    metrics |= {"ignore_ratio": ignored / total, "eval_images": scored, "eval_missing": missing}
+    return metrics, scores["per_class_iou"]
+
+
+def _write_per_class(path: Path, per_class: dict[str, float]) -> None:
+    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | None:
+    """Rows of image | ground truth | pseudo label (VOC palette) for the first ``n`` labelled eval images."""
+    from wsss.figures import save_grid
+
+    rows = []
+    for i, image_id in enumerate(gt.ids):
+        if len(rows) >= n:
+            break
+        mask = gt.mask(i)
+        if mask is None or not (out / f"{image_id}.png").is_file():
+            continue
+        rows.append([gt.image(i), colorize(mask), colorize(read_mask(out / f"{image_id}.png"))])
+    if not rows:
+        return None
+    return save_grid(rows, path, titles=["image", "ground truth", f"pseudo label ({rule_name})"])
+
+
+def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+    from wsss.data.voc import VOCDataset
+    from wsss.training import build_logger, finalize_logger, log_image, log_metrics
+
+    pcfg = cfg.pseudo
+    source = str(pcfg.source)
+    if source not in SOURCES:
+        raise ValueError(f"pseudo.source={source!r}; choose refine (refined maps) or cls (classifier maps)")
+    rule = rule_from_config(cfg)
+    crf_params = None
+    if bool(pcfg.crf):
+        require_pydensecrf()  # fail now, not after the first image
+        crf_params = CRFParams.from_config(cfg.crf)
+    maps_dir = exp.require(SOURCES[source])
+
+    dataset = VOCDataset(cfg.data.root, str(cfg.data.maps_split))
+    ids = list(dataset.ids)
+    no_maps = [i for i in ids if not (maps_dir / f"{i}.npz").is_file()]
+    if no_maps:
+        raise FileNotFoundError(
+            f"{len(no_maps)} of {len(ids)} images of data.maps_split={cfg.data.maps_split} have no maps in "
+            f"{maps_dir} (e.g. {no_maps[0]}); rerun {exp.producer_command(SOURCES[source])} "
+            f"maps.split={cfg.data.maps_split} maps.overwrite=true"
+        )
+    saliency_dir = (
+        check_saliency(cfg.data.get("saliency_dir"), ids) if rule.background == "saliency" else None
+    )
+
+    out = exp.begin(STAGE)
+    for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write
+        tmp.unlink(missing_ok=True)
+    overwrite = bool(pcfg.overwrite)
+    todo = [k for k, i in enumerate(ids) if overwrite or not (out / f"{i}.png").is_file()]
+    log.info(
+        "pseudo labels (%s rule, background=%s, crf=%s): %d to write, %d already written, %d workers",
+        rule.protocol,
+        rule.background,
+        crf_params is not None,
+        len(todo),
+        len(ids) - len(todo),
+        int(pcfg.workers),
+    )
+    job = LabelJob(dataset, maps_dir, out, saliency_dir, rule, crf_params, int(cfg.data.num_classes))
+    counts = crf_map(
+        label_image,
+        todo,
+        workers=int(pcfg.workers),
+        desc="pseudo labels",
+        progress=bool(cfg.get("trainer", {}).get("enable_progress_bar", True)),
+        chunksize=4,
+        initializer=set_job,
+        initargs=(job,),
+    )
+
+    gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
+    quality, per_class = evaluate(out, gt)
+    _write_per_class(out / "per_class_iou.csv", per_class)
+    metrics: dict[str, Any] = {
+        **quality,
+        "images": len(ids),
+        "written": len(counts),
+        "skipped": len(ids) - len(todo),
+        "protocol": rule.protocol,
+        "background": rule.background,
+        "crf": crf_params is not None,
+        "source": source,
+    }
+    if rule.background == "fallback":
+        metrics["fallback_threshold"] = rule.fallback_threshold
+    if counts:
+        metrics["written_ignore_ratio"] = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
+
+    logger = build_logger(cfg, STAGE)
+    log_metrics(logger, metrics, prefix=STAGE)
+    n_fig = int(pcfg.get("figure_images", 4))
+    png = figure(gt, out, exp.root / "figures" / "pseudo.png", n_fig, rule.name) if n_fig > 0 else None
+    if png is not None:
+        log_image(logger, f"{STAGE}/figure", png)
+    finalize_logger(logger)
+    log.info(
+        "pseudo labels: mIoU %.4f, precision %.4f, recall %.4f, ignore ratio %.4f on %d %s images",
+        metrics["miou"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["ignore_ratio"],
+        metrics["eval_images"],
+        cfg.data.eval_split,
+    )
+    exp.finish(STAGE, metrics)
+    return metrics
