@@ -1,0 +1,167 @@
+"""stage=pseudo end to end on 4 real VOC images: palette PNGs, resuming, quality metrics, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import compose_config
+from wsss.artifacts import Experiment, read_json
+from wsss.data.maps_io import dense_maps, load_maps, save_maps
+from wsss.data.palette import read_mask, voc_palette
+from wsss.pseudo import PseudoRule, make_label, read_saliency, resize_maps
+
+TRAIN = ["2007_000063", "2007_000363", "2007_000648"]  # in VOC train (eval_split)
+EXTRA = ["2008_002176"]  # train_aug only
+IDS = TRAIN + EXTRA
+pytest.importorskip("wsss.data.voc", reason="wsss.data.voc (VOCDataset) is not in this checkout yet")
+
+
+@pytest.fixture()
+def voc(tmp_path: Path, shared_data: Path) -> tuple[Path, Path]:
+    """A 4-image VOC copy (train_aug = 4 ids, train = 3 of them) and its saliency folder."""
+    src = shared_data / "voc_sample" / "VOCdevkit" / "VOC2012"
+    dst = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClassAug", "png"), ("saliency_isnet_imgly", "png")):
+        (dst / sub).mkdir(parents=True)
+        for i in IDS:
+            shutil.copy(src / sub / f"{i}.{ext}", dst / sub / f"{i}.{ext}")
+    (dst / "SegmentationClass").mkdir()
+    for i in TRAIN:
+        shutil.copy(src / "SegmentationClass" / f"{i}.png", dst / "SegmentationClass" / f"{i}.png")
+    lists = dst / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train_aug.txt").write_text("\n".join(IDS) + "\n")
+    (lists / "train.txt").write_text("\n".join(TRAIN) + "\n")
+    return tmp_path / "data", dst / "saliency_isnet_imgly"
+
+
+def _gt(root: Path, image_id: str) -> np.ndarray:
+    return read_mask(root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / f"{image_id}.png")
+
+
+def _write_maps(exp: Experiment, root: Path, stage: str, scale: int) -> None:
+    """Maps made from the ground truth (indicator of each present class), stored at 1/scale size."""
+    folder = exp.begin(stage)
+    for i in IDS:
+        gt = _gt(root, i)
+        classes = np.array([c - 1 for c in np.unique(gt) if 0 < c < 255])
+        maps = np.stack([(gt == c + 1).astype(np.float32) for c in classes])
+        size = (gt.shape[0] // scale, gt.shape[1] // scale)
+        save_maps(folder / f"{i}.npz", classes, resize_maps(maps, size))
+    exp.finish(stage, {})
+
+
+def _config(tmp_path: Path, root: Path, saliency: Path | None, *extra: str):
+    overrides = [
+        "stage=pseudo",
+        "data=voc",
+        f"data.root={root}",
+        "data.maps_split=train_aug",
+        "data.eval_split=train",
+        "logger=none",
+        "exp=t",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+    if saliency is not None:
+        overrides.append(f"data.saliency_dir={saliency}")
+    return compose_config(overrides, runs=tmp_path / "runs")
+
+
+def _run(cfg) -> tuple[dict, Experiment]:
+    from wsss.stages.pseudo import run
+
+    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
+    return run(cfg, exp), exp
+
+
+@pytest.mark.parametrize("protocol", ["paper", "release"])
+def test_saliency_labels_are_palette_pngs_of_the_rule(tmp_path: Path, voc, protocol: str) -> None:
+    root, sal = voc
+    cfg = _config(tmp_path, root, sal, f"protocol={protocol}", "pseudo.workers=2")
+    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
+    _write_maps(exp, root, "maps_refine", scale=4)
+    metrics, exp = _run(cfg)
+    rule = PseudoRule(protocol=protocol)
+    for i in IDS:
+        path = exp.stage_dir("pseudo") / f"{i}.png"
+        with Image.open(path) as img:
+            assert img.mode == "P"
+            assert img.getpalette()[: 256 * 3] == voc_palette().flatten().tolist()
+        label = read_mask(path)
+        saliency = read_saliency(sal / f"{i}.png")
+        assert label.shape == saliency.shape == _gt(root, i).shape  # original size, not the stored 1/4
+        classes, maps = load_maps(exp.stage_dir("maps_refine") / f"{i}.npz")
+        expected = make_label(
+            rule, dense_maps(classes, resize_maps(maps, label.shape)), saliency, label.shape
+        )
+        np.testing.assert_array_equal(label, expected)
+        assert set(np.unique(label)) <= set(range(21)) | {255}
+    assert metrics["protocol"] == protocol and metrics["background"] == "saliency"
+    assert metrics["images"] == 4 and metrics["written"] == 4 and metrics["eval_images"] == 3
+    assert 0.0 < metrics["ignore_ratio"] < 1.0
+    assert 0.0 < metrics["miou"] <= 1.0
+    assert read_json(exp.stage_dir("pseudo") / "metrics.json")["miou"] == metrics["miou"]
+    assert exp.is_complete("pseudo")
+    assert (exp.root / "figures" / "pseudo.png").is_file()
+    assert (exp.stage_dir("pseudo") / "per_class_iou.csv").read_text().startswith("class,iou\nbackground,")
+
+
+def test_fallback_from_exact_maps_scores_one_and_resumes(tmp_path: Path, voc) -> None:
+    root, _ = voc
+    cfg = _config(tmp_path, root, None, "pseudo.background=fallback", "pseudo.source=cls", "pseudo.workers=1")
+    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
+    _write_maps(exp, root, "maps_cls", scale=1)  # full-size indicator maps: the labels equal the masks
+    metrics, exp = _run(cfg)
+    assert metrics["background"] == "fallback" and metrics["fallback_threshold"] == 0.2
+    assert metrics["miou"] == 1.0 and metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    assert metrics["ignore_ratio"] == 0.0
+    gt = _gt(root, IDS[0])
+    label = read_mask(exp.stage_dir("pseudo") / f"{IDS[0]}.png")
+    np.testing.assert_array_equal(label[gt != 255], gt[gt != 255])
+
+    first = exp.stage_dir("pseudo") / f"{EXTRA[0]}.png"  # not scored, so a stand-in file is fine
+    first.write_bytes(b"not a png")  # a resumed run keeps existing labels ...
+    metrics, _ = _run(cfg)
+    assert metrics["written"] == 0 and metrics["skipped"] == 4
+    assert first.read_bytes() == b"not a png"
+    cfg.pseudo.overwrite = True  # ... unless told to overwrite
+    metrics, _ = _run(cfg)
+    assert metrics["written"] == 4 and read_mask(first).shape == _gt(root, EXTRA[0]).shape
+
+
+def test_saliency_required_but_missing(tmp_path: Path, voc) -> None:
+    from wsss.stages.pseudo import MissingSaliencyError
+
+    root, sal = voc
+    cfg = _config(tmp_path, root, None)
+    _write_maps(Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs), root, "maps_refine", scale=4)
+    with pytest.raises(
+        MissingSaliencyError, match=r"data.saliency_dir is not set.*pseudo.background=fallback"
+    ):
+        _run(cfg)
+    (sal / f"{IDS[2]}.png").unlink()
+    with pytest.raises(MissingSaliencyError, match=rf"1 of 4 images have no saliency map .*{IDS[2]}\.png"):
+        _run(_config(tmp_path, root, sal))
+
+
+def test_missing_maps_and_missing_pydensecrf_fail_at_start(tmp_path: Path, voc, monkeypatch) -> None:
+    from wsss.artifacts import MissingArtifactError
+    from wsss.crf import MissingCRFError
+
+    root, sal = voc
+    with pytest.raises(MissingArtifactError, match="stage=maps maps.source=refine"):
+        _run(_config(tmp_path, root, sal))
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    cfg = _config(tmp_path, root, sal, "pseudo.crf=true")
+    _write_maps(Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs), root, "maps_refine", scale=4)
+    with pytest.raises(MissingCRFError, match=r"pip install 'wsss\[crf\]'"):
+        _run(cfg)
+    assert not (Path(cfg.paths.exp_dir) / "pseudo").exists()
