@@ -126,3 +126,38 @@ def test_make_label_checks_saliency_size_and_dispatches() -> None:
     with pytest.raises(ValueError, match="pseudo.background"):
         PseudoRule(background="none")
     assert PseudoRule(protocol="release", background="fallback").name == "fallback"
+
+
+def _naive_release(maps: np.ndarray, sal: np.ndarray) -> np.ndarray:
+    """SPEC's release rule transcribed literally over all 21 channels."""
+    maps = np.where(maps < 0.2, 0.0, maps)
+    salient = (sal > 50).astype(np.float32)
+    scores = np.concatenate([1.0 - salient[None], maps])
+    label = scores.argmax(0).astype(np.uint8)
+    label[(scores > 0.9).sum(0) > 2] = 255
+    label[(salient == 1) & (label == 0)] = 255
+    return label
+
+
+def _naive_paper(maps: np.ndarray, sal: np.ndarray) -> np.ndarray:
+    label = np.full(sal.shape, 255, np.uint8)
+    obj = maps.max(0) > 0.2
+    label[obj] = maps.argmax(0)[obj] + 1
+    label[sal / 255.0 < 0.06] = 0
+    return label
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rules_match_a_literal_transcription_on_random_maps(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    maps = np.zeros((20, 24, 32), np.float32)
+    present = rng.choice(20, 4, replace=False)
+    # quantised like stored uint8 maps, so ties between classes and at the thresholds occur
+    maps[present] = rng.integers(0, 256, (4, 24, 32)) / 255.0
+    maps[present[0], :, :8] = maps[present[1], :, :8]  # exact ties between two classes
+    sal = rng.integers(0, 256, (24, 32)).astype(np.uint8)
+    np.testing.assert_array_equal(release_label(maps, sal), _naive_release(maps, sal))
+    np.testing.assert_array_equal(paper_label(maps, sal), _naive_paper(maps, sal))
+    top = maps.max(0)
+    expected = np.where(top > 0.3, maps.argmax(0) + 1, 0)
+    np.testing.assert_array_equal(fallback_label(maps, 0.3), expected)
