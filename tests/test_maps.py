@@ -248,3 +248,79 @@ def test_figure1_has_one_column_per_existing_map_folder(tmp_path: Path) -> None:
     assert tuple(pixels[18 + 50 + 5, 50 + 5]) == (128, 128, 128)  # "b" has no CAM maps: grey panel
     with pytest.raises(KeyError, match="not in the dataset"):
         figure1(["zzz"], FigureData(), dirs, tmp_path / "f.png")
+
+
+class EvalData:
+    """Stand-in for VOCDataset on the eval split: three of ToyInfer's ids, masks from the first class."""
+
+    def __init__(self) -> None:
+        self.ids = ["img_000", "img_002", "img_004"]
+        self.source = ToyInfer(6)
+
+    def mask(self, i: int) -> np.ndarray:
+        index = int(self.ids[i][-3:])
+        sample = self.source[index]
+        cls = int(torch.nonzero(sample["label"])[0]) + 1
+        return np.where(sample["image"][0].numpy() > 0.5, cls, 0)
+
+    def image(self, i: int) -> np.ndarray:
+        return np.zeros((8, 8, 3), np.uint8)
+
+
+@pytest.fixture
+def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import wsss.stages.maps as stage
+    from conftest import compose_config
+    from wsss.artifacts import Experiment
+
+    cfg = compose_config(
+        [
+            "stage=maps",
+            "exp=e",
+            "logger=csv",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "maps.batch_size=2",
+            "maps.figure_images=2",
+            "drs=off",
+        ],
+        runs=tmp_path / "runs",
+    )
+    seen = {}
+
+    def fake_net(cfg, folder: Path, source: str) -> nn.Module:
+        seen["folder"] = folder
+        return AffineScores()
+
+    monkeypatch.setattr(stage, "build_net", fake_net)
+    monkeypatch.setattr(stage, "infer_dataset", lambda cfg, split, infer_size: ToyInfer(6))
+    monkeypatch.setattr(stage, "eval_dataset", lambda cfg: EvalData())
+    return cfg, Experiment(tmp_path / "runs" / "e", runs=tmp_path / "runs"), seen
+
+
+def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
+    import json
+
+    from wsss.artifacts import MissingArtifactError
+    from wsss.stages.maps import run
+
+    cfg, exp, seen = stage_env
+    with pytest.raises(MissingArtifactError, match="stage=cls"):
+        run(cfg, exp)
+    exp.begin("cls")
+    exp.finish("cls", {})
+    metrics = run(cfg, exp)
+    out = exp.stage_dir("maps_cls")
+    assert seen["folder"] == exp.stage_dir("cls")
+    assert sorted(p.name for p in out.glob("*.npz")) == [f"img_{i:03d}.npz" for i in range(6)]
+    assert (out / ".complete").is_file()
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["images"] == 6 and metrics["skipped"] == 0 and metrics["seed_images"] == 3
+    assert {"best_threshold", "miou", "precision", "recall"} <= set(metrics)
+    assert 0.05 <= metrics["best_threshold"] <= 0.6
+    assert len((out / "seed_sweep.csv").read_text().splitlines()) == 13
+    assert (exp.root / "figures" / "figure1.png").is_file()
+    logged = (exp.root / "logs" / "maps_cls" / "version_0" / "metrics.csv").read_text()
+    assert "maps_cls/miou" in logged
+    again = run(cfg, exp)  # resumed: nothing left to write, same scores
+    assert again["skipped"] == 6 and again["miou"] == metrics["miou"]

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from wsss.artifacts import Experiment, atomic_path
 from wsss.maps import barrier, figure1, load_state, write_maps
 from wsss.seeds import evaluate_seeds
-from wsss.training import build_trainer, log_image, log_metrics
+from wsss.training import build_trainer, finalize_logger, log_image, log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,10 @@ def resolve_settings(cfg: DictConfig) -> tuple[int | None, list[float]]:
     return (None if infer_size is None else int(infer_size)), [float(s) for s in scales]
 
 
-def build_net(cfg: DictConfig, exp: Experiment, source: str) -> nn.Module:
-    """The network of ``source`` with the weights of its stage's best checkpoint."""
+def build_net(cfg: DictConfig, folder: Path, source: str) -> nn.Module:
+    """The network of ``source`` with the weights of its stage folder's best checkpoint."""
     from wsss.models.classifier import build_classifier, build_refiner
 
-    folder = exp.require(source)
     num_classes = int(cfg.data.num_classes)
     if source == "cls":
         net = build_classifier(
@@ -72,6 +71,13 @@ def infer_dataset(cfg: DictConfig, split: str, infer_size: int | None) -> Datase
     return dm.predict_dataloader().dataset
 
 
+def eval_dataset(cfg: DictConfig) -> Any:
+    """Images with masks for the seed evaluation (``data.eval_split``): ``.ids``, ``mask(i)``, ``image(i)``."""
+    from wsss.data.voc import VOCDataset
+
+    return VOCDataset(cfg.data.root, str(cfg.data.eval_split))
+
+
 def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:
     lines = ["threshold,miou,precision,recall"]
     lines += [f"{r['threshold']:.2f},{r['miou']:.6f},{r['precision']:.6f},{r['recall']:.6f}" for r in curve]
@@ -79,24 +85,29 @@ def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def figure_columns(cfg: DictConfig, exp: Experiment) -> dict[str, Path]:
-    """Figure-1 columns of this experiment: CAM or DRS (classifier maps) and DRS† (refined maps)."""
-    cls_title = "CAM" if str(cfg.drs.mode) == "off" else "DRS"
-    return {cls_title: exp.stage_dir("maps_cls"), "DRS†": exp.stage_dir("maps_refine")}
+def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, Path]:
+    """Figure-1 columns of this experiment: CAM or DRS (classifier maps) and DRS† (refined maps).
+
+    A map set appears when it is the one being made now or a finished stage.
+    """
+    titles = {"maps_cls": "CAM" if str(cfg.drs.mode) == "off" else "DRS", "maps_refine": "DRS†"}
+    return {
+        title: exp.stage_dir(stage)
+        for stage, title in titles.items()
+        if stage == current or exp.is_complete(stage)
+    }
 
 
 def evaluate(cfg: DictConfig, exp: Experiment, stage: str, out: Path, logger: Any) -> dict[str, Any]:
     """Seed mIoU sweep on ``data.eval_split`` and the Figure-1 grid (rank 0)."""
-    from wsss.data.voc import VOCDataset
-
-    gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
+    gt = eval_dataset(cfg)
     metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
     _write_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=stage)
     n_fig = int(cfg.maps.get("figure_images", 4))
     if n_fig > 0:
         ids = [i for i in gt.ids if (out / f"{i}.npz").is_file()][:n_fig]
-        png = figure1(ids, gt, figure_columns(cfg, exp), exp.root / "figures" / "figure1.png")
+        png = figure1(ids, gt, figure_columns(cfg, exp, stage), exp.root / "figures" / "figure1.png")
         log_image(logger, f"{stage}/figure1", png)
     return metrics
 
@@ -108,7 +119,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     stage = f"maps_{source}"
     mcfg = cfg.maps
     infer_size, scales = resolve_settings(cfg)
-    net = build_net(cfg, exp, source)
+    net = build_net(cfg, exp.require(source), source)
     out = exp.begin(stage)
     trainer = build_trainer(cfg, stage, out, checkpoint=False)
     dataset = infer_dataset(cfg, str(mcfg.split), infer_size)
@@ -139,5 +150,6 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
             OmegaConf.to_container(mcfg, resolve=True),
         )
         exp.finish(stage, metrics)
+        finalize_logger(trainer.logger)
     barrier()  # other ranks leave only once metrics.json and .complete exist
     return exp.metrics(stage)
