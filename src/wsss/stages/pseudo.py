@@ -122,8 +122,14 @@ def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | Non
     return save_grid(rows, path, titles=["image", "ground truth", f"pseudo label ({rule_name})"])
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+def voc_dataset(cfg: DictConfig, split: str) -> Any:
+    """The images (and masks) of one split of ``data.root``."""
     from wsss.data.voc import VOCDataset
+
+    return VOCDataset(cfg.data.root, split)
+
+
+def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     from wsss.training import build_logger, finalize_logger, log_image, log_metrics
 
     pcfg = cfg.pseudo
@@ -137,7 +143,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         crf_params = CRFParams.from_config(cfg.crf)
     maps_dir = exp.require(SOURCES[source])
 
-    dataset = VOCDataset(cfg.data.root, str(cfg.data.maps_split))
+    dataset = voc_dataset(cfg, str(cfg.data.maps_split))
     ids = list(dataset.ids)
     no_maps = [i for i in ids if not (maps_dir / f"{i}.npz").is_file()]
     if no_maps:
@@ -176,7 +182,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         initargs=(job,),
     )
 
-    gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
+    gt = voc_dataset(cfg, str(cfg.data.eval_split))
     quality, per_class = evaluate(out, gt)
     _write_per_class(out / "per_class_iou.csv", per_class)
     metrics: dict[str, Any] = {
