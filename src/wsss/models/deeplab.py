@@ -1,0 +1,469 @@
+"""DeepLab segmentation networks (paper Table 4): LargeFOV (v1) and ASPP (v2) heads on VGG-16 or ResNet.
+
+``DeepLab(backbone, head)`` returns class logits at output stride 8 (not upsampled).
+
+- DeepLab-LargeFOV, VGG-16 (DeepLab v1): DeepLab-style VGG-16 conv1-conv5 (pool4 stride 1, conv5
+  dilation 2), pool5 = 3x3 max-pool stride 1 pad 1, then (``pool5_avg``) the 3x3 stride-1 average
+  pool of DeepLab v2's VGG-16 prototxts ("pool5a"), then fc6 = 3x3 conv dilation 12 -> 1024, ReLU,
+  dropout 0.5, fc7 = 1x1 -> 1024, ReLU, dropout 0.5, fc8 = 1x1 -> classes.
+- DeepLab-LargeFOV, ResNet-101: one 3x3 conv with dilation 12 from res5 to the classes (a single
+  DeepLab v2 ResNet branch).
+- DeepLab-ASPP, ResNet-101 (DeepLab v2): four 3x3 convs with dilations 6/12/18/24 from res5 to the
+  classes, summed.
+A head is a sum of branches, one per rate; a branch is either a single 3x3 conv to the classes or
+(``hidden`` channels) the fc6/fc7/fc8 stack above.
+
+Weights (``load_weights``; files are never downloaded, users bring them):
+
+1. This project's own layout (``backbone.*``, ``head.*``; e.g. a previous segmenter), loaded strictly.
+2. torchvision ImageNet state dicts, into the backbone: ``vgg16`` (``features.N.*``; fc6/fc7 are made
+   from ``classifier.0``/``classifier.3`` by DeepLab's decimation: every 4th filter, spatial taps
+   0/3/6 of the 7x7 fc6 and every 4th input of fc7) or ``resnet50/101`` (``conv1.*``, ``layer1.0.*``;
+   ``fc.*`` ignored). A ``module.`` prefix is stripped.
+3. Caffe-converted DeepLab weights as a blob dump ``{"<caffe layer>.<blob index>": array}``, made with
+   pycaffe by ``{f"{n}.{i}": b.data for n, bs in net.params.items() for i, b in enumerate(bs)}``.
+   Key mapping (blob 0 = weight / BN mean / Scale gamma, 1 = bias / BN variance / Scale beta,
+   2 = BN moving-average factor, which divides the mean and variance):
+
+   ================================  ============================================
+   caffe layer                       this project
+   ================================  ============================================
+   conv1_1 conv1_2                   backbone.features.0 / .2
+   conv2_1 conv2_2                   backbone.features.5 / .7
+   conv3_1 conv3_2 conv3_3           backbone.features.10 / .12 / .14
+   conv4_1 conv4_2 conv4_3           backbone.features.17 / .19 / .21
+   conv5_1 conv5_2 conv5_3           backbone.features.24 / .26 / .28
+   fc6 fc7 fc8* (VGG)                head.branches.0.fc6 / fc7 / fc8
+   conv1, bn_conv1 + scale_conv1     backbone.conv1, backbone.bn1
+   res{s}{b}_branch2a/2b/2c          backbone.layer{s-1}.{j}.conv1/conv2/conv3
+   bn/scale{s}{b}_branch2a/2b/2c     backbone.layer{s-1}.{j}.bn1/bn2/bn3
+   res{s}a_branch1, bn/scale..       backbone.layer{s-1}.0.downsample.0 / .1
+   fc1*_c{i} (ResNet branch i)       head.branches.{i}.fc8
+   ================================  ============================================
+
+   ``s`` = 2..5; block ``b`` = a, b, c, ... for ResNet-50 and for 3-block stages, else a, b1, b2, ...
+   (ResNet-101 res3a..res3b3, res4a..res4b22). A class layer (fc8*, fc1*) whose class count differs
+   (ImageNet fc8, COCO fc1) is skipped and keeps its initialisation. Caffe ResNets put a block's
+   stride on its first 1x1 conv: build them with ``caffe_style: true``. Caffe nets take BGR 0-255
+   images minus the mean (104.008, 116.669, 122.675); the loader folds that into the first conv so the
+   network takes this project's RGB ImageNet-normalised input (weights reordered to RGB and scaled by
+   255 * std; for VGG's conv1_1 the mean difference goes into its bias; ResNet's conv1 has no bias
+   and keeps a difference of at most one intensity level).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsss.models.resnet import ResNetBackbone
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
+VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG_CAFFE_NAMES = tuple(
+    f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True) for i in range(1, n + 1)
+)
+HEAD_RATES = {"largefov": (12,), "aspp": (6, 12, 18, 24)}
+BACKBONES = ("vgg16", "resnet50", "resnet101", "tiny")
+
+
+class Branch(nn.Sequential):
+    """One DeepLab branch: 3x3 conv with dilation ``rate`` to the classes, or (``hidden``) fc6/fc7/fc8."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, rate: int, hidden: int | None = None, dropout: float = 0.5
+    ) -> None:
+        if hidden is None:
+            layers: dict[str, nn.Module] = {
+                "fc8": nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate)
+            }
+        else:
+            layers = {
+                "fc6": nn.Conv2d(in_channels, hidden, 3, padding=rate, dilation=rate),
+                "relu6": nn.ReLU(inplace=True),
+                "drop6": nn.Dropout(dropout),
+                "fc7": nn.Conv2d(hidden, hidden, 1),
+                "relu7": nn.ReLU(inplace=True),
+                "drop7": nn.Dropout(dropout),
+                "fc8": nn.Conv2d(hidden, num_classes, 1),
+            }
+        super().__init__()
+        for name, module in layers.items():
+            self.add_module(name, module)
+        self.rate = rate
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)  # DeepLab: Gaussian (0, 0.01) for new layers
+                nn.init.zeros_(m.bias)
+
+
+class DeepLabHead(nn.Module):
+    """Sum of one ``Branch`` per dilation rate: LargeFOV = (12,), ASPP = (6, 12, 18, 24)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rates: Sequence[int],
+        hidden: int | None = None,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not rates:
+            raise ValueError("a DeepLab head needs at least one dilation rate")
+        self.branches = nn.ModuleList(
+            Branch(in_channels, num_classes, int(r), hidden, dropout) for r in rates
+        )
+
+    @property
+    def rates(self) -> list[int]:
+        return [b.rate for b in self.branches]
+
+    def classifier_convs(self) -> list[nn.Conv2d]:
+        """The new layers that output class scores (fc8 of each branch): 10x / 20x learning rate."""
+        return [b.fc8 for b in self.branches]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+
+class DeepLab(nn.Module):
+    """Backbone (output stride 8) -> optional pool5 -> DeepLab head; ``forward`` gives (B, C, H/8, W/8)."""
+
+    def __init__(self, backbone: nn.Module, head: DeepLabHead, pool5: bool = False, pool5_avg: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        layers: list[nn.Module] = []
+        if pool5:
+            layers.append(nn.MaxPool2d(3, stride=1, padding=1))
+            if pool5_avg:
+                layers.append(nn.AvgPool2d(3, stride=1, padding=1))
+        self.pool5 = nn.Sequential(*layers)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool5(self.backbone(x)))
+
+    def classifier_parameters(self) -> Iterator[nn.Parameter]:
+        for conv in self.head.classifier_convs():
+            yield from conv.parameters()
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """SGD groups as DeepLab's prototxts set them: pretrained weights 1x lr, pretrained biases 2x
+        (no decay), new classifier weights 10x, new classifier biases 20x (no decay).
+
+        Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped.
+        """
+        new = {id(p) for p in self.classifier_parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"weight": [], "bias": [], "new_weight": [], "new_bias": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            kind = "bias" if name.endswith("bias") else "weight"
+            groups[f"new_{kind}" if id(p) in new else kind].append(p)
+        settings = {
+            "weight": (1.0, weight_decay),
+            "bias": (2.0, 0.0),
+            "new_weight": (10.0, weight_decay),
+            "new_bias": (20.0, 0.0),
+        }
+        return [
+            {"params": params, "lr": lr * settings[k][0], "weight_decay": settings[k][1], "name": k}
+            for k, params in groups.items()
+            if params
+        ]
+
+
+def _relu(name: str, channels: int) -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+def build_segmenter(segmenter_cfg: Mapping[str, Any], num_classes: int = 21) -> DeepLab:
+    """A DeepLab from ``cfg.segmenter`` (conf/segmenter/*.yaml), with ``weights`` loaded when set.
+
+    Keys: ``backbone`` (vgg16 | resnet50 | resnet101 | tiny), ``head`` (largefov | aspp), ``weights``
+    (file or null), ``frozen_bn``, ``output_stride`` (8; 16 for ResNets only); optional ``rates``
+    (default: largefov [12], aspp [6, 12, 18, 24]), ``hidden`` (fc6/fc7 width; default 1024 for
+    vgg16, none for ResNets), ``dropout`` (0.5), ``pool5_avg`` (true), ``caffe_style`` (false),
+    ``width`` (tiny backbone width).
+    """
+    cfg = dict(segmenter_cfg)
+    name = str(cfg.get("backbone"))
+    head_type = str(cfg.get("head", "largefov"))
+    if name not in BACKBONES:
+        raise ValueError(f"segmenter.backbone={name!r}; choose one of {', '.join(BACKBONES)}")
+    if head_type not in HEAD_RATES:
+        raise ValueError(f"segmenter.head={head_type!r}; choose largefov or aspp")
+    output_stride = int(cfg.get("output_stride") or 8)
+    frozen_bn = bool(cfg.get("frozen_bn", False))
+    rates = [int(r) for r in (cfg.get("rates") or HEAD_RATES[head_type])]
+    is_resnet = name.startswith("resnet")
+    if not is_resnet and output_stride != 8:
+        raise ValueError(
+            f"segmenter.output_stride={output_stride}: the {name} backbone has output stride 8 only"
+        )
+    backbone: nn.Module
+    if is_resnet:
+        backbone = ResNetBackbone(
+            int(name.removeprefix("resnet")),
+            output_stride=output_stride,
+            frozen_bn=frozen_bn,
+            caffe_style=bool(cfg.get("caffe_style", False)),
+        )
+        default_hidden = None
+    elif name == "vgg16":
+        from wsss.models.vgg import VGG16Backbone
+
+        backbone = VGG16Backbone(_relu)
+        default_hidden = 1024
+    else:
+        from wsss.models.tiny import TinyBackbone
+
+        width = cfg.get("width")
+        backbone = TinyBackbone(_relu, int(width)) if width else TinyBackbone(_relu)
+        default_hidden = None
+    hidden = cfg.get("hidden", default_hidden)
+    head = DeepLabHead(
+        backbone.out_channels,
+        num_classes,
+        rates,
+        hidden=int(hidden) if hidden else None,
+        dropout=float(cfg.get("dropout", 0.5)),
+    )
+    model = DeepLab(backbone, head, pool5=not is_resnet, pool5_avg=bool(cfg.get("pool5_avg", True)))
+    if cfg.get("weights"):
+        load_weights(model, cfg["weights"])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: a state dict, a Lightning checkpoint (``state_dict``) or a caffe blob dump."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"segmenter weights {path} not found; set segmenter.weights=<file> (torchvision or caffe-converted "
+            "DeepLab weights, see wsss.models.deeplab) or segmenter.weights=null to start from random weights"
+        )
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            raw: Any = {k: data[k] for k in data.files}
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a {type(raw).__name__}, not a dict of tensors")
+    out = {}
+    for key, value in raw.items():
+        key = key.removeprefix("module.")
+        out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if all(k.startswith("model.") for k in out):  # a SegmenterTask checkpoint
+        out = {k.removeprefix("model."): v for k, v in out.items()}
+    return out
+
+
+def weights_format(state: Mapping[str, torch.Tensor]) -> str:
+    """``segmenter`` | ``torchvision_vgg`` | ``torchvision_resnet`` | ``caffe_vgg`` | ``caffe_resnet``."""
+    keys = set(state)
+    if any(k.startswith(("backbone.", "head.")) for k in keys):
+        return "segmenter"
+    if "features.0.weight" in keys:
+        return "torchvision_vgg"
+    if "layer1.0.conv1.weight" in keys:
+        return "torchvision_resnet"
+    if "conv1_1.0" in keys:
+        return "caffe_vgg"
+    if "res2a_branch2a.0" in keys:
+        return "caffe_resnet"
+    raise ValueError(
+        "cannot tell the layout of these weights (first keys: "
+        f"{sorted(keys)[:5]}); expected this project's segmenter, torchvision vgg16/resnet, or a caffe blob dump "
+        "(keys like conv1_1.0 or res2a_branch2a.0; see wsss.models.deeplab)"
+    )
+
+
+def load_weights(model: DeepLab, path: str | Path) -> str:
+    """Load a weights file into ``model`` (any layout in the module docstring); returns the layout found."""
+    state = read_state_dict(path)
+    fmt = weights_format(state)
+    is_resnet = isinstance(model.backbone, ResNetBackbone)
+    if fmt != "segmenter" and fmt.endswith("vgg") == is_resnet:
+        kind = "ResNet" if is_resnet else "VGG-16"
+        raise ValueError(f"{path}: {fmt} weights do not fit a {kind} segmenter; pick the matching segmenter")
+    if fmt == "segmenter":
+        model.load_state_dict(state)
+    elif fmt == "torchvision_resnet":
+        _load_partial(model.backbone, {k: v for k, v in state.items() if not k.startswith("fc.")}, path)
+    elif fmt == "torchvision_vgg":
+        _load_partial(model.backbone, {k: v for k, v in state.items() if k.startswith("features.")}, path)
+        _load_vgg_fc(model, state)
+    else:
+        if is_resnet and not model.backbone.maxpool.ceil_mode:
+            raise ValueError(
+                f"{path}: caffe ResNet weights need the caffe block layout; set segmenter.caffe_style=true"
+            )
+        mapped = caffe_to_segmenter(state, model)
+        _fold_caffe_input(mapped, "backbone.conv1.weight" if is_resnet else "backbone.features.0.weight")
+        _load_partial(model, mapped, path)
+    log.info("segmenter weights: %s (%s)", path, fmt)
+    return fmt
+
+
+def _load_partial(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    own = module.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        k = bad[0]
+        raise ValueError(
+            f"{path}: {k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
+        )
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise ValueError(
+            f"{path}: {len(unexpected)} tensors fit no layer of the model (e.g. {unexpected[:3]})"
+        )
+    module.load_state_dict(state, strict=False)
+
+
+def _load_vgg_fc(model: DeepLab, state: Mapping[str, torch.Tensor]) -> None:
+    """fc6/fc7 of a LargeFOV branch from torchvision's 4096-wide fully connected layers (decimated)."""
+    branch = model.head.branches[0]
+    if "classifier.0.weight" not in state or not hasattr(branch, "fc6"):
+        return
+    fc6 = state["classifier.0.weight"].reshape(4096, 512, 7, 7)[::4][:, :, ::3, ::3]
+    fc7 = state["classifier.3.weight"][::4, ::4][:, :, None, None]
+    if fc6.shape != branch.fc6.weight.shape or fc7.shape != branch.fc7.weight.shape:
+        log.warning(
+            "torchvision fc6/fc7 do not fit a head with %d hidden channels; left random",
+            branch.fc7.out_channels,
+        )
+        return
+    with torch.no_grad():  # every branch starts from the same fc6/fc7 (DeepLab v2 VGG-16 ASPP does so)
+        for b in model.head.branches:
+            b.fc6.weight.copy_(fc6)
+            b.fc6.bias.copy_(state["classifier.0.bias"][::4])
+            b.fc7.weight.copy_(fc7)
+            b.fc7.bias.copy_(state["classifier.3.bias"][::4])
+
+
+def caffe_block_names(depth: int) -> list[list[str]]:
+    """Caffe block names of res2..res5 (``a, b, c`` or ``a, b1, b2, ...``)."""
+    from wsss.models.resnet import BLOCKS
+
+    names = []
+    for n in BLOCKS[depth]:
+        if depth == 50 or n == 3:
+            names.append([chr(ord("a") + j) for j in range(n)])
+        else:
+            names.append(["a"] + [f"b{j}" for j in range(1, n)])
+    return names
+
+
+def caffe_key_map(model: DeepLab) -> dict[str, str]:
+    """Caffe layer name -> this project's module path (see the table in the module docstring)."""
+    mapping: dict[str, str] = {}
+    if isinstance(model.backbone, ResNetBackbone):
+        mapping["conv1"] = "backbone.conv1"
+        mapping["bn_conv1"] = mapping["scale_conv1"] = "backbone.bn1"
+        for s, blocks in enumerate(caffe_block_names(model.backbone.depth), start=2):
+            for j, b in enumerate(blocks):
+                prefix = f"backbone.layer{s - 1}.{j}"
+                for branch, idx in (("2a", 1), ("2b", 2), ("2c", 3)):
+                    mapping[f"res{s}{b}_branch{branch}"] = f"{prefix}.conv{idx}"
+                    mapping[f"bn{s}{b}_branch{branch}"] = mapping[f"scale{s}{b}_branch{branch}"] = (
+                        f"{prefix}.bn{idx}"
+                    )
+                if j == 0:
+                    mapping[f"res{s}a_branch1"] = f"{prefix}.downsample.0"
+                    mapping[f"bn{s}a_branch1"] = mapping[f"scale{s}a_branch1"] = f"{prefix}.downsample.1"
+    else:
+        for name, idx in zip(VGG_CAFFE_NAMES, VGG_CONV_INDICES, strict=True):
+            mapping[name] = f"backbone.features.{idx}"
+    return mapping
+
+
+def caffe_to_segmenter(blobs: Mapping[str, torch.Tensor], model: DeepLab) -> dict[str, torch.Tensor]:
+    """Rename a caffe blob dump to this project's keys (BN mean/var divided by the moving-average factor)."""
+    mapping = caffe_key_map(model)
+    layers: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in blobs.items():
+        layer, _, index = key.rpartition(".")
+        layers.setdefault(layer, {})[int(index)] = value.float()
+    out: dict[str, torch.Tensor] = {}
+    own = model.state_dict()
+    num_classes = model.head.branches[0].fc8.out_channels
+    for layer, b in layers.items():
+        target = mapping.get(layer) or _caffe_head_target(layer, model)
+        if target is None:
+            raise ValueError(f"caffe layer {layer} fits no layer of a {_describe(model)}")
+        if layer.startswith("bn"):
+            factor = float(b[2].reshape(-1)[0]) if 2 in b else 1.0
+            factor = 1.0 / factor if factor != 0 else 0.0
+            out[f"{target}.running_mean"] = b[0].reshape(-1) * factor
+            out[f"{target}.running_var"] = b[1].reshape(-1) * factor
+            continue
+        if layer.startswith("scale"):
+            out[f"{target}.weight"], out[f"{target}.bias"] = b[0].reshape(-1), b[1].reshape(-1)
+            continue
+        weight = b[0]
+        if target.endswith("fc8") and weight.shape[0] != num_classes:
+            log.warning(
+                "caffe %s has %d classes, the model %d: kept its initialisation",
+                layer,
+                weight.shape[0],
+                num_classes,
+            )
+            continue
+        out[f"{target}.weight"] = weight.reshape(own[f"{target}.weight"].shape)
+        if 1 in b:
+            out[f"{target}.bias"] = b[1].reshape(-1)
+    return out
+
+
+def _caffe_head_target(layer: str, model: DeepLab) -> str | None:
+    aspp = re.fullmatch(r"fc1.*_c(\d+)", layer)
+    if aspp and int(aspp.group(1)) < len(model.head.branches):
+        return f"head.branches.{aspp.group(1)}.fc8"
+    vgg = re.fullmatch(r"(fc6|fc7|fc8).*", layer)
+    if vgg and hasattr(model.head.branches[0], vgg.group(1)):
+        return f"head.branches.0.{vgg.group(1)}"
+    return None
+
+
+def _fold_caffe_input(state: dict[str, torch.Tensor], first_conv: str) -> None:
+    """Make a conv that took BGR 0-255 mean-subtracted input take RGB ImageNet-normalised input."""
+    weight = state.get(f"{first_conv}")
+    if weight is None:
+        return
+    bgr = weight.flip(1)  # channel order BGR -> RGB
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    state[first_conv] = bgr * 255.0 * std
+    bias_key = first_conv.removesuffix("weight") + "bias"
+    if bias_key in state:
+        # caffe input = 255 * (std * x + mean) - caffe_mean: the constant part goes into the bias
+        offset = 255.0 * torch.tensor(IMAGENET_MEAN) - torch.tensor(CAFFE_MEAN_BGR[::-1])
+        state[bias_key] = state[bias_key] + (bgr * offset.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
+
+
+def _describe(model: DeepLab) -> str:
+    bb = model.backbone
+    name = f"ResNet-{bb.depth}" if isinstance(bb, ResNetBackbone) else type(bb).__name__
+    return f"{name} DeepLab with rates {model.head.rates}"

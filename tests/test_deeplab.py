@@ -1,0 +1,233 @@
+"""DeepLab networks: head structure, output stride, parameter groups, and the weight loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wsss.models.deeplab import (
+    CAFFE_MEAN_BGR,
+    DeepLab,
+    build_segmenter,
+    caffe_block_names,
+    caffe_key_map,
+    load_weights,
+    weights_format,
+)
+from wsss.models.resnet import FrozenBatchNorm2d
+
+ASPP = {"backbone": "resnet50", "head": "aspp", "frozen_bn": True, "output_stride": 8}
+TINY = {"backbone": "tiny", "head": "largefov", "rates": [3], "hidden": 32, "width": 4}
+
+
+def test_aspp_has_four_branches_with_dilations_6_12_18_24_summed_at_output_stride_8() -> None:
+    model = build_segmenter(ASPP).eval()
+    assert model.head.rates == [6, 12, 18, 24]
+    for branch, rate in zip(model.head.branches, (6, 12, 18, 24), strict=True):
+        conv = branch.fc8
+        assert conv.kernel_size == (3, 3) and conv.dilation == (rate, rate) and conv.padding == (rate, rate)
+        assert (conv.in_channels, conv.out_channels) == (2048, 21)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.backbone(x)
+        summed = sum(b(feats) for b in model.head.branches)
+    assert out.shape == (1, 21, 8, 10)
+    torch.testing.assert_close(out, summed)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
+def test_largefov_vgg16_layers_and_output_shape() -> None:
+    model = build_segmenter({"backbone": "vgg16", "head": "largefov"}).eval()
+    branch = model.head.branches[0]
+    assert [type(m) for m in model.pool5] == [nn.MaxPool2d, nn.AvgPool2d]
+    assert (model.pool5[0].kernel_size, model.pool5[0].stride, model.pool5[0].padding) == (3, 1, 1)
+    assert branch.fc6.dilation == (12, 12) and branch.fc6.kernel_size == (3, 3)
+    assert (branch.fc6.out_channels, branch.fc7.out_channels, branch.fc8.out_channels) == (1024, 1024, 21)
+    assert [m.p for m in branch if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 65, 97))
+    assert out.shape == (1, 21, 8, 12)  # floor(65 / 8), floor(97 / 8): output stride 8 (2x2 pools)
+
+
+def test_largefov_r101_is_one_branch_at_rate_12() -> None:
+    model = build_segmenter({"backbone": "resnet101", "head": "largefov", "output_stride": 16})
+    assert model.head.rates == [12] and isinstance(model.head.branches[0].fc8, nn.Conv2d)
+    assert len(model.backbone.layer3) == 23 and len(model.pool5) == 0
+
+
+def test_param_groups_give_10x_and_20x_to_the_classifier_only() -> None:
+    model = build_segmenter({"backbone": "vgg16", "head": "largefov"})
+    groups = {g["name"]: g for g in model.param_groups(1e-3, weight_decay=5e-4)}
+    assert {k: g["lr"] for k, g in groups.items()} == pytest.approx(
+        {"weight": 1e-3, "bias": 2e-3, "new_weight": 1e-2, "new_bias": 2e-2}
+    )
+    assert groups["new_weight"]["params"] == [model.head.branches[0].fc8.weight]
+    assert groups["new_bias"]["params"] == [model.head.branches[0].fc8.bias]
+    assert (groups["weight"]["weight_decay"], groups["bias"]["weight_decay"]) == (5e-4, 0.0)
+    n_total = sum(len(g["params"]) for g in groups.values())
+    assert n_total == len(list(model.parameters()))  # every parameter is in exactly one group
+    # frozen batch norm: a ResNet backbone has no trainable biases at all
+    aspp = {g["name"]: g for g in build_segmenter(ASPP).param_groups(1.0)}
+    assert set(aspp) == {"weight", "new_weight", "new_bias"} and len(aspp["new_weight"]["params"]) == 4
+
+
+def test_bad_settings_name_the_key() -> None:
+    with pytest.raises(ValueError, match="segmenter.backbone='resnet18'"):
+        build_segmenter({"backbone": "resnet18", "head": "aspp"})
+    with pytest.raises(ValueError, match="segmenter.head='psp'"):
+        build_segmenter({"backbone": "tiny", "head": "psp"})
+    with pytest.raises(ValueError, match="output stride 8 only"):
+        build_segmenter({"backbone": "vgg16", "head": "largefov", "output_stride": 16})
+
+
+def test_torchvision_vgg16_weights_load_with_decimated_fc6_fc7(tmp_path) -> None:
+    torch.manual_seed(0)
+    state = {
+        f"features.{i}.weight": torch.randn(c_out, c_in, 3, 3)
+        for i, c_in, c_out in zip(
+            (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+            (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512),
+            (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
+            strict=True,
+        )
+    }
+    state |= {k.replace("weight", "bias"): torch.randn(v.shape[0]) for k, v in list(state.items())}
+    state |= {
+        "classifier.0.weight": torch.randn(4096, 512 * 49),
+        "classifier.0.bias": torch.randn(4096),
+        "classifier.3.weight": torch.randn(4096, 4096),
+        "classifier.3.bias": torch.randn(4096),
+        "classifier.6.weight": torch.randn(1000, 4096),
+        "classifier.6.bias": torch.randn(1000),
+    }
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = build_segmenter({"backbone": "vgg16", "head": "largefov", "weights": str(path)})
+    assert torch.equal(model.backbone.features[28].weight, state["features.28.weight"])
+    branch = model.head.branches[0]
+    # fc6: filter 4k, input channel c, spatial taps (0, 3, 6) of the 7x7 kernel
+    fc6 = state["classifier.0.weight"].view(4096, 512, 7, 7)
+    assert torch.equal(branch.fc6.weight[5, 7], fc6[20, 7][[0, 3, 6]][:, [0, 3, 6]])
+    assert torch.equal(branch.fc7.weight[3, 9, 0, 0], state["classifier.3.weight"][12, 36])
+    assert torch.equal(branch.fc7.bias, state["classifier.3.bias"][::4])
+    assert float(branch.fc8.weight.detach().std()) < 0.02  # new layer keeps its N(0, 0.01) init
+    assert weights_format(state) == "torchvision_vgg"
+
+
+def test_caffe_names_follow_deeplab_prototxts() -> None:
+    assert caffe_block_names(101)[1] == ["a", "b1", "b2", "b3"]
+    assert caffe_block_names(101)[2][-1] == "b22" and caffe_block_names(101)[3] == ["a", "b", "c"]
+    assert caffe_block_names(50)[2] == ["a", "b", "c", "d", "e", "f"]
+    model = build_segmenter({**ASPP, "backbone": "resnet101", "caffe_style": True, "output_stride": 16})
+    mapping = caffe_key_map(model)
+    assert mapping["res4b22_branch2c"] == "backbone.layer3.22.conv3"
+    assert mapping["scale3a_branch1"] == "backbone.layer2.0.downsample.1"
+    assert mapping["bn_conv1"] == "backbone.bn1"
+
+
+def _caffe_resnet50_dump(model: DeepLab, num_classes: int) -> dict[str, np.ndarray]:
+    """A blob dump in caffe names with random values, built from the model's own shapes."""
+    rng = np.random.default_rng(0)
+    inverse: dict[str, list[str]] = {}
+    for caffe, ours in caffe_key_map(model).items():
+        inverse.setdefault(ours, []).append(caffe)
+    own = model.state_dict()
+    blobs: dict[str, np.ndarray] = {}
+    for ours, names in inverse.items():
+        for name in names:
+            if name.startswith("bn"):
+                c = own[f"{ours}.running_mean"].numel()
+                blobs[f"{name}.0"] = rng.normal(size=c).astype(np.float32) * 2.0  # mean * factor
+                blobs[f"{name}.1"] = rng.uniform(1, 2, size=c).astype(np.float32) * 2.0
+                blobs[f"{name}.2"] = np.array([2.0], np.float32)
+            elif name.startswith("scale"):
+                c = own[f"{ours}.weight"].numel()
+                blobs[f"{name}.0"], blobs[f"{name}.1"] = rng.normal(size=(2, c)).astype(np.float32)
+            else:
+                blobs[f"{name}.0"] = rng.normal(size=own[f"{ours}.weight"].shape).astype(np.float32)
+    for i in range(4):
+        blobs[f"fc1_voc12_c{i}.0"] = rng.normal(size=(num_classes, 2048, 3, 3)).astype(np.float32)
+        blobs[f"fc1_voc12_c{i}.1"] = rng.normal(size=num_classes).astype(np.float32)
+    return blobs
+
+
+def test_caffe_resnet_blob_dump_loads_with_bn_factor_and_rgb_input(tmp_path) -> None:
+    cfg = {**ASPP, "caffe_style": True}
+    model = build_segmenter(cfg)
+    blobs = _caffe_resnet50_dump(model, 21)
+    path = tmp_path / "deeplab_caffe.npz"
+    np.savez(path, **blobs)
+    assert load_weights(model, path) == "caffe_resnet"
+    bn = model.backbone.layer3[5].bn2
+    np.testing.assert_allclose(bn.running_mean.numpy(), blobs["bn4f_branch2b.0"] / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(bn.running_var.numpy(), blobs["bn4f_branch2b.1"] / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(bn.weight.numpy(), blobs["scale4f_branch2b.0"])
+    np.testing.assert_allclose(model.head.branches[2].fc8.weight.detach().numpy(), blobs["fc1_voc12_c2.0"])
+    # first conv: RGB order, scaled by 255 * std, so that normalised RGB input = caffe's BGR 0-255 input
+    conv1 = model.backbone.conv1.weight.detach()
+    np.testing.assert_allclose(conv1[:, 0].numpy(), blobs["conv1.0"][:, 2] * 255 * 0.229, rtol=1e-5)
+
+    # COCO-style class layers (91 classes) are skipped, the rest still loads
+    coco = build_segmenter(cfg)
+    before = coco.head.branches[0].fc8.weight.clone()
+    np.savez(tmp_path / "coco.npz", **_caffe_resnet50_dump(coco, 91))
+    load_weights(coco, tmp_path / "coco.npz")
+    assert torch.equal(coco.head.branches[0].fc8.weight, before)
+
+    with pytest.raises(ValueError, match="segmenter.caffe_style=true"):
+        load_weights(build_segmenter(ASPP), path)
+
+
+def test_caffe_vgg_first_conv_sees_the_same_input_as_caffe(tmp_path) -> None:
+    """conv1_1 folded for RGB normalised input gives caffe's response to BGR 0-255 minus mean (interior)."""
+    model = build_segmenter({"backbone": "vgg16", "head": "largefov"})
+    rng = np.random.default_rng(1)
+    blobs = {}
+    for name, ours in caffe_key_map(model).items():
+        w = model.state_dict()[f"{ours}.weight"]
+        blobs[f"{name}.0"] = rng.normal(size=w.shape).astype(np.float32) * 0.01
+        blobs[f"{name}.1"] = rng.normal(size=w.shape[0]).astype(np.float32)
+    for name in ("fc6", "fc7"):
+        w = getattr(model.head.branches[0], name).weight
+        blobs[f"{name}.0"] = rng.normal(size=w.shape).astype(np.float32)
+        blobs[f"{name}.1"] = rng.normal(size=w.shape[0]).astype(np.float32)
+    blobs["fc8_voc12.0"] = rng.normal(size=(21, 1024, 1, 1)).astype(np.float32)
+    blobs["fc8_voc12.1"] = rng.normal(size=21).astype(np.float32)
+    np.savez(tmp_path / "vgg_caffe.npz", **blobs)
+    assert load_weights(model, tmp_path / "vgg_caffe.npz") == "caffe_vgg"
+    assert torch.equal(model.head.branches[0].fc8.bias, torch.from_numpy(blobs["fc8_voc12.1"]))
+
+    image = rng.integers(0, 256, size=(1, 3, 12, 12)).astype(np.float32)  # RGB 0-255
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    ours_in = torch.from_numpy(((image / 255 - mean[:, None, None]) / std[:, None, None]).astype(np.float32))
+    caffe_in = torch.from_numpy(image[:, ::-1] - np.array(CAFFE_MEAN_BGR, np.float32)[:, None, None])
+    conv = model.backbone.features[0]
+    ours_out = conv(ours_in)[..., 1:-1, 1:-1]
+    caffe_out = nn.functional.conv2d(
+        caffe_in.float(), torch.from_numpy(blobs["conv1_1.0"]), torch.from_numpy(blobs["conv1_1.1"])
+    )
+    torch.testing.assert_close(ours_out, caffe_out, atol=1e-3, rtol=1e-4)
+
+
+def test_weight_file_errors_name_the_fix(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="segmenter.weights=null"):
+        build_segmenter({**TINY, "weights": str(tmp_path / "missing.pth")})
+    torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        build_segmenter({**TINY, "weights": str(tmp_path / "odd.pth")})
+    torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "r.pth")
+    with pytest.raises(ValueError, match="do not fit a VGG-16 segmenter"):
+        build_segmenter({**TINY, "weights": str(tmp_path / "r.pth")})
+
+
+def test_own_checkpoint_round_trip(tmp_path) -> None:
+    model = build_segmenter(TINY)
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "seg.ckpt"
+    )
+    other = build_segmenter({**TINY, "weights": str(tmp_path / "seg.ckpt")})
+    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
