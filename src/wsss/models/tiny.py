@@ -1,0 +1,46 @@
+"""A tiny VGG-style backbone for tests and the demo: VGG-16's block layout with one narrow conv per block.
+
+Same block names (layer1..layer5), same pools (three 2x2 pools and DeepLab's 3x3 stride-1 pool4),
+a dilated layer5 and output stride 8, so DRS placement and map resolution behave as on VGG-16.
+Width 8 gives 64 output channels and about 61k parameters; it trains in seconds on 64-96 px images.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from wsss.drs import Activation
+from wsss.models.vgg import conv_indices, init_convs, make_features
+
+
+def tiny_plan(width: int) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
+    return (
+        ("layer1", (width, "M")),
+        ("layer2", (2 * width, "M")),
+        ("layer3", (4 * width, "M")),
+        ("layer4", (8 * width, "N")),
+        ("layer5", (8 * width,)),
+    )
+
+
+class TinyBackbone(nn.Module):
+    """(B, 3, H, W) -> (B, 8 * width, H/8, W/8), one 3x3 conv + activation per block.
+
+    Args:
+        activation: ``(block name, channels) -> module`` (``wsss.drs.make_activation``).
+        width: channels of layer1; later blocks use 2x, 4x, 8x and 8x.
+    """
+
+    output_stride = 8
+
+    def __init__(self, activation: Activation, width: int = 8) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"backbone.width={width} must be a positive channel count (e.g. 8)")
+        plan = tiny_plan(int(width))
+        self.features, self.out_channels = make_features(plan, activation)
+        self.conv_indices = conv_indices(plan)
+        init_convs(self.features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
