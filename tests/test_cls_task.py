@@ -1,0 +1,180 @@
+"""The classifier task: loss and metrics by hand, optimizer per protocol, overfitting toy images, fast_dev_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from wsss.drs import LAYERS
+from wsss.metrics import exact_match_accuracy
+from wsss.models.classifier import build_classifier
+from wsss.tasks.classifier import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassifierTask,
+    localization_maps,
+    maps_to_segmentation,
+)
+
+TINY = OmegaConf.create({"name": "tiny", "width": 8, "weights": None})
+COLOURS = {0: (1.0, 0.0, 0.0), 1: (0.0, 1.0, 0.0), 2: (0.0, 0.0, 1.0), 3: (1.0, 1.0, 0.0)}
+
+
+def drs(mode: str = "learnable"):
+    return OmegaConf.create({"mode": mode, "delta": 0.55, "placement": list(LAYERS)})
+
+
+def toy_samples(n: int = 8, size: int = 64, seed: int = 0, masks: bool = False) -> list[dict]:
+    """Noisy images with one or two coloured squares; the colour is the class (0..3 of 20)."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    samples = []
+    for i in range(n):
+        image = torch.rand(3, size, size, generator=g) * 0.3
+        label = torch.zeros(20)
+        mask = torch.zeros(size, size, dtype=torch.long)
+        for c in [i % 4] + ([(i + 1) % 4] if i % 2 else []):
+            y, x = torch.randint(0, size - 20, (2,), generator=g).tolist()
+            image[:, y : y + 16, x : x + 16] = torch.tensor(COLOURS[c])[:, None, None]
+            mask[y : y + 16, x : x + 16] = c + 1
+            label[c] = 1.0
+        sample = {"image": (image - mean) / std, "label": label, "id": f"toy{i}"}
+        if masks:
+            mask[0, :4] = 255
+            sample["mask"] = mask
+        samples.append(sample)
+    return samples
+
+
+def loader(samples: list[dict], batch_size: int = 4, shuffle: bool = False) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=shuffle)
+
+
+def evaluate(model: torch.nn.Module, samples: list[dict]) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([s["image"] for s in samples])
+        y = torch.stack([s["label"] for s in samples])
+        logits = model.logits(x)
+        result = float(F.multilabel_soft_margin_loss(logits, y)), float(exact_match_accuracy(logits, y))
+    model.train()
+    return result
+
+
+def test_localization_maps_and_segmentation_by_hand() -> None:
+    scores = torch.zeros(1, 3, 2, 2)
+    scores[0, 0] = torch.tensor([[2.0, -1.0], [1.0, 0.0]])
+    scores[0, 1] = torch.tensor([[0.0, 4.0], [1.0, 2.0]])
+    scores[0, 2] = torch.tensor([[9.0, 9.0], [9.0, 9.0]])  # not in the label: must vanish
+    maps = localization_maps(scores, torch.tensor([[1.0, 1.0, 0.0]]), (2, 2))
+    expected0 = torch.tensor([[2.0, 0.0], [1.0, 0.0]]) / (2.0 + 1e-5)
+    expected1 = torch.tensor([[0.0, 4.0], [1.0, 2.0]]) / (4.0 + 1e-5)
+    assert torch.allclose(maps[0, 0], expected0) and torch.allclose(maps[0, 1], expected1)
+    assert float(maps[0, 2].abs().sum()) == 0.0
+    # threshold 0.4: pixel (0,0) class 1 (1.0), (0,1) class 2 (1.0), (1,0) tie 0.5/0.25 -> class 1, (1,1) 0.5 -> class 2
+    assert maps_to_segmentation(maps, 0.4).tolist() == [[[1, 2], [1, 2]]]
+    assert maps_to_segmentation(maps, 0.6).tolist() == [[[1, 2], [0, 0]]]
+    # release rule: maps < 0.6 zeroed, background = 1 - saliency (ties to background)
+    saliency = torch.tensor([[[1.0, 0.0], [0.9, 0.9]]])
+    assert maps_to_segmentation(maps, 0.6, saliency).tolist() == [[[1, 0], [0, 0]]]
+
+
+def test_map_ignores_classes_without_positives() -> None:
+    task = ClassifierTask(build_classifier(TINY, drs(), 4), num_classes=4)
+    probs = torch.tensor([[0.9, 0.7, 0.2, 0.3], [0.2, 0.8, 0.1, 0.1], [0.7, 0.6, 0.3, 0.2]])
+    targets = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]])
+    task.val_ap.update(probs, targets)
+    task.val_support.update(probs, targets)
+    # class 0: its positive ranks 1st -> AP 1; class 1: positives rank 1st and 3rd -> (1 + 2/3) / 2;
+    # classes 2 and 3 have no positive image and are left out of the mean
+    assert float(task.mean_average_precision()) == pytest.approx((1.0 + 5.0 / 6.0) / 2.0)
+
+
+def test_optimizer_per_protocol() -> None:
+    model = build_classifier(TINY, drs(), 20)
+    paper = ClassifierTask(model, protocol="paper", lr=1e-3, lr_steps=[5, 10])
+    opt = paper.configure_optimizers()
+    sgd, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    assert len(sgd.param_groups) == 1 and not sgd.param_groups[0]["nesterov"]
+    assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 5e-4
+    assert sorted(sched.milestones) == [5, 10] and opt["lr_scheduler"]["interval"] == "epoch"
+    release = ClassifierTask(model, protocol="release", lr=1e-3, lr_steps=[5, 10]).configure_optimizers()
+    groups = {g["name"]: g for g in release["optimizer"].param_groups}
+    assert {k: round(g["lr"], 6) for k, g in groups.items()} == {
+        "backbone_weight": 0.001,
+        "backbone_bias": 0.002,
+        "new_weight": 0.01,
+        "new_bias": 0.02,
+    }
+    assert all(g["nesterov"] for g in groups.values())
+    fc = model.backbone.features[1].fc[0].weight  # a DRS controller in the backbone trains at 10x
+    assert any(p is fc for p in groups["new_weight"]["params"])
+    assert sorted(release["lr_scheduler"]["scheduler"].milestones) == [4, 9]
+    with pytest.raises(ValueError, match="protocol='both'"):
+        ClassifierTask(model, protocol="both")
+
+
+def test_checkpoint_holds_only_model_weights_and_channels_last_agrees() -> None:
+    torch.manual_seed(0)
+    model = build_classifier(TINY, drs(), 20)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(x)
+    task = ClassifierTask(model, channels_last=True, map_miou=True)
+    assert all(k.startswith("model.") for k in task.state_dict())
+    assert len(task.state_dict()) == len(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(task(x), expected, atol=1e-5)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convs run fastest on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_classifier_overfits_toy_images(tmp_path: Path, one_thread: None) -> None:
+    samples = toy_samples()
+    torch.manual_seed(0)
+    model = build_classifier(TINY, drs("learnable"), 20)
+    loss0, acc0 = evaluate(model, samples)
+    task = ClassifierTask(model, lr=0.05, lr_steps=[1000], log_images=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=120,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, loader(samples, shuffle=True))
+    loss1, acc1 = evaluate(model, samples)
+    assert loss1 < 0.1 * loss0
+    assert acc0 == 0.0 and acc1 >= 0.625
+
+
+def test_fast_dev_run_vgg16_at_64px(tmp_path: Path) -> None:
+    samples = toy_samples(n=2, masks=True)
+    torch.manual_seed(0)
+    model = build_classifier(OmegaConf.create({"name": "vgg16", "weights": None}), drs(), 20)
+    before = model.classifier.weight.detach().clone()
+    task = ClassifierTask(model, map_miou=True, log_images=2)
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, default_root_dir=tmp_path)
+    trainer.fit(task, loader(samples, batch_size=2), loader(samples, batch_size=2))
+    assert not torch.equal(before, model.classifier.weight)
+    metrics = trainer.callback_metrics
+    for key in ("train/loss", "val/loss", "val/accuracy", "val/map", "val/map_miou"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert 0.0 <= float(metrics["val/map_miou"]) <= 1.0
+    figures = sorted((tmp_path / "figures").glob("cls_val_epoch*.png"))
+    assert [f.name for f in figures] == ["cls_val_epoch000.png"]
