@@ -65,8 +65,11 @@ def test_evaluate_seeds_reads_files_and_counts_missing(tmp_path: Path) -> None:
     save_maps(tmp_path / "a.npz", CLASSES, MAPS, dtype="float16")
     small = np.array([[[0.2, 0.8]]], np.float32)  # stored at half the mask's width
     save_maps(tmp_path / "b.npz", np.array([4]), small, dtype="float16")
-    masks = {0: GT, 1: np.array([[0, 0, 5, 5]]), 2: GT}
-    metrics, curve = evaluate_seeds(tmp_path, ["a", "b", "c"], masks.__getitem__, thresholds=[0.25, 0.65])
+    save_maps(tmp_path / "d.npz", CLASSES, MAPS)
+    masks = {0: GT, 1: np.array([[0, 0, 5, 5]]), 2: GT, 3: None}  # d has maps but no mask: skipped
+    metrics, curve = evaluate_seeds(
+        tmp_path, ["a", "b", "c", "d"], masks.__getitem__, thresholds=[0.25, 0.65]
+    )
     assert metrics["seed_images"] == 2 and metrics["seed_missing"] == 1
     assert len(curve) == 2
     # b at t=0.65 after resizing [0.2, 0.35, 0.65, 0.8]: pred [0, 0, 0, 5] vs gt [0, 0, 5, 5]
@@ -75,5 +78,5 @@ def test_evaluate_seeds_reads_files_and_counts_missing(tmp_path: Path) -> None:
 
 
 def test_evaluate_seeds_without_any_maps_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="eval_split must be part of maps.split"):
+    with pytest.raises(ValueError, match="eval_split must be a split with masks inside maps.split"):
         evaluate_seeds(tmp_path, ["a"], lambda i: GT)

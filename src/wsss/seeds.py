@@ -88,12 +88,13 @@ class SeedSweep:
 def evaluate_seeds(
     maps_dir: str | Path,
     ids: Sequence[str],
-    mask: Callable[[int], np.ndarray],
+    mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps.
+    """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps and masks.
 
-    Returns the flat metrics (with ``seed_missing``: ids without a maps file) and the sweep curve.
+    ``mask(i)`` returns None for an image without ground truth; such images are skipped. Returns the
+    flat metrics (with ``seed_missing``: images with a mask but no maps file) and the sweep curve.
     """
     maps_dir = Path(maps_dir)
     sweep = SeedSweep(thresholds)
@@ -103,12 +104,15 @@ def evaluate_seeds(
         if not path.is_file():
             missing += 1
             continue
+        gt = mask(i)
+        if gt is None:
+            continue
         classes, maps = load_maps(path)
-        sweep.update(classes, maps, mask(i))
+        sweep.update(classes, maps, gt)
     if sweep.images == 0:
         raise ValueError(
-            f"none of the {len(ids)} evaluation images has a maps file in {maps_dir}; "
-            "data.eval_split must be part of maps.split (VOC: train within train_aug)"
+            f"none of the {len(ids)} evaluation images has both a mask and a maps file in {maps_dir}; "
+            "data.eval_split must be a split with masks inside maps.split (VOC: train within train_aug)"
         )
     if missing:
         log.warning(

@@ -49,12 +49,11 @@ def build_net(cfg: DictConfig, folder: Path, source: str) -> nn.Module:
     from wsss.models.classifier import build_classifier, build_refiner
 
     num_classes = int(cfg.data.num_classes)
+    head = cfg.model.get("head_channels")
     if source == "cls":
-        net = build_classifier(
-            cfg.backbone, cfg.drs, num_classes, head_channels=cfg.model.get("head_channels"), weights=None
-        )
+        net = build_classifier(cfg.backbone, cfg.drs, num_classes, head_channels=head, init_backbone=False)
     else:
-        net = build_refiner(cfg.backbone, num_classes)
+        net = build_refiner(cfg.backbone, num_classes, head_channels=head, init_backbone=False)
     net.load_state_dict(load_state(folder / "checkpoints" / "best.ckpt"))
     return net.eval()
 

@@ -32,7 +32,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     maps_dir = exp.require("maps_cls")
     out = exp.begin("refine")
     task = RefinerTask(
-        build_refiner(cfg.backbone, int(cfg.data.num_classes)),
+        build_refiner(cfg.backbone, int(cfg.data.num_classes), head_channels=cfg.model.get("head_channels")),
         lr=float(rcfg.lr),
         lr_steps=[int(s) for s in rcfg.lr_steps],
         lr_gamma=float(rcfg.lr_gamma),
