@@ -21,33 +21,6 @@ EXTRA = ["2008_002176"]  # train_aug only
 IDS = TRAIN + EXTRA
 
 
-class FolderVOC:
-    """Stand-in for wsss.data.voc.VOCDataset (used only while that module is absent): ids, image, mask."""
-
-    def __init__(self, root: str | Path, split: str) -> None:
-        self.base = Path(root) / "VOCdevkit" / "VOC2012"
-        self.ids = (self.base / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
-
-    def image(self, i: int) -> np.ndarray:
-        with Image.open(self.base / "JPEGImages" / f"{self.ids[i]}.jpg") as img:
-            return np.asarray(img.convert("RGB"))
-
-    def mask(self, i: int) -> np.ndarray | None:
-        path = self.base / "SegmentationClassAug" / f"{self.ids[i]}.png"
-        return read_mask(path) if path.is_file() else None
-
-
-@pytest.fixture(autouse=True)
-def _dataset(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real VOCDataset when wsss.data.voc exists, else FolderVOC."""
-    import wsss.stages.pseudo as stage
-
-    try:
-        import wsss.data.voc  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(stage, "voc_dataset", lambda cfg, split: FolderVOC(cfg.data.root, split))
-
-
 @pytest.fixture()
 def voc(tmp_path: Path, shared_data: Path) -> tuple[Path, Path]:
     """A 4-image VOC copy (train_aug = 4 ids, train = 3 of them) and its saliency folder."""

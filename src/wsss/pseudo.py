@@ -289,7 +289,7 @@ def read_saliency(path: str | Path) -> np.ndarray:
 class LabelJob:
     """What every worker needs to label one image by its index (sent once per worker)."""
 
-    dataset: Any  # VOCDataset of data.maps_split: .ids, .image(i)
+    dataset: Any  # VOCDataset of data.maps_split: .ids, .image(i), optionally .image_size(i)
     maps_dir: Path
     out_dir: Path
     saliency_dir: Path | None
@@ -315,8 +315,15 @@ def label_image(index: int) -> tuple[int, int]:
     image_id = job.dataset.ids[index]
     classes, maps = load_maps(job.maps_dir / f"{image_id}.npz")
     saliency = read_saliency(job.saliency_dir / f"{image_id}.png") if job.saliency_dir else None
-    image = job.dataset.image(index) if (job.crf is not None or saliency is None) else None
-    size = saliency.shape if saliency is not None else image.shape[:2]
+    image = job.dataset.image(index) if job.crf is not None else None
+    if saliency is not None:
+        size = saliency.shape
+    elif image is not None:
+        size = image.shape[:2]
+    elif hasattr(job.dataset, "image_size"):  # from the JPEG header, no decoding
+        size = tuple(job.dataset.image_size(index))
+    else:
+        size = job.dataset.image(index).shape[:2]
     if image is not None and saliency is not None and image.shape[:2] != saliency.shape:
         raise ValueError(
             f"{image_id}: saliency map is {saliency.shape} but the image is {image.shape[:2]}; saliency PNGs "
