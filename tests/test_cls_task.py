@@ -178,3 +178,11 @@ def test_fast_dev_run_vgg16_at_64px(tmp_path: Path) -> None:
     assert 0.0 <= float(metrics["val/map_miou"]) <= 1.0
     figures = sorted((tmp_path / "figures").glob("cls_val_epoch*.png"))
     assert [f.name for f in figures] == ["cls_val_epoch000.png"]
+
+
+def test_map_miou_without_masks_is_a_clear_error(tmp_path: Path) -> None:
+    samples = toy_samples(n=2)  # no "mask"
+    task = ClassifierTask(build_classifier(TINY, drs(), 20), map_miou=True, log_images=0)
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="no validation batch carried a 'mask'"):
+        trainer.fit(task, loader(samples, batch_size=2), loader(samples, batch_size=2))

@@ -214,6 +214,11 @@ class ClassifierTask(pl.LightningModule):
         self.val_support.reset()
         if self.map_miou:
             cm = self.val_confusion.compute()
+            if int(cm.sum()) == 0 and not self.trainer.sanity_checking:
+                raise RuntimeError(
+                    "cls.map_miou is on but no validation batch carried a 'mask' with labelled pixels; "
+                    "validate on a split with masks or set cls.map_miou=false cls.select_on_map_miou=false"
+                )
             miou = scores_from_confusion(cm)["miou"] if int(cm.sum()) > 0 else float("nan")
             self.log("val/map_miou", torch.tensor(miou, dtype=torch.float32), prog_bar=True)
             self.val_confusion.reset()
