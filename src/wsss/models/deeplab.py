@@ -102,9 +102,12 @@ class Branch(nn.Sequential):
         for name, module in layers.items():
             self.add_module(name, module)
         self.rate = rate
-        for m in self.modules():
+        for name, m in self.named_children():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)  # DeepLab: Gaussian (0, 0.01) for new layers
+                if name == "fc8":  # DeepLab's classifier init: Gaussian (0, 0.01)
+                    nn.init.normal_(m.weight, std=0.01)
+                else:  # fc6/fc7 not loaded from ImageNet weights: He init, as the backbone convs
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
 

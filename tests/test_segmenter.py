@@ -1,0 +1,164 @@
+"""SegmenterTask: poly schedule, parameter groups in the optimizer, multi-scale inputs, loss, and learning."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wsss.metrics import confusion_matrix, scores_from_confusion
+from wsss.models.deeplab import build_segmenter
+from wsss.tasks.segmenter import SegmenterTask, multi_scale_logits, poly_factor
+
+TINY = {"backbone": "tiny", "head": "largefov", "rates": [2], "hidden": 32, "width": 8, "dropout": 0.1}
+COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 60, 230)}
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads per process run ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_poly_factor_values() -> None:
+    f = poly_factor(1000, 0.9)
+    assert f(0) == 1.0
+    assert f(250) == pytest.approx(0.75**0.9)
+    assert f(500) == pytest.approx(0.5**0.9)  # 0.535887...
+    assert f(999) == pytest.approx(0.001**0.9)
+    assert f(1000) == 0.0 and f(1500) == 0.0
+    with pytest.raises(ValueError, match="seg.max_steps=0"):
+        poly_factor(0)
+
+
+def test_optimizer_groups_follow_the_poly_schedule_per_step() -> None:
+    task = SegmenterTask(build_segmenter(TINY), lr=1e-3, max_steps=100, poly_power=0.9)
+    conf = task.configure_optimizers()
+    optimizer, sched = conf["optimizer"], conf["lr_scheduler"]
+    assert sched["interval"] == "step"
+    assert optimizer.defaults["momentum"] == 0.9
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"weight": 1e-3, "bias": 2e-3, "new_weight": 1e-2, "new_bias": 2e-2})
+    for _ in range(40):
+        optimizer.step()
+        sched["scheduler"].step()
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    factor = 0.6**0.9
+    assert lrs == pytest.approx(
+        {
+            "weight": 1e-3 * factor,
+            "bias": 2e-3 * factor,
+            "new_weight": 1e-2 * factor,
+            "new_bias": 2e-2 * factor,
+        }
+    )
+    wd = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert wd == {"weight": 5e-4, "bias": 0.0, "new_weight": 5e-4, "new_bias": 0.0}
+
+
+def test_multi_scale_inputs_give_three_scales_and_their_max() -> None:
+    model = build_segmenter(TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outs = multi_scale_logits(model, x, [1.0, 0.75, 0.5])
+        full = model(x)
+    assert len(outs) == 4 and all(o.shape == (2, 21, 8, 8) for o in outs)
+    torch.testing.assert_close(outs[0], full)
+    torch.testing.assert_close(outs[3], torch.maximum(torch.maximum(outs[0], outs[1]), outs[2]))
+    assert len(multi_scale_logits(model, x, [1.0])) == 1
+    with pytest.raises(ValueError, match="must start with 1.0"):
+        SegmenterTask(model, multi_scale_inputs=True, input_scales=[0.5, 1.0])
+
+
+def test_loss_ignores_255_and_sums_over_outputs() -> None:
+    task = SegmenterTask(build_segmenter(TINY))
+    logits = torch.zeros(1, 21, 2, 2)
+    logits[0, 3, 0, 0] = 2.0
+    masks = torch.tensor([[[3, 255], [0, 255]]])
+    # pixel (0,0): -log(e^2 / (e^2 + 20)); pixel (1,0): -log(1 / 21); the 255 pixels do not count
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 20)) + math.log(21)) / 2
+    assert float(task.loss([logits], masks)) == pytest.approx(expected, rel=1e-6)
+    assert float(task.loss([logits, logits], masks)) == pytest.approx(2 * expected, rel=1e-6)
+    nothing = task.loss([logits.requires_grad_()], torch.full((1, 2, 2), 255))
+    assert float(nothing.detach()) == 0.0 and not torch.isnan(nothing)
+
+
+def toy_sample(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy grey image with one or two coloured squares; the mask holds their classes (1..3)."""
+    image = rng.normal(120, 25, size=(size, size, 3)).clip(0, 255)
+    mask = np.zeros((size, size), np.uint8)
+    for cls in rng.choice([1, 2, 3], size=rng.integers(1, 3), replace=False):
+        side = int(rng.integers(18, 30))
+        top, left = rng.integers(0, size - side, size=2)
+        image[top : top + side, left : left + side] = np.array(COLOURS[int(cls)]) + rng.normal(
+            0, 15, (side, side, 3)
+        )
+        mask[top : top + side, left : left + side] = cls
+    return image.clip(0, 255).astype(np.uint8), mask
+
+
+class ToySeg(Dataset):
+    """Synthetic segmentation pairs: pseudo labels (a 255 band on object borders) or exact masks."""
+
+    def __init__(self, n: int, seed: int, pseudo: bool) -> None:
+        rng = np.random.default_rng(seed)
+        self.samples = [toy_sample(rng) for _ in range(n)]
+        self.pseudo = pseudo
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.samples[i]
+        label = mask.copy()
+        if self.pseudo:  # object borders uncertain, as in saliency-based pseudo labels
+            edge = np.zeros_like(mask, bool)
+            edge[1:] |= mask[1:] != mask[:-1]
+            edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+            label[edge] = 255
+        x = ((image / 255.0 - MEAN) / STD).transpose(2, 0, 1).astype(np.float32)
+        return {"image": torch.from_numpy(x), "mask": torch.from_numpy(label.astype(np.int64)), "id": str(i)}
+
+
+def test_tiny_segmenter_learns_toy_pseudo_labels_beyond_all_background() -> None:
+    pl.seed_everything(0)
+    train = DataLoader(ToySeg(48, seed=1, pseudo=True), batch_size=8, shuffle=True)
+    val = DataLoader(ToySeg(12, seed=2, pseudo=False), batch_size=1)
+    task = SegmenterTask(build_segmenter(TINY), num_classes=21, lr=0.03, max_steps=120)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=120,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=120,
+    )
+    trainer.fit(task, train, val)
+    assert task.last_val_step == 120
+    miou = float(trainer.callback_metrics["val/miou"])
+
+    # the same number by hand: confusion matrix of the trained network's predictions
+    cm = np.zeros((21, 21), np.int64)
+    background_cm = np.zeros((21, 21), np.int64)
+    task.eval()
+    with torch.no_grad():
+        for batch in val:
+            pred = task(batch["image"]).argmax(1)[0].numpy()
+            cm += confusion_matrix(pred, batch["mask"][0].numpy())
+            background_cm += confusion_matrix(np.zeros_like(pred), batch["mask"][0].numpy())
+    assert miou == pytest.approx(scores_from_confusion(cm)["miou"], abs=1e-6)
+    all_background = scores_from_confusion(background_cm)["miou"]  # bg IoU over 4 present classes
+    assert all_background < 0.25
+    assert miou > all_background + 0.25, (miou, all_background)
