@@ -186,3 +186,52 @@ def test_map_miou_without_masks_is_a_clear_error(tmp_path: Path) -> None:
     trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, default_root_dir=tmp_path)
     with pytest.raises(RuntimeError, match="no validation batch carried a 'mask'"):
         trainer.fit(task, loader(samples, batch_size=2), loader(samples, batch_size=2))
+
+
+class StandInDataModule(pl.LightningDataModule):
+    """Until ``wsss.data.datamodule`` lands: toy train images, validation images with masks."""
+
+    def __init__(self, data_cfg, stage: str, protocol: str) -> None:
+        super().__init__()
+        assert stage == "cls" and protocol == "paper"
+        self.train, self.val = toy_samples(n=4), toy_samples(n=4, seed=1, masks=True)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return loader(self.train, batch_size=2, shuffle=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return loader(self.val, batch_size=2)
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_stage_cls_writes_checkpoints_and_metrics(tmp_path: Path, monkeypatch, select: bool) -> None:
+    import sys
+    import types
+
+    from conftest import compose_config
+    from wsss.artifacts import Experiment
+    from wsss.maps import load_state
+    from wsss.stages import cls as stage
+
+    fake = types.ModuleType("wsss.data.datamodule")
+    fake.WSSSDataModule = StandInDataModule
+    monkeypatch.setitem(sys.modules, "wsss.data.datamodule", fake)
+    overrides = ["backbone=tiny", "trainer=cpu", "logger=csv", "cls.epochs=2", "cls.log_images=2"]
+    overrides += ["trainer.enable_progress_bar=false", f"cls.select_on_map_miou={str(select).lower()}"]
+    cfg = compose_config([*overrides, "exp=e"], runs=tmp_path / "runs")
+    exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
+    metrics = stage.run(cfg, exp)
+    assert exp.is_complete("cls") and exp.metrics("cls") == pytest.approx(metrics, nan_ok=True)
+    assert metrics["epochs"] == 2 and metrics["model_selection_uses_ground_truth"] is select
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["map"] <= 1.0 and metrics["loss"] > 0
+    assert ("map_miou" in metrics) is select and ("best_map_miou" in metrics) is select
+    folder = exp.stage_dir("cls")
+    assert (folder / "checkpoints" / "best.ckpt").is_file() and (
+        folder / "checkpoints" / "last.ckpt"
+    ).is_file()
+    assert sorted(p.name for p in (folder / "figures").glob("*.png")) == [
+        "cls_val_epoch000.png",
+        "cls_val_epoch001.png",
+    ]
+    net = build_classifier(cfg.backbone, cfg.drs, 20, init_backbone=False)
+    net.load_state_dict(load_state(folder / "checkpoints" / "best.ckpt"))  # what stage=maps does
