@@ -1,0 +1,161 @@
+"""``stage=eval``: mIoU of the ``stage=seg`` network over a whole split (VOC val by default).
+
+Every image of ``eval.split`` is segmented at its original size (``eval.scales`` x ``eval.flip``
+views, softmax averaged; optional dense CRF with ``cfg.crf`` parameters), and a 21x21 torchmetrics
+confusion matrix (ground truth 255 ignored) accumulated over the split gives mIoU, mean precision,
+mean recall and pixel accuracy. Writes ``<exp>/eval/metrics.json``, ``per_class_iou.csv``,
+``predictions/<id>.png`` (VOC palette; ``eval.save_predictions``) and the figure
+``<exp>/figures/segmentation.png`` (image | ground truth | prediction); logs a per-class IoU table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from wsss.artifacts import Experiment, atomic_path
+from wsss.crf import CRFParams, require_pydensecrf
+from wsss.data.palette import IGNORE_INDEX, colorize, save_mask
+from wsss.inference import SplitImages, load_segmenter, pick_device, segment_images
+from wsss.metrics import SEG_CLASSES, scores_from_confusion
+
+log = logging.getLogger(__name__)
+
+STAGE = "eval"
+
+
+def checkpoint_path(exp: Experiment) -> Path:
+    """``<exp>/seg/checkpoints/best.ckpt`` (``last.ckpt`` if there is no best) of a finished seg stage."""
+    folder = exp.require("seg") / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder} holds no best.ckpt or last.ckpt; rerun {exp.producer_command('seg')}")
+
+
+def crf_settings(cfg: DictConfig, enabled: bool) -> CRFParams | None:
+    """CRF parameters from ``cfg.crf`` when enabled (fails now if pydensecrf is missing)."""
+    if not enabled:
+        return None
+    require_pydensecrf()
+    return CRFParams.from_config(cfg.crf)
+
+
+def split_dataset(cfg: DictConfig, split: str, require_masks: bool) -> SplitImages:
+    """One split of ``data.root`` (``wsss.data.voc.VOCDataset``)."""
+    from wsss.data.voc import VOCDataset
+
+    return VOCDataset(cfg.data.root, split, require_masks=require_masks)
+
+
+def inference_settings(cfg: DictConfig, section: DictConfig) -> dict[str, Any]:
+    """Keyword arguments of ``segment_images`` from ``cfg.eval`` or ``cfg.predict``."""
+    tile = section.get("tile")
+    return {
+        "device": pick_device(cfg.trainer.get("accelerator")),
+        "scales": [float(s) for s in section.scales],
+        "flip": bool(section.flip),
+        "tile": int(tile) if tile else None,
+        "crf": crf_settings(cfg, bool(section.crf)),
+        "crf_workers": int(cfg.crf.get("workers", 1)),
+    }
+
+
+class Scorer:
+    """Confusion matrix over a whole split (torchmetrics, ground truth 255 ignored) and its scores."""
+
+    def __init__(self, num_classes: int = 21) -> None:
+        self.num_classes = num_classes
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+
+    def update(self, label: np.ndarray, mask: np.ndarray, image_id: str = "") -> None:
+        if label.shape != mask.shape:
+            raise ValueError(
+                f"{image_id}: prediction {label.shape} and ground truth {mask.shape} differ in size"
+            )
+        self.confusion.update(torch.from_numpy(label).long().ravel(), torch.from_numpy(mask).long().ravel())
+
+    def compute(self) -> dict[str, Any]:
+        """``scores_from_confusion``: mIoU over the classes seen in truth or prediction, and more."""
+        return scores_from_confusion(self.confusion.compute(), SEG_CLASSES[: self.num_classes])
+
+
+def write_per_class(path: Path, per_class: dict[str, float]) -> None:
+    """``class,iou`` rows, written atomically (a class absent from truth and prediction: nan)."""
+    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+    from wsss.figures import save_grid
+    from wsss.training import build_logger, finalize_logger, log_image, log_metrics, log_table
+
+    ecfg = cfg.eval
+    settings = inference_settings(cfg, ecfg)
+    checkpoint = checkpoint_path(exp)
+    num_classes = int(cfg.data.num_classes) + 1
+    model = load_segmenter(checkpoint, cfg.segmenter, num_classes)
+    split = str(ecfg.split)
+    dataset = split_dataset(cfg, split, require_masks=True)
+    out = exp.begin(STAGE)
+    pred_dir = out / "predictions"
+    save = bool(ecfg.save_predictions)
+    n_fig = int(ecfg.get("figure_images", 4))
+    scorer = Scorer(num_classes)
+    rows: list[list[np.ndarray]] = []
+    log.info("eval on %s (%d images): %s", split, len(dataset.ids), {k: v for k, v in settings.items()})
+    for index, label in segment_images(model, dataset, range(len(dataset.ids)), **settings):
+        image_id = dataset.ids[index]
+        mask = dataset.mask(index)
+        if mask is None:
+            raise ValueError(
+                f"{image_id} of eval.split={split} has no ground truth; use stage=predict for it"
+            )
+        scorer.update(label, mask, image_id)
+        if save:
+            save_mask(pred_dir / f"{image_id}.png", label)
+        if len(rows) < n_fig:
+            rows.append([dataset.image(index), colorize(mask), colorize(label)])
+    scores = scorer.compute()
+    write_per_class(out / "per_class_iou.csv", scores["per_class_iou"])
+    metrics: dict[str, Any] = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
+    metrics |= {
+        "images": len(dataset.ids),
+        "split": split,
+        "scales": ",".join(f"{s:g}" for s in settings["scales"]),
+        "flip": settings["flip"],
+        "crf": settings["crf"] is not None,
+        "checkpoint": checkpoint.name,
+    }
+
+    logger = build_logger(cfg, STAGE)
+    log_metrics(logger, metrics, prefix=STAGE)
+    log_table(
+        logger,
+        f"{STAGE}/per_class_iou",
+        ["class", "iou"],
+        [[k, v] for k, v in scores["per_class_iou"].items()],
+    )
+    if rows:
+        png = save_grid(
+            rows, exp.root / "figures" / "segmentation.png", titles=["image", "ground truth", "prediction"]
+        )
+        log_image(logger, f"{STAGE}/figure", png)
+    finalize_logger(logger)
+    log.info(
+        "eval: mIoU %.4f (precision %.4f, recall %.4f) on %d %s images",
+        metrics["miou"],
+        metrics["precision"],
+        metrics["recall"],
+        len(dataset.ids),
+        split,
+    )
+    exp.finish(STAGE, metrics)
+    return metrics
