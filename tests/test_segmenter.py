@@ -162,3 +162,59 @@ def test_tiny_segmenter_learns_toy_pseudo_labels_beyond_all_background() -> None
     all_background = scores_from_confusion(background_cm)["miou"]  # bg IoU over 4 present classes
     assert all_background < 0.25
     assert miou > all_background + 0.25, (miou, all_background)
+
+
+class ToyDataModule(pl.LightningDataModule):
+    """Stand-in for WSSSDataModule(stage="seg"): pseudo-label crops to train on, exact masks to validate."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(ToySeg(16, seed=1, pseudo=True), batch_size=4, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(ToySeg(3, seed=2, pseudo=False), batch_size=1)
+
+
+def test_seg_stage_trains_by_steps_with_accumulation_and_hands_over_to_eval(tmp_path, monkeypatch) -> None:
+    from conftest import compose_config
+    from wsss.artifacts import Experiment, MissingArtifactError, read_json
+    from wsss.stages import seg
+
+    runs = tmp_path / "runs"
+    cfg = compose_config(
+        [
+            "stage=seg",
+            "data=toy",
+            "segmenter=largefov_tiny",
+            "logger=none",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "exp=s1",
+            "seg.max_steps=12",
+            "seg.accumulate=2",
+            "seg.val_every_n_steps=5",
+            "seg.lr=0.01",
+        ],
+        runs=runs,
+    )
+    exp = Experiment(runs / "s1", runs=runs)
+    with pytest.raises(MissingArtifactError, match="stage=pseudo"):
+        seg.run(cfg, exp)
+    exp.begin("pseudo")
+    exp.finish("pseudo", {})
+    monkeypatch.setattr(seg, "build_datamodule", lambda cfg, pseudo_dir: ToyDataModule())
+    metrics = seg.run(cfg, exp)
+
+    assert metrics == read_json(exp.stage_dir("seg") / "metrics.json")
+    assert (metrics["steps"], metrics["accumulate"], metrics["selected_on"]) == (12, 2, "last step")
+    assert 0.0 <= metrics["miou"] <= 1.0  # validated again at step 12 (validation ran at 5 and 10)
+    best = torch.load(exp.stage_dir("seg") / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == 12  # no selection: the final network
+    assert best["lr_schedulers"][0]["last_epoch"] == 12  # poly stepped once per optimizer step, not per batch
+    assert best["hyper_parameters"]["segmenter"]["backbone"] == "tiny"
+    assert (exp.stage_dir("seg") / "checkpoints" / "last.ckpt").is_file()
+
+    from wsss.inference import load_segmenter
+
+    net = load_segmenter(exp.stage_dir("seg") / "checkpoints" / "best.ckpt")
+    state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())

@@ -40,16 +40,22 @@ class FinalCheckpoint(Callback):
             trainer.save_checkpoint(self.folder / "best.ckpt")
 
 
-def trainer_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with step-based validation: every ``seg.val_every_n_steps`` optimizer steps, across epochs."""
+def step_validation(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """``cfg`` and Trainer arguments for validation every ``seg.val_every_n_steps`` optimizer steps.
+
+    Lightning counts ``val_check_interval`` in batches, across epochs once ``check_val_every_n_epoch``
+    is None. A ``trainer.val_check_interval`` given on the command line wins.
+    """
     every = cfg.seg.get("val_every_n_steps")
     if not every or cfg.trainer.get("val_check_interval") is not None:
-        return cfg
+        return cfg, {}
     staged = cfg.copy()
     with open_dict(staged):
-        staged.trainer.check_val_every_n_epoch = None
-        staged.trainer.val_check_interval = int(every) * int(cfg.seg.accumulate)
-    return staged
+        staged.trainer.check_val_every_n_epoch = None  # dropped by build_trainer; the override below applies
+    return staged, {
+        "check_val_every_n_epoch": None,
+        "val_check_interval": int(every) * int(cfg.seg.accumulate),
+    }
 
 
 def build_datamodule(cfg: DictConfig, pseudo_dir: Path) -> pl.LightningDataModule:
@@ -92,8 +98,9 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     out = exp.begin(STAGE)
     monitor = scfg.get("monitor") or None
     datamodule = build_datamodule(cfg, pseudo_dir)
+    trainer_cfg, validation = step_validation(cfg)
     trainer = build_trainer(
-        trainer_config(cfg),
+        trainer_cfg,
         STAGE,
         out,
         monitor=monitor,
@@ -102,6 +109,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         max_steps=int(scfg.max_steps),
         max_epochs=-1,
         accumulate_grad_batches=int(scfg.accumulate),
+        **validation,
     )
     trainer.fit(task, datamodule=datamodule)
     if task.last_val_step != trainer.global_step and trainer.limit_val_batches != 0:
