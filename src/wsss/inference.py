@@ -40,11 +40,16 @@ class SplitImages(Protocol):
     def mask(self, index: int) -> np.ndarray | None: ...
 
 
-def to_input(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> ImageNet-normalised float (1, 3, H, W) (the training input)."""
+def to_input(
+    image: np.ndarray,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (1, 3, H, W), as the training transforms give it."""
     x = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+    mean = torch.tensor([float(v) for v in mean], device=device).view(3, 1, 1)
+    std = torch.tensor([float(v) for v in std], device=device).view(3, 1, 1)
     return ((x.permute(2, 0, 1) / 255.0 - mean) / std).unsqueeze(0)
 
 
@@ -136,6 +141,8 @@ def segment_images(
     tile: int | None = None,
     crf: CRFParams | None = None,
     crf_workers: int = 1,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, label (H, W) uint8)`` for ``indices`` in order (labels at the original image size)."""
     model = model.to(device).eval()
@@ -145,7 +152,7 @@ def segment_images(
     try:
         for index in indices:
             image = dataset.image(index)
-            probs = predict_probs(model, to_input(image, device), scales, flip, tile)
+            probs = predict_probs(model, to_input(image, device, mean, std), scales, flip, tile)
             if crf is None:
                 result: Future | np.ndarray = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
             elif executor is None:

@@ -11,6 +11,7 @@ mean recall and pixel accuracy. Writes ``<exp>/eval/metrics.json``, ``per_class_
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from wsss.artifacts import Experiment, atomic_path
 from wsss.crf import CRFParams, require_pydensecrf
 from wsss.data.palette import IGNORE_INDEX, colorize, save_mask
-from wsss.inference import SplitImages, load_segmenter, pick_device, segment_images
+from wsss.inference import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SplitImages,
+    load_segmenter,
+    pick_device,
+    segment_images,
+)
 from wsss.metrics import SEG_CLASSES, scores_from_confusion
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,8 @@ def inference_settings(cfg: DictConfig, section: DictConfig) -> dict[str, Any]:
         "tile": int(tile) if tile else None,
         "crf": crf_settings(cfg, bool(section.crf)),
         "crf_workers": int(cfg.crf.get("workers", 1)),
+        "mean": list(cfg.data.get("mean") or IMAGENET_MEAN),
+        "std": list(cfg.data.get("std") or IMAGENET_STD),
     }
 
 
@@ -107,6 +117,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     out = exp.begin(STAGE)
     pred_dir = out / "predictions"
     save = bool(ecfg.save_predictions)
+    shutil.rmtree(pred_dir, ignore_errors=True)  # every prediction is made again; none left from another run
     n_fig = int(ecfg.get("figure_images", 4))
     scorer = Scorer(num_classes)
     rows: list[list[np.ndarray]] = []
