@@ -18,6 +18,15 @@ from wsss.models.deeplab import (
 )
 from wsss.models.resnet import FrozenBatchNorm2d
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: two threads per process run far slower
+    yield
+    torch.set_num_threads(before)
+
+
 ASPP = {"backbone": "resnet50", "head": "aspp", "frozen_bn": True, "output_stride": 8}
 TINY = {"backbone": "tiny", "head": "largefov", "rates": [3], "hidden": 32, "width": 4}
 
@@ -47,6 +56,8 @@ def test_largefov_vgg16_layers_and_output_shape() -> None:
     assert branch.fc6.dilation == (12, 12) and branch.fc6.kernel_size == (3, 3)
     assert (branch.fc6.out_channels, branch.fc7.out_channels, branch.fc8.out_channels) == (1024, 1024, 21)
     assert [m.p for m in branch if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    # VGG-16 convs 14,714,688 + fc6 4,719,616 + fc7 1,049,600 + fc8 21,525 (DeepLab-LargeFOV: 20.5M)
+    assert sum(p.numel() for p in model.parameters()) == 20_505_429
     with torch.no_grad():
         out = model(torch.randn(1, 3, 65, 97))
     assert out.shape == (1, 21, 8, 12)  # floor(65 / 8), floor(97 / 8): output stride 8 (2x2 pools)

@@ -8,6 +8,15 @@ from torch import nn
 
 from wsss.models.resnet import FrozenBatchNorm2d, ResNetBackbone
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: two threads per process run far slower
+    yield
+    torch.set_num_threads(before)
+
+
 # torchvision resnet50 / resnet101 parameter counts (25,557,032 / 44,549,160) minus fc (2048*1000 + 1000)
 TORCHVISION_BACKBONE_PARAMS = {50: 25_557_032 - 2_049_000, 101: 44_549_160 - 2_049_000}
 
