@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from wsss.artifacts import Experiment
 from wsss.maps import barrier
 from wsss.models.classifier import build_classifier
-from wsss.tasks.classifier import ClassifierTask
+from wsss.tasks.classifier import IMAGENET_MEAN, IMAGENET_STD, ClassifierTask
 from wsss.training import build_trainer
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def build_task(cfg: DictConfig) -> ClassifierTask:
         map_threshold=float(ccfg.get("map_threshold", 0.2)),
         log_images=int(ccfg.get("log_images", 4)),
         channels_last=bool(ccfg.get("channels_last", False)),
+        mean=tuple(cfg.data.get("mean") or IMAGENET_MEAN),  # to draw the validation images of the map grid
+        std=tuple(cfg.data.get("std") or IMAGENET_STD),
     )
 
 
