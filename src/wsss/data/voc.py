@@ -163,7 +163,7 @@ def check_mask(mask: np.ndarray, path: Path, image_size: tuple[int, int] | None)
     return mask
 
 
-def _read_index_png(path: Path) -> np.ndarray:
+def read_index_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L"):
@@ -197,7 +197,7 @@ def _stems(folder: Path, suffix: str) -> set[str]:
         return {e.name[: -len(suffix)] for e in entries if e.name.endswith(suffix)}
 
 
-def _preview(items: Sequence[str], n: int = 5) -> str:
+def preview_ids(items: Sequence[str], n: int = 5) -> str:
     head = ", ".join(items[:n])
     return f"{head}, ... ({len(items)} in all)" if len(items) > n else head
 
@@ -239,7 +239,7 @@ class VOCDataset:
         if missing:
             raise MissingImageError(
                 f"split {self.split!r}: {len(missing)} of {len(self.ids)} images listed in "
-                f"{self.root / LIST_DIR / (self.split + '.txt')} are not in {image_dir}: {_preview(missing)}. "
+                f"{self.root / LIST_DIR / (self.split + '.txt')} are not in {image_dir}: {preview_ids(missing)}. "
                 "Extract the missing images (the VOC2012 test images come in their own archive) or fix the list."
             )
 
@@ -260,7 +260,7 @@ class VOCDataset:
                 )
             raise MissingImageError(
                 f"split {self.split!r} needs masks but {len(no_mask)} images have none in {folders}: "
-                f"{_preview(no_mask)}. Build SegmentationClassAug with python -m wsss.data.sbd, or use a split "
+                f"{preview_ids(no_mask)}. Build SegmentationClassAug with python -m wsss.data.sbd, or use a split "
                 "with ground truth."
             )
 
@@ -281,7 +281,7 @@ class VOCDataset:
             if lacking:
                 raise MissingSaliencyError(
                     f"split {self.split!r}: {len(lacking)} images have no saliency map in {self.saliency_dir}: "
-                    f"{_preview(lacking)}. Compute them with your saliency detector (one <id>.png each)."
+                    f"{preview_ids(lacking)}. Compute them with your saliency detector (one <id>.png each)."
                 )
 
     def __len__(self) -> int:
@@ -324,7 +324,7 @@ class VOCDataset:
         path = self._mask_paths[i]
         if path is None:
             return None
-        return check_mask(_read_index_png(path), path, self.image_size(i))
+        return check_mask(read_index_png(path), path, self.image_size(i))
 
     def saliency(self, i: int) -> np.ndarray:
         """Saliency uint8 (H, W), 0 = background, 255 = salient."""
@@ -334,7 +334,7 @@ class VOCDataset:
                 f"{path}: saliency map of image {self.ids[i]!r} is missing; compute it with your saliency "
                 "detector or set data.saliency_dir to the folder that holds it"
             )
-        sal = _read_index_png(path)
+        sal = read_index_png(path)
         size = self.image_size(i)
         if sal.shape != size:
             raise MaskSizeError(
@@ -360,7 +360,7 @@ class VOCDataset:
                 "data.labels_file=<file of '<id> <0-based class ids>' lines> (e.g. the authors' "
                 "train_aug list), or build SegmentationClassAug with python -m wsss.data.sbd"
             )
-        return label_from_mask(_read_index_png(path))
+        return label_from_mask(read_index_png(path))
 
     def labels(self, threads: int = 4) -> np.ndarray:
         """All labels as float32 (N, 20): derived once (in threads), then kept in memory and ``cache_dir``."""

@@ -1,0 +1,324 @@
+"""One LightningDataModule for every stage; what a sample carries depends on the stage.
+
+===========  ==========================  ==================================================================
+stage        loaders                     sample (before collation)
+===========  ==========================  ==================================================================
+``cls``      train: ``data.train_split``  image (3, H, W) float normalised, label (20,) float, id
+             val: ``data.val_split``      image at original size, label, id, mask (H, W) long if the split
+                                          has masks (batch 1, no crop: the validation map-mIoU is scored at
+                                          full resolution)
+``refine``   train: ``data.maps_split``   image, maps (20, H, W) float in [0, 1] from ``maps_dir/<id>.npz``
+                                          (resized to the image before the augmentation, so both get the
+                                          same geometry), label, id
+``seg``      train: ``data.maps_split``   image, mask (H, W) long pseudo label from ``pseudo_dir/<id>.png``, id
+             val: ``data.val_split``      image, mask (ground truth), id, size; original size, batch 1
+``infer``    predict: ``data.maps_split`` image (squashed to ``infer_size`` if given, else original size),
+                                          label, id, size (H, W) of the original
+``eval``     test: ``data.val_split``     image at original size, mask if any, id, size; batch 1
+``predict``  predict: ``data.test_split`` image at original size, mask if any, id, size; batch 1
+===========  ==========================  ==================================================================
+
+``split`` overrides the split of the stage's main loader. Masks are long with 255 = ignore; ``size``
+is a long tensor (2,) = (H, W). The global ``data.batch_size`` is divided by the trainer's world size.
+``prepare_data`` generates the toy dataset on first use (``data.generate``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wsss.artifacts import MissingArtifactError
+from wsss.data.maps_io import dense_maps, load_maps
+from wsss.data.transforms import build_transforms
+from wsss.data.voc import NUM_CLASSES, MaskSizeError, VOCDataset, check_mask, preview_ids, read_index_png
+
+STAGES = ("cls", "refine", "seg", "infer", "eval", "predict")
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) maps -> (H, W, C) float32 at ``size`` = (H, W), bilinear (the albumentations layout)."""
+    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0), dtype=np.float32)
+    if hwc.shape[:2] != tuple(size):
+        hwc = cv2.resize(hwc, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return hwc.reshape(size[0], size[1], maps.shape[0])
+
+
+class StageDataset(Dataset):
+    """Samples of one stage from a ``VOCDataset`` and an albumentations pipeline.
+
+    Args:
+        voc: the split.
+        kind: cls, refine, seg, infer or eval (which keys a sample has; see the module doc).
+        transform: the pipeline (``build_transforms``).
+        maps_dir: ``refine``: folder of ``<id>.npz`` maps.
+        pseudo_dir: ``seg`` training: folder of ``<id>.png`` pseudo labels.
+        with_mask: add the ground-truth ``mask`` (cls validation, eval).
+        with_size: add ``size`` (H, W) of the original image.
+    """
+
+    def __init__(
+        self,
+        voc: VOCDataset,
+        kind: str,
+        transform: A.Compose,
+        maps_dir: Path | None = None,
+        pseudo_dir: Path | None = None,
+        with_mask: bool = False,
+        with_size: bool = False,
+    ) -> None:
+        self.voc = voc
+        self.ids = voc.ids
+        self.kind = kind
+        self.transform = transform
+        self.maps_dir = maps_dir
+        self.pseudo_dir = pseudo_dir
+        self.with_mask = with_mask
+        self.with_size = with_size
+        self._seeded_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def _seed_transform(self) -> None:
+        """Give each process (each DataLoader worker) its own augmentation stream, from torch's seed.
+
+        albumentations keeps its generator in the pipeline object, which workers would otherwise
+        inherit identically; torch seeds every worker differently (and seed_everything the main process).
+        """
+        pid = os.getpid()
+        if self._seeded_pid != pid:
+            self.transform.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_pid = pid
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        self._seed_transform()
+        image = self.voc.image(i)
+        size = image.shape[:2]
+        inputs: dict[str, np.ndarray] = {"image": image}
+        if self.kind == "refine":
+            assert self.maps_dir is not None
+            classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz")
+            inputs["maps"] = resize_maps(dense_maps(classes, maps, NUM_CLASSES), size)
+        if self.kind == "seg" and self.pseudo_dir is not None:
+            path = self.pseudo_dir / f"{self.ids[i]}.png"
+            label = read_index_png(path)
+            if label.shape != size:
+                raise MaskSizeError(
+                    f"{path}: pseudo label is {label.shape[1]}x{label.shape[0]} but its image is "
+                    f"{size[1]}x{size[0]}; rerun stage=pseudo (pseudo.overwrite=true)"
+                )
+            inputs["mask"] = check_mask(label, path, None)
+        elif self.with_mask:
+            inputs["mask"] = self.voc.mask(i)
+        out = self.transform(**inputs)
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "id": self.ids[i],
+        }
+        if "mask" in out:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
+        if "maps" in out:
+            sample["maps"] = torch.from_numpy(np.ascontiguousarray(out["maps"].transpose(2, 0, 1))).float()
+        if self.kind in ("cls", "refine", "infer"):
+            sample["label"] = torch.from_numpy(self.voc.label(i))
+        if self.with_size:
+            sample["size"] = torch.tensor(size, dtype=torch.long)
+        return sample
+
+
+def _require_files(folder: Path, ids: list[str], suffix: str, what: str, command: str) -> None:
+    if not folder.is_dir():
+        raise MissingArtifactError(f"{what} folder {folder} does not exist; make it with: {command}")
+    have = {p.name for p in folder.iterdir()}
+    lacking = [i for i in ids if f"{i}{suffix}" not in have]
+    if lacking:
+        raise MissingArtifactError(
+            f"{len(lacking)} of {len(ids)} images have no {what} in {folder}: {preview_ids(lacking)}; "
+            f"(re)run: {command}"
+        )
+
+
+class WSSSDataModule(pl.LightningDataModule):
+    """The data of one stage (see the module doc).
+
+    Args:
+        data_cfg: the ``data`` config group.
+        stage: cls, refine, seg, infer, eval or predict.
+        protocol: paper or release (the cls/refine augmentation).
+        maps_dir: ``refine``: the maps folder (``<exp>/maps/cls``).
+        pseudo_dir: ``seg``: the pseudo-label folder (``<exp>/pseudo``).
+        infer_size: ``infer``: square side to squash images to (None: original size, batch 1).
+        batch_size: ``infer``: images per batch when ``infer_size`` is set (default ``data.batch_size``).
+        split: the split of the stage's main loader instead of the configured one.
+    """
+
+    def __init__(
+        self,
+        data_cfg: Any,
+        stage: str,
+        protocol: str = "paper",
+        maps_dir: str | Path | None = None,
+        pseudo_dir: str | Path | None = None,
+        infer_size: int | None = None,
+        batch_size: int | None = None,
+        split: str | None = None,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"WSSSDataModule stage={stage!r}; choose one of {', '.join(STAGES)}")
+        if stage == "refine" and maps_dir is None:
+            raise ValueError("the refine stage needs maps_dir (the <exp>/maps/cls folder)")
+        if stage == "seg" and pseudo_dir is None:
+            raise ValueError("the seg stage needs pseudo_dir (the <exp>/pseudo folder)")
+        self.cfg = data_cfg
+        self.stage = stage
+        self.protocol = str(protocol)
+        self.maps_dir = None if maps_dir is None else Path(maps_dir)
+        self.pseudo_dir = None if pseudo_dir is None else Path(pseudo_dir)
+        self.infer_size = None if infer_size is None else int(infer_size)
+        self.infer_batch_size = batch_size
+        self.split = split
+        self.train_set: StageDataset | None = None
+        self.val_set: StageDataset | None = None
+        self.test_set: StageDataset | None = None
+        self.predict_set: StageDataset | None = None
+
+    # -- config helpers -------------------------------------------------------------------------
+    def _get(self, key: str, default: Any = None) -> Any:
+        value = self.cfg.get(key, default) if hasattr(self.cfg, "get") else getattr(self.cfg, key, default)
+        return default if value is None else value
+
+    def _voc(self, split: str, require_masks: bool = False) -> VOCDataset:
+        return VOCDataset(
+            str(self.cfg.root),
+            str(split),
+            saliency_dir=None,
+            require_masks=require_masks,
+            labels_file=self._get("labels_file"),
+            cache_dir=self._get("cache_dir"),
+        )
+
+    def _transforms(self, stage: str, train: bool, crop: int | None = None) -> A.Compose:
+        release = self._get("release", {}) or {}
+        if self.protocol == "release" and stage in ("cls", "refine"):
+            crop = crop or int(release.get("crop_size", 320))
+            squash = release.get("squash_size", 384)
+        else:
+            crop = crop or int(self.cfg.crop_size)
+            squash = None
+        return build_transforms(
+            stage, self.protocol, crop, train, list(self.cfg.mean), list(self.cfg.std), squash_size=squash
+        )
+
+    def per_device_batch_size(self) -> int:
+        """``data.batch_size`` divided by the world size of the attached trainer (1 without one)."""
+        total = int(self.cfg.batch_size)
+        trainer = getattr(self, "trainer", None)
+        world = int(trainer.world_size) if trainer is not None else 1
+        if total % world:
+            raise ValueError(
+                f"data.batch_size={total} is the global batch size and must be divisible by the "
+                f"{world} processes (devices x nodes); set data.batch_size to a multiple of {world}"
+            )
+        return total // world
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        from wsss.data.toy import ensure_toy
+
+        ensure_toy(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build only the datasets this module's stage needs (Lightning's ``stage`` argument is ignored)."""
+        from wsss.data.toy import ensure_toy
+
+        ensure_toy(self.cfg)  # idempotent; covers use without a Trainer (prepare_data not called)
+        kind = self.stage
+        if kind == "cls":
+            train = self._voc(self.split or self.cfg.train_split)
+            train.labels()  # derive once here, before workers fork
+            self.train_set = StageDataset(train, "cls", self._transforms("cls", True))
+            val = self._voc(self.cfg.val_split)
+            val.labels()
+            self.val_set = StageDataset(val, "cls", self._transforms("eval", False), with_mask=val.has_masks)
+        elif kind == "refine":
+            train = self._voc(self.split or self.cfg.maps_split)
+            assert self.maps_dir is not None
+            _require_files(
+                self.maps_dir, train.ids, ".npz", "localization maps", "stage=maps maps.source=cls"
+            )
+            train.labels()
+            self.train_set = StageDataset(
+                train, "refine", self._transforms("refine", True), maps_dir=self.maps_dir
+            )
+        elif kind == "seg":
+            train = self._voc(self.split or self.cfg.maps_split)
+            assert self.pseudo_dir is not None
+            _require_files(self.pseudo_dir, train.ids, ".png", "pseudo labels", "stage=pseudo")
+            self.train_set = StageDataset(
+                train, "seg", self._transforms("seg", True), pseudo_dir=self.pseudo_dir
+            )
+            val = self._voc(self.cfg.val_split, require_masks=True)
+            self.val_set = StageDataset(
+                val, "eval", self._transforms("eval", False), with_mask=True, with_size=True
+            )
+        elif kind == "infer":
+            voc = self._voc(self.split or self.cfg.maps_split)
+            voc.labels()
+            transform = build_transforms(
+                "infer", self.protocol, self.infer_size, False, list(self.cfg.mean), list(self.cfg.std)
+            )
+            self.predict_set = StageDataset(voc, "infer", transform, with_size=True)
+        else:
+            split = self.split or (self.cfg.val_split if kind == "eval" else self.cfg.test_split)
+            voc = self._voc(split, require_masks=kind == "eval")
+            dataset = StageDataset(
+                voc, "eval", self._transforms("eval", False), with_mask=voc.has_masks, with_size=True
+            )
+            if kind == "eval":
+                self.test_set = dataset
+            self.predict_set = dataset
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, hook: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{hook}: the {self.stage!r} data module has no such loader (call setup first; "
+                f"stages and their loaders are listed in wsss.data.datamodule)"
+            )
+        workers = int(self._get("num_workers", 0))
+        pin = self._get("pin_memory", "auto")
+        pin = torch.cuda.is_available() if pin == "auto" else bool(pin)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= batch_size,
+            num_workers=workers,
+            persistent_workers=bool(self._get("persistent_workers", False)) and workers > 0,
+            pin_memory=pin,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.per_device_batch_size(), True, "train_dataloader")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, 1, False, "val_dataloader")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, 1, False, "test_dataloader")
+
+    def predict_dataloader(self) -> DataLoader:
+        batch = 1
+        if self.stage == "infer" and self.infer_size is not None:
+            batch = int(self.infer_batch_size or self.cfg.batch_size)
+        return self._loader(self.predict_set, batch, False, "predict_dataloader")

@@ -1,0 +1,288 @@
+"""The toy dataset: small synthetic images in the VOC2012 layout, made for DRS's situation.
+
+    python -m wsss.data.toy --out DIR --seed 0 [--num-train 300 --num-val 40 --num-test 20 --size 64]
+
+Each object of class ``c`` (the 20 VOC classes) has
+
+- a large **body** (a rotated ellipse or rounded box, ~40% of the image side) with a muted random
+  colour and a stripe texture whose orientation is shared by the 4 classes of its group
+  (``c // 4``), under pixel noise: weak class evidence spread over most of the object;
+- a small **part** (a square ~1/6 of the image side) near the body's edge: an outer colour and an inner
+  colour whose pair is unique to the class: strong, small class evidence.
+
+A classifier can name the class from the part alone, so a plain CAM fires on the part; suppressing
+the part's peak activations (DRS) pushes the network to the body. Images hold one to three objects
+of distinct classes over a smooth random background with a few plain distractor shapes (whose colours
+can match part colours, so a single colour is never enough). Saliency maps are a noisy, blurred,
+sometimes too large or too small foreground estimate, as a real detector gives.
+
+Written to ``<out>/VOCdevkit/VOC2012/``: ``JPEGImages/``, ``SegmentationClassAug/`` (VOC palette),
+``ImageSets/Segmentation/{train,train_aug,val,test}.txt`` (train_aug = train; test has no masks),
+``saliency/`` and ``toy.json`` (the parameters). Everything follows from the seed; every image has its
+own random stream, so changing one split's size leaves the other splits unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from wsss.data.palette import save_mask
+from wsss.data.voc import DatasetLayoutError
+
+VERSION = 1
+DEFAULTS: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 64}
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+MARKER = "toy.json"
+
+# Part colours: the outer colour is c % 5, the inner colour c // 5, so every (outer, inner) pair is one class.
+OUTER = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 20], [220, 40, 220]], np.float32)
+INNER = np.array([[250, 250, 250], [15, 15, 15], [30, 220, 230], [250, 140, 10]], np.float32)
+GROUP_ANGLES = np.deg2rad([0.0, 36.0, 72.0, 108.0, 144.0])
+"""Stripe orientation of each body group (classes 4g .. 4g+3)."""
+
+
+def part_colours(c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(outer, inner) RGB of the part of class ``c`` (0-based)."""
+    return OUTER[c % len(OUTER)], INNER[c // len(OUTER)]
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+    coarse = rng.random((cells, cells, channels)).astype(np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = rng.uniform(70, 180, 3).astype(np.float32)
+    field = (_smooth_noise(rng, size, 3, 3) - 0.5) * rng.uniform(40, 90)
+    img = base + field
+    for _ in range(rng.integers(0, 4)):  # plain distractor shapes: no stripes, sometimes a part colour
+        colour = OUTER[rng.integers(len(OUTER))] if rng.random() < 0.5 else rng.uniform(30, 230, 3)
+        r = int(rng.integers(max(2, size // 20), max(3, size // 8)))
+        cx, cy = (int(v) for v in rng.integers(0, size, 2))
+        shape = np.zeros((size, size), np.uint8)
+        if rng.random() < 0.5:
+            cv2.circle(shape, (cx, cy), r, 1, -1)
+        else:
+            cv2.rectangle(shape, (cx - r, cy - r), (cx + r, cy + r), 1, -1)
+        img[shape > 0] = 0.35 * img[shape > 0] + 0.65 * colour
+    return img
+
+
+def _body_mask(rng: np.random.Generator, size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    axes = (int(radius), int(radius * rng.uniform(0.55, 0.9)))
+    angle = float(rng.uniform(0, 180))
+    c = (int(round(centre[0])), int(round(centre[1])))
+    if rng.random() < 0.6:
+        cv2.ellipse(mask, c, axes, angle, 0, 360, 1, -1)
+    else:
+        box = cv2.boxPoints((c, (2 * axes[0], 2 * axes[1]), angle)).astype(np.int32)
+        cv2.fillConvexPoly(mask, box, 1)
+    return mask
+
+
+def _stripes(size: int, angle: float, period: float, phase: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    t = xx * np.cos(angle) + yy * np.sin(angle)
+    return (np.sin(2 * np.pi * t / period + phase) > 0).astype(np.float32) * 2 - 1
+
+
+def _draw_object(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    c: int,
+    body: np.ndarray,
+    centre: tuple[float, float],
+    radius: float,
+) -> np.ndarray:
+    """Paint body and part of class ``c`` into ``img``; returns the object's mask (body and part)."""
+    size = img.shape[0]
+    colour = rng.uniform(60, 190, 3).astype(np.float32)
+    colour = 0.6 * colour + 0.4 * colour.mean()  # muted
+    stripes = _stripes(size, GROUP_ANGLES[c // 4] + rng.normal(0, 0.08), size / 11, rng.uniform(0, 2 * np.pi))
+    texture = colour + stripes[..., None] * rng.uniform(22, 34) + rng.normal(0, 14, (size, size, 3))
+    sel = body > 0
+    img[sel] = texture[sel]
+
+    # The part: a square of the outer colour with an inner square, near the body's edge, inside it.
+    side = max(4, int(round(size * rng.uniform(0.14, 0.18))))
+    ys, xs = np.nonzero(body)
+    dist = (ys - centre[1]) ** 2 + (xs - centre[0]) ** 2
+    far = np.argsort(dist)[int(len(dist) * rng.uniform(0.55, 0.8))]
+    py = int(np.clip(ys[far] - side // 2, 0, size - side))
+    px = int(np.clip(xs[far] - side // 2, 0, size - side))
+    outer, inner = part_colours(c)
+    jitter = rng.normal(0, 10, 3)
+    img[py : py + side, px : px + side] = outer + jitter
+    k = max(1, side // 4)
+    img[py + k : py + side - k, px + k : px + side - k] = inner + jitter
+    mask = body.copy()
+    mask[py : py + side, px : px + side] = 1
+    return mask
+
+
+def _saliency(rng: np.random.Generator, fg: np.ndarray) -> np.ndarray:
+    """A detector-like estimate of ``fg``: boundary shifted, blurred, sometimes a spurious blob, noisy."""
+    size = fg.shape[0]
+    sal = fg.astype(np.uint8)
+    k = int(rng.integers(0, 3))
+    if k:
+        kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
+        sal = cv2.dilate(sal, kernel) if rng.random() < 0.5 else cv2.erode(sal, kernel)
+    sal = sal.astype(np.float32) * rng.uniform(0.8, 1.0)
+    if rng.random() < 0.25:
+        cx, cy = (int(v) for v in rng.integers(0, size, 2))
+        cv2.circle(sal, (cx, cy), int(rng.integers(2, max(3, size // 10))), float(rng.uniform(0.3, 0.7)), -1)
+    sal = cv2.GaussianBlur(sal, (0, 0), rng.uniform(0.8, 2.0))
+    sal = sal + rng.normal(0, 0.03, sal.shape) * (rng.random(sal.shape) < 0.5)
+    return np.clip(sal * 255, 0, 255).astype(np.uint8)
+
+
+def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (image RGB uint8, mask uint8 class ids, saliency uint8) triple."""
+    img = _background(rng, size)
+    n_objects = int(rng.choice([1, 2, 3], p=[0.55, 0.33, 0.12]))
+    classes = rng.choice(20, size=n_objects, replace=False)
+    mask = np.zeros((size, size), np.uint8)
+    for c in classes:
+        for _ in range(30):  # rejection sampling: little overlap with what is already there
+            radius = size * rng.uniform(0.2, 0.3) * (1.0 if n_objects == 1 else 0.85)
+            lo, hi = radius * 0.7, size - radius * 0.7
+            centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+            body = _body_mask(rng, size, centre, radius)
+            if body.sum() and ((body > 0) & (mask > 0)).sum() <= 0.1 * body.sum():
+                break
+        obj = _draw_object(rng, img, int(c), body, centre, radius)
+        mask[obj > 0] = c + 1
+    img = cv2.GaussianBlur(img, (0, 0), 0.5) + rng.normal(0, 4, img.shape)
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    return image, mask, _saliency(rng, mask > 0)
+
+
+def _ids(split: str, n: int) -> list[str]:
+    return [f"toy_{split}_{i:04d}" for i in range(n)]
+
+
+def _params(seed: int, sizes: Mapping[str, Any]) -> dict[str, int]:
+    unknown = set(sizes) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown toy parameters {sorted(unknown)}; known: seed, {', '.join(DEFAULTS)}")
+    params = {"version": VERSION, "seed": int(seed), **DEFAULTS, **{k: int(v) for k, v in sizes.items()}}
+    if params["size"] < 32 or min(params[k] for k in ("num_train", "num_val", "num_test")) < 1:
+        raise ValueError(f"toy sizes {params}: need size >= 32 and at least one image per split")
+    return params
+
+
+def _write(voc: Path, params: dict[str, int]) -> None:
+    for sub in ("JPEGImages", "SegmentationClassAug", "saliency", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    lists = {}
+    for split, code in SPLIT_CODES.items():
+        ids = _ids(split, params[f"num_{split}"])
+        lists[split] = ids
+        for i, image_id in enumerate(ids):
+            rng = np.random.default_rng([params["seed"], code, i])
+            image, mask, sal = make_sample(rng, params["size"])
+            Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            Image.fromarray(sal, mode="L").save(voc / "saliency" / f"{image_id}.png")
+            if split != "test":
+                save_mask(voc / "SegmentationClassAug" / f"{image_id}.png", mask)
+    lists["train_aug"] = lists["train"]
+    for split, ids in lists.items():
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    (voc / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+
+
+def _existing(out: Path, params: dict[str, int]) -> Path | None:
+    """The VOC2012 folder of a finished toy dataset at ``out`` with these parameters, else None / an error."""
+    voc = out / "VOCdevkit" / "VOC2012"
+    if not out.exists():
+        return None
+    marker = voc / MARKER
+    if not marker.is_file():
+        raise DatasetLayoutError(
+            f"{out} exists but is not a generated toy dataset (no {marker.relative_to(out)}); delete it or "
+            "choose another data.root / --out"
+        )
+    found = json.loads(marker.read_text())
+    if found != params:
+        raise DatasetLayoutError(
+            f"the toy dataset at {out} was made with {found}, but {params} is asked for; delete {out} "
+            "(it is regenerated) or point data.root / --out elsewhere"
+        )
+    return voc
+
+
+def generate(out: str | Path, seed: int = 0, **sizes: int) -> Path:
+    """Write the toy dataset under ``out`` (atomically: built beside it, then renamed); returns VOC2012.
+
+    Idempotent: an existing toy dataset with the same parameters is reused; one with other parameters
+    (or a foreign folder) raises ``DatasetLayoutError``.
+    """
+    out = Path(out).expanduser()
+    params = _params(seed, sizes)
+    voc = _existing(out, params)
+    if voc is not None:
+        return voc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        _write(tmp / "VOCdevkit" / "VOC2012", params)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if _existing(out, params) is None:  # lost a race to another process: use its result
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "VOCdevkit" / "VOC2012"
+
+
+def ensure_toy(data_cfg: Any) -> None:
+    """Generate the toy dataset at ``data_cfg.root`` on first use when ``data_cfg.generate`` is true."""
+    if not data_cfg.get("generate", False):
+        return
+    toy = dict(data_cfg.get("toy") or {})
+    seed = toy.pop("seed", 0)
+    generate(Path(str(data_cfg.root)), seed=int(seed), **toy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder to create (holds VOCdevkit/VOC2012)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=DEFAULTS["num_train"])
+    parser.add_argument("--num-val", type=int, default=DEFAULTS["num_val"])
+    parser.add_argument("--num-test", type=int, default=DEFAULTS["num_test"])
+    parser.add_argument("--size", type=int, default=DEFAULTS["size"], help="image side in pixels")
+    args = parser.parse_args(argv)
+    voc = generate(
+        args.out,
+        args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+        size=args.size,
+    )
+    print(
+        f"toy dataset: {voc} ({args.num_train} train, {args.num_val} val, {args.num_test} test images, "
+        f"{args.size} px; saliency in {voc / 'saliency'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
