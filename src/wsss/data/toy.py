@@ -136,7 +136,7 @@ def _saliency(rng: np.random.Generator, fg: np.ndarray) -> np.ndarray:
     """A detector-like estimate of ``fg``: boundary shifted, blurred, sometimes a spurious blob, noisy."""
     size = fg.shape[0]
     sal = fg.astype(np.uint8)
-    k = int(rng.integers(0, 3))
+    k = int(rng.integers(0, 2))
     if k:
         kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
         sal = cv2.dilate(sal, kernel) if rng.random() < 0.5 else cv2.erode(sal, kernel)
@@ -144,7 +144,7 @@ def _saliency(rng: np.random.Generator, fg: np.ndarray) -> np.ndarray:
     if rng.random() < 0.25:
         cx, cy = (int(v) for v in rng.integers(0, size, 2))
         cv2.circle(sal, (cx, cy), int(rng.integers(2, max(3, size // 10))), float(rng.uniform(0.3, 0.7)), -1)
-    sal = cv2.GaussianBlur(sal, (0, 0), rng.uniform(0.8, 2.0))
+    sal = cv2.GaussianBlur(sal, (0, 0), rng.uniform(0.6, 1.5))
     sal = sal + rng.normal(0, 0.03, sal.shape) * (rng.random(sal.shape) < 0.5)
     return np.clip(sal * 255, 0, 255).astype(np.uint8)
 

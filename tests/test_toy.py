@@ -1,0 +1,122 @@
+"""The toy generator: deterministic, VOC layout accepted by VOCDataset, part + body objects, ensure_toy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from wsss.data.toy import INNER, OUTER, ensure_toy, generate, main, make_sample, part_colours
+from wsss.data.voc import DatasetLayoutError, MissingLabelsError, VOCDataset
+
+SMALL = {"num_train": 6, "num_val": 3, "num_test": 2, "size": 48}
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("toy") / "toy", seed=3, **SMALL)
+
+
+def test_same_seed_same_bytes_other_seed_other_images(toy: Path, tmp_path: Path) -> None:
+    again = generate(tmp_path / "again", seed=3, **SMALL)
+    assert files(again) == files(toy)
+    other = generate(tmp_path / "other", seed=4, **SMALL)
+    assert files(other)["JPEGImages/toy_train_0000.jpg"] != files(toy)["JPEGImages/toy_train_0000.jpg"]
+
+
+def test_split_sizes_do_not_change_other_splits(toy: Path, tmp_path: Path) -> None:
+    bigger = generate(tmp_path / "bigger", seed=3, **{**SMALL, "num_train": 9})
+    a, b = files(toy), files(bigger)
+    assert all(a[k] == b[k] for k in a if "toy_val_" in k or "toy_test_" in k)
+    assert a["JPEGImages/toy_train_0005.jpg"] == b["JPEGImages/toy_train_0005.jpg"]
+
+
+def test_layout_is_accepted_by_vocdataset(toy: Path) -> None:
+    assert toy.name == "VOC2012" and toy.parent.name == "VOCdevkit"
+    train = VOCDataset(
+        toy.parent.parent, "train", saliency_dir=toy / "saliency", require_masks=True, require_saliency=True
+    )
+    assert len(train) == 6 and VOCDataset(toy, "train_aug").ids == train.ids
+    val = VOCDataset(toy, "val", require_masks=True)
+    assert len(val) == 3
+    test = VOCDataset(toy, "test", saliency_dir=toy / "saliency", require_saliency=True)
+    assert len(test) == 2 and not test.has_masks
+    with pytest.raises(MissingLabelsError):
+        test.label(0)
+    labels = train.labels()
+    for i in range(len(train)):
+        image, mask = train.image(i), train.mask(i)
+        assert image.shape == (48, 48, 3) and mask.shape == (48, 48) and train.saliency(i).shape == (48, 48)
+        present = sorted(set(np.unique(mask).tolist()) - {0})
+        assert 1 <= len(present) <= 3 and present == (np.nonzero(labels[i])[0] + 1).tolist()
+    assert json.loads((toy / "toy.json").read_text()) == {"version": 1, "seed": 3, **SMALL}
+
+
+def test_each_object_carries_its_class_part_and_a_larger_body() -> None:
+    assert len({(tuple(OUTER[c % 5]), tuple(INNER[c // 5])) for c in range(20)}) == 20
+    for n in range(12):
+        image, mask, sal = make_sample(np.random.default_rng([9, n]), 64)
+        for k in sorted(set(np.unique(mask).tolist()) - {0}):
+            outer, inner = part_colours(k - 1)
+            pixels = image[mask == k].astype(np.float32)
+            near_outer = (np.abs(pixels - outer).max(axis=1) < 45).sum()
+            near_inner = (np.abs(pixels - inner).max(axis=1) < 45).sum()
+            assert near_outer >= 4 and near_inner >= 1, (n, k)
+            # the part (outer + inner square) is a small share of the object
+            assert (near_outer + near_inner) < 0.5 * (mask == k).sum(), (n, k)
+        fg = mask > 0
+        assert sal[fg].mean() > 150 > 30 > sal[~fg].mean()  # a rough, blurred foreground estimate
+        assert ((sal > 20) & (sal < 235)).any()
+
+
+def test_ensure_toy_generates_once_and_refuses_other_parameters(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"root": str(tmp_path / "toy"), "generate": True, "toy": {"seed": 1, **SMALL}})
+    ensure_toy(cfg)
+    marker = tmp_path / "toy" / "VOCdevkit" / "VOC2012" / "toy.json"
+    stamp = marker.stat().st_mtime_ns
+    ensure_toy(cfg)
+    assert marker.stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    cfg.toy.seed = 2
+    with pytest.raises(DatasetLayoutError, match=r"made with .*'seed': 1.* but .*'seed': 2.* delete"):
+        ensure_toy(cfg)
+    ensure_toy(OmegaConf.create({"root": str(tmp_path / "absent"), "generate": False}))
+    assert not (tmp_path / "absent").exists()
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"not a generated toy dataset"):
+        generate(tmp_path / "foreign", seed=0, **SMALL)
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "t"),
+                "--seed",
+                "0",
+                "--num-train",
+                "2",
+                "--num-val",
+                "1",
+                "--num-test",
+                "1",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert "2 train, 1 val, 1 test images, 32 px" in capsys.readouterr().out
+    assert (
+        tmp_path / "t" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt"
+    ).read_text().split() == ["toy_test_0000"]
+    with pytest.raises(ValueError, match=r"unknown toy parameters \['colour'\]"):
+        generate(tmp_path / "u", seed=0, colour=1)
