@@ -307,7 +307,8 @@ def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
     cfg, exp, seen = stage_env
     with pytest.raises(MissingArtifactError, match="stage=cls"):
         run(cfg, exp)
-    exp.begin("cls")
+    (exp.begin("cls") / "checkpoints").mkdir()
+    (exp.stage_dir("cls") / "checkpoints" / "best.ckpt").write_bytes(b"stand-in")
     exp.finish("cls", {})
     metrics = run(cfg, exp)
     out = exp.stage_dir("maps_cls")
@@ -324,3 +325,8 @@ def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
     assert "maps_cls/miou" in logged
     again = run(cfg, exp)  # resumed: nothing left to write, same scores
     assert again["skipped"] == 6 and again["miou"] == metrics["miou"]
+    cfg.maps.flip = True  # other settings must not silently resume over these maps
+    with pytest.raises(ValueError, match=r"other settings \(flip.*maps.overwrite=true"):
+        run(cfg, exp)
+    cfg.maps.overwrite = True
+    assert run(cfg, exp)["skipped"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -124,3 +125,60 @@ def test_top_class_only_follows_the_protocol_when_null(
 ) -> None:
     cfg = OmegaConf.create({"protocol": protocol, "refine": {"top_class_only": value}})
     assert top_class_only(cfg) is expected
+
+
+def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
+    """cls checkpoint (untrained tiny classifier) -> stage maps -> stage refine -> stage maps (refine)."""
+    import json
+
+    from conftest import compose_config
+    from wsss.artifacts import Experiment
+    from wsss.data.maps_io import load_maps
+    from wsss.models.classifier import build_classifier
+    from wsss.stages import maps as maps_stage
+    from wsss.stages import refine as refine_stage
+
+    cfg = compose_config(
+        [
+            "exp=toy",
+            "data=toy",
+            "backbone=tiny",
+            "drs=learnable",
+            "logger=csv",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "data.toy.num_train=8",
+            "data.toy.num_val=2",
+            "data.toy.num_test=1",
+            "refine.epochs=2",
+            "maps.figure_images=2",
+        ],
+        runs=tmp_path / "runs",
+    )
+    exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
+    torch.manual_seed(0)
+    classifier = build_classifier(cfg.backbone, cfg.drs, 20, init_backbone=False)
+    ckpt_dir = exp.begin("cls") / "checkpoints"
+    ckpt_dir.mkdir()
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()}}, ckpt_dir / "best.ckpt"
+    )
+    exp.finish("cls", {})
+
+    seeds = maps_stage.run(cfg, exp)
+    assert seeds["images"] == 8 and seeds["seed_images"] == 8
+    classes, maps = load_maps(
+        exp.stage_dir("maps_cls")
+        / f"{sorted(p.stem for p in exp.stage_dir('maps_cls').glob('*.npz'))[0]}.npz"
+    )
+    assert maps.shape[1:] == (64, 64) and maps.shape[0] == len(classes) >= 1  # paper: original size
+
+    metrics = refine_stage.run(cfg, exp)
+    assert metrics["epochs"] == 2 and metrics["top_class_only"] is False and np.isfinite(metrics["loss"])
+    assert (exp.stage_dir("refine") / "checkpoints" / "best.ckpt").is_file() and exp.is_complete("refine")
+
+    cfg.maps.source = "refine"
+    refined = maps_stage.run(cfg, exp)
+    assert refined["images"] == 8 and exp.is_complete("maps_refine")
+    assert json.loads((exp.stage_dir("maps_refine") / "metrics.json").read_text()) == refined
+    assert (exp.root / "figures" / "figure1.png").is_file()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -384,4 +385,13 @@ def figure1(
         rows.append(row)
     if not rows:
         raise ValueError("figure1: no image ids given")
+    rows = [[_fit(panel, cell) for panel in row] for row in rows]
     return save_grid(rows, out_path, titles=["image", *columns], cell=cell)
+
+
+def _fit(panel: np.ndarray, cell: int) -> np.ndarray:
+    """Scale a panel so its longer side fills the cell (small toy images are enlarged too)."""
+    h, w = panel.shape[:2]
+    scale = cell / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(panel).resize(size, Image.BILINEAR))

@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from wsss.artifacts import Experiment, atomic_path
+from wsss.artifacts import Experiment, atomic_path, read_json, write_json
 from wsss.maps import barrier, figure1, load_state, write_maps
 from wsss.seeds import evaluate_seeds
 from wsss.training import build_trainer, finalize_logger, log_image, log_metrics
@@ -59,15 +59,31 @@ def build_net(cfg: DictConfig, folder: Path, source: str) -> nn.Module:
 
 
 def infer_dataset(cfg: DictConfig, split: str, infer_size: int | None) -> Dataset:
-    """The ``infer`` dataset of ``split`` (normalised images, labels, ids) from the DataModule."""
+    """The ``infer`` dataset of ``split`` (normalised images, labels, ids; ``.ids``) from the DataModule."""
     from wsss.data.datamodule import WSSSDataModule
 
-    data_cfg = cfg.data.copy()
-    with open_dict(data_cfg):
-        data_cfg.maps_split = split
-    dm = WSSSDataModule(data_cfg, "infer", str(cfg.protocol), infer_size=infer_size)
+    dm = WSSSDataModule(cfg.data, "infer", str(cfg.protocol), infer_size=infer_size, split=split)
     dm.setup("predict")
-    return dm.predict_dataloader().dataset
+    assert dm.predict_set is not None
+    return dm.predict_set
+
+
+SETTINGS = "maps_settings.json"
+
+
+def check_settings(out: Path, settings: dict[str, Any], overwrite: bool, rank: int) -> None:
+    """Refuse to resume over maps made with other settings (or another checkpoint); record them."""
+    path = out / SETTINGS
+    if path.is_file() and not overwrite:
+        before = read_json(path)
+        if before != settings:
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out} holds maps made with other settings ({', '.join(changed)}: {before} -> now {settings}); "
+                "rerun with maps.overwrite=true to replace them, or use another exp"
+            )
+    if rank == 0:
+        write_json(path, settings)
 
 
 def eval_dataset(cfg: DictConfig) -> Any:
@@ -118,9 +134,20 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     stage = f"maps_{source}"
     mcfg = cfg.maps
     infer_size, scales = resolve_settings(cfg)
-    net = build_net(cfg, exp.require(source), source)
+    folder = exp.require(source)
+    net = build_net(cfg, folder, source)
     out = exp.begin(stage)
     trainer = build_trainer(cfg, stage, out, checkpoint=False)
+    ckpt = (folder / "checkpoints" / "best.ckpt").stat()
+    settings = {
+        "split": str(mcfg.split),
+        "infer_size": infer_size,
+        "scales": scales,
+        "flip": bool(mcfg.flip),
+        "dtype": str(mcfg.dtype),
+        "checkpoint": f"{ckpt.st_size}:{ckpt.st_mtime_ns}",
+    }
+    check_settings(out, settings, bool(mcfg.overwrite), trainer.global_rank)
     dataset = infer_dataset(cfg, str(mcfg.split), infer_size)
     counts = write_maps(
         trainer,
@@ -141,12 +168,17 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         metrics: dict[str, Any] = {"images": counts["images"], "skipped": counts["skipped"]}
         metrics |= evaluate(cfg, exp, stage, out, trainer.logger)
         log.info(
-            "%s: %d maps; seed mIoU %.4f at background threshold %.2f (settings %s)",
+            "%s: %d maps (%d written before), infer_size %s, scales %s, flip %s; seed mIoU %.4f at "
+            "background threshold %.2f on %d images",
             stage,
             counts["images"],
+            counts["skipped"],
+            infer_size or "original",
+            scales,
+            bool(mcfg.flip),
             metrics["miou"],
             metrics["best_threshold"],
-            OmegaConf.to_container(mcfg, resolve=True),
+            metrics["seed_images"],
         )
         exp.finish(stage, metrics)
         finalize_logger(trainer.logger)
