@@ -7,6 +7,7 @@ applies the image's geometric augmentation to its maps; writes ``<exp>/refine/ch
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -16,6 +17,8 @@ from wsss.artifacts import Experiment
 from wsss.maps import barrier
 from wsss.tasks.refiner import RefinerTask
 from wsss.training import build_trainer
+
+log = logging.getLogger(__name__)
 
 
 def top_class_only(cfg: DictConfig) -> bool:
@@ -48,6 +51,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         "top_class_only": top_class_only(cfg),
     }
     if trainer.is_global_zero:
+        log.info("refine: %s", metrics)
         exp.finish("refine", metrics)
     barrier()  # other ranks continue only once .complete exists
     return metrics
