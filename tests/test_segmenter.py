@@ -218,3 +218,67 @@ def test_seg_stage_trains_by_steps_with_accumulation_and_hands_over_to_eval(tmp_
     net = load_segmenter(exp.stage_dir("seg") / "checkpoints" / "best.ckpt")
     state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+class ToyVOCSeg(Dataset):
+    """A split of the generated toy dataset (``wsss.data.toy``); training labels get a 255 border band."""
+
+    def __init__(self, root, split: str, pseudo: bool) -> None:
+        from wsss.data.voc import VOCDataset
+
+        voc = VOCDataset(root, split)
+        self.items = [(voc.image(i), voc.mask(i)) for i in range(len(voc))]
+        self.pseudo = pseudo
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.items[i]
+        label = mask.copy()
+        if self.pseudo:
+            edge = np.zeros_like(mask, bool)
+            edge[1:] |= mask[1:] != mask[:-1]
+            edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+            label[edge] = 255
+        x = ((image / 255.0 - MEAN) / STD).transpose(2, 0, 1).astype(np.float32)
+        return {"image": torch.from_numpy(x), "mask": torch.from_numpy(label.astype(np.int64))}
+
+
+@pytest.mark.slow
+def test_largefov_tiny_learns_the_toy_dataset(tmp_path) -> None:
+    """conf/segmenter/largefov_tiny.yaml on wsss.data.toy (20 classes, 64 px): well above all-background.
+
+    Measured: mIoU 0.19 after 800 steps at lr 0.1 (all-background 0.073); other head sizes gave 0.10-0.17.
+    """
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+    from wsss.data.toy import generate
+
+    root = generate(tmp_path / "toy", seed=0, num_train=300, num_val=12, num_test=1, size=64)
+    settings = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "segmenter" / "largefov_tiny.yaml"))
+    pl.seed_everything(0)
+    task = SegmenterTask(build_segmenter(settings), lr=0.1, max_steps=800)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=800,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=800,
+    )
+    val = ToyVOCSeg(root, "val", pseudo=False)
+    trainer.fit(
+        task,
+        DataLoader(ToyVOCSeg(root, "train", pseudo=True), batch_size=8, shuffle=True),
+        DataLoader(val, batch_size=1),
+    )
+    background = scores_from_confusion(sum(confusion_matrix(np.zeros_like(m), m) for _, m in val.items))[
+        "miou"
+    ]
+    assert float(trainer.callback_metrics["val/miou"]) > background + 0.03
