@@ -242,3 +242,24 @@ def test_own_checkpoint_round_trip(tmp_path) -> None:
     other = build_segmenter({**TINY, "weights": str(tmp_path / "seg.ckpt")})
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_classifier_checkpoint_starts_the_backbone_only(tmp_path) -> None:
+    """A stage=cls checkpoint (backbone with DRS, head, classifier): its backbone convs are copied."""
+    donor = build_segmenter(TINY)
+    state = {f"model.backbone.{k}": v + 1.0 for k, v in donor.backbone.state_dict().items()}
+    state |= {
+        "model.backbone.features.1.fc.0.weight": torch.zeros(4, 4),  # a DRS controller: not for the segmenter
+        "model.head.0.weight": torch.zeros(8, 32, 3, 3),
+        "model.classifier.weight": torch.zeros(20, 8, 1, 1),
+        "model.classifier.bias": torch.zeros(20),
+    }
+    torch.save({"state_dict": state}, tmp_path / "cls.ckpt")
+    model = build_segmenter(TINY)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    assert load_weights(model, tmp_path / "cls.ckpt") == "wsss_classifier"
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, donor.backbone.state_dict()[k] + 1.0), k
+    assert all(torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+    with pytest.raises(ValueError, match="does not match segmenter.backbone"):
+        load_weights(build_segmenter({**TINY, "width": 8}), tmp_path / "cls.ckpt")

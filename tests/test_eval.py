@@ -183,6 +183,7 @@ def test_eval_stage_scores_the_split_and_writes_csv_predictions_figure(
             "stage=eval",
             "data=toy",
             f"data.root={toy_root}",
+            "data.generate=false",
             "logger=none",
             "trainer=cpu",
             "exp=e1",

@@ -34,7 +34,16 @@ def test_predict_writes_server_layout_and_tar_gz(tmp_path: Path) -> None:
     root = generate(tmp_path / "toy", seed=0, num_train=2, num_val=2, num_test=4, size=48)
     runs = tmp_path / "runs"
     cfg = compose_config(
-        ["stage=predict", "data=toy", f"data.root={root}", "logger=none", "trainer=cpu", "exp=p1"], runs=runs
+        [
+            "stage=predict",
+            "data=toy",
+            f"data.root={root}",
+            "data.generate=false",
+            "logger=none",
+            "trainer=cpu",
+            "exp=p1",
+        ],
+        runs=runs,
     )
     exp = Experiment(runs / "p1", runs=runs)
     torch.manual_seed(0)
@@ -76,7 +85,15 @@ def test_predict_on_a_split_with_ground_truth_reports_miou(tmp_path: Path) -> No
     root = generate(tmp_path / "toy", seed=0, num_train=2, num_val=3, num_test=1, size=48)
     runs = tmp_path / "runs"
     cfg = compose_config(
-        ["stage=predict", "data=toy", f"data.root={root}", "logger=none", "exp=p2", "predict.split=val"],
+        [
+            "stage=predict",
+            "data=toy",
+            f"data.root={root}",
+            "data.generate=false",
+            "logger=none",
+            "exp=p2",
+            "predict.split=val",
+        ],
         runs=runs,
     )
     exp = Experiment(runs / "p2", runs=runs)

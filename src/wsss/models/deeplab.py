@@ -15,7 +15,9 @@ A head is a sum of branches, one per rate; a branch is either a single 3x3 conv 
 
 Weights (``load_weights``; files are never downloaded, users bring them):
 
-1. This project's own layout (``backbone.*``, ``head.*``; e.g. a previous segmenter), loaded strictly.
+1. This project's own layout (``backbone.*``, ``head.*``; e.g. a previous segmenter), loaded strictly;
+   or a ``stage=cls`` / ``stage=refine`` checkpoint, whose backbone convs (not DRS, not the head) start
+   the segmenter's backbone (the stand-in for ImageNet weights on the toy data, which has none).
 2. torchvision ImageNet state dicts, into the backbone: ``vgg16`` (``features.N.*``; fc6/fc7 are made
    from ``classifier.0``/``classifier.3`` by DeepLab's decimation: every 4th filter, spatial taps
    0/3/6 of the 7x7 fc6 and every 4th input of fc7) or ``resnet50/101`` (``conv1.*``, ``layer1.0.*``;
@@ -284,8 +286,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def weights_format(state: Mapping[str, torch.Tensor]) -> str:
-    """``segmenter`` | ``torchvision_vgg`` | ``torchvision_resnet`` | ``caffe_vgg`` | ``caffe_resnet``."""
+    """``segmenter`` | ``wsss_classifier`` | ``torchvision_vgg`` | ``torchvision_resnet`` | ``caffe_vgg`` |
+    ``caffe_resnet``."""
     keys = set(state)
+    if "classifier.weight" in keys and any(k.startswith("backbone.") for k in keys):
+        return "wsss_classifier"
     if any(k.startswith(("backbone.", "head.")) for k in keys):
         return "segmenter"
     if "features.0.weight" in keys:
@@ -308,11 +313,22 @@ def load_weights(model: DeepLab, path: str | Path) -> str:
     state = read_state_dict(path)
     fmt = weights_format(state)
     is_resnet = isinstance(model.backbone, ResNetBackbone)
-    if fmt != "segmenter" and fmt.endswith("vgg") == is_resnet:
+    if fmt.startswith(("torchvision", "caffe")) and fmt.endswith("vgg") == is_resnet:
         kind = "ResNet" if is_resnet else "VGG-16"
         raise ValueError(f"{path}: {fmt} weights do not fit a {kind} segmenter; pick the matching segmenter")
     if fmt == "segmenter":
         model.load_state_dict(state)
+    elif fmt == "wsss_classifier":  # the backbone convs of a stage=cls / refine checkpoint (no DRS, no head)
+        own = model.backbone.state_dict()
+        picked = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        picked = {k: v for k, v in picked.items() if k in own and own[k].shape == v.shape}
+        convs = [k for k, v in own.items() if v.ndim == 4]
+        if not all(k in picked for k in convs):
+            raise ValueError(
+                f"{path}: a classifier whose backbone does not match segmenter.backbone "
+                f"(e.g. {next(k for k in convs if k not in picked)} missing or of another shape)"
+            )
+        model.backbone.load_state_dict(picked, strict=False)
     elif fmt == "torchvision_resnet":
         _load_partial(model.backbone, {k: v for k, v in state.items() if not k.startswith("fc.")}, path)
     elif fmt == "torchvision_vgg":

@@ -56,9 +56,11 @@ def crf_settings(cfg: DictConfig, enabled: bool) -> CRFParams | None:
 
 
 def split_dataset(cfg: DictConfig, split: str, require_masks: bool) -> SplitImages:
-    """One split of ``data.root`` (``wsss.data.voc.VOCDataset``)."""
+    """One split of ``data.root`` (``wsss.data.voc.VOCDataset``); the toy data is generated if absent."""
+    from wsss.data.toy import ensure_toy
     from wsss.data.voc import VOCDataset
 
+    ensure_toy(cfg.data)
     return VOCDataset(cfg.data.root, split, require_masks=require_masks)
 
 
