@@ -35,9 +35,9 @@ class FinalCheckpoint(Callback):
         self.as_best = as_best
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.folder / "last.ckpt")
+        trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
         if self.as_best:
-            trainer.save_checkpoint(self.folder / "best.ckpt")
+            trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
 
 
 def step_validation(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:

@@ -141,7 +141,8 @@ class SegmenterTask(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
         for key in ("miou", "precision", "recall", "pixel_accuracy"):
-            self.log(f"val/{key}", scores[key], prog_bar=key == "miou")
+            # the confusion matrix is already summed over ranks, so every rank holds the same value
+            self.log(f"val/{key}", scores[key], prog_bar=key == "miou", sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.param_groups(self.lr, self.weight_decay)
