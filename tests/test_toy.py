@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from wsss.data.toy import INNER, OUTER, ensure_toy, generate, main, make_sample, part_colours
+from wsss.data.toy import PART_COLOURS, ensure_toy, generate, main, make_sample, part_colour
 from wsss.data.voc import DatasetLayoutError, MissingLabelsError, VOCDataset
 
 SMALL = {"num_train": 6, "num_val": 3, "num_test": 2, "size": 48}
@@ -56,21 +56,20 @@ def test_layout_is_accepted_by_vocdataset(toy: Path) -> None:
         assert image.shape == (48, 48, 3) and mask.shape == (48, 48) and train.saliency(i).shape == (48, 48)
         present = sorted(set(np.unique(mask).tolist()) - {0})
         assert 1 <= len(present) <= 3 and present == (np.nonzero(labels[i])[0] + 1).tolist()
-    assert json.loads((toy / "toy.json").read_text()) == {"version": 1, "seed": 3, **SMALL}
+    assert json.loads((toy / "toy.json").read_text()) == {"version": 2, "seed": 3, **SMALL}
 
 
 def test_each_object_carries_its_class_part_and_a_larger_body() -> None:
-    assert len({(tuple(OUTER[c % 5]), tuple(INNER[c // 5])) for c in range(20)}) == 20
+    assert len(np.unique(PART_COLOURS, axis=0)) == 20
     for n in range(12):
-        image, mask, sal = make_sample(np.random.default_rng([9, n]), 64)
+        image, mask, sal = make_sample(np.random.default_rng([9, n]), 96)
         for k in sorted(set(np.unique(mask).tolist()) - {0}):
-            outer, inner = part_colours(k - 1)
             pixels = image[mask == k].astype(np.float32)
-            near_outer = (np.abs(pixels - outer).max(axis=1) < 45).sum()
-            near_inner = (np.abs(pixels - inner).max(axis=1) < 45).sum()
-            assert near_outer >= 4 and near_inner >= 1, (n, k)
-            # the part (outer + inner square) is a small share of the object
-            assert (near_outer + near_inner) < 0.5 * (mask == k).sum(), (n, k)
+            part = (np.abs(pixels - part_colour(k - 1)).max(axis=1) < 40).sum()
+            assert part >= 25, (n, k)  # at least a 5x5 patch of the class colour
+            assert part < 0.25 * (mask == k).sum(), (n, k)  # the part is a small share of the object
+            others = [np.abs(pixels - c).max(axis=1) < 40 for j, c in enumerate(PART_COLOURS) if j != k - 1]
+            assert max(o.sum() for o in others) < part, (n, k)  # no other class's part colour dominates
         fg = mask > 0
         assert sal[fg].mean() > 150 > 30 > sal[~fg].mean()  # a rough, blurred foreground estimate
         assert ((sal > 20) & (sal < 235)).any()

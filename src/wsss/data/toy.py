@@ -40,21 +40,30 @@ from PIL import Image
 from wsss.data.palette import save_mask
 from wsss.data.voc import DatasetLayoutError
 
-VERSION = 1
-DEFAULTS: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 64}
+VERSION = 2
+DEFAULTS: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MARKER = "toy.json"
 
-# Part colours: the outer colour is c % 5, the inner colour c // 5, so every (outer, inner) pair is one class.
-OUTER = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 20], [220, 40, 220]], np.float32)
-INNER = np.array([[250, 250, 250], [15, 15, 15], [30, 220, 230], [250, 140, 10]], np.float32)
+PART_COLOURS = np.array(
+    [
+        [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+        [0, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128], [128, 128, 0],
+        [128, 0, 128], [0, 128, 128], [255, 128, 0], [255, 0, 128], [128, 255, 0],
+        [0, 255, 128], [128, 0, 255], [0, 128, 255], [255, 128, 128], [128, 255, 128],
+    ],
+    np.float32,
+)  # fmt: skip
+"""20 saturated colours, one per class: the part of class ``c`` is a square of colour ``PART_COLOURS[c]``."""
 GROUP_ANGLES = np.deg2rad([0.0, 36.0, 72.0, 108.0, 144.0])
 """Stripe orientation of each body group (classes 4g .. 4g+3)."""
+BODY_TINT = 0.3
+"""Share of the class colour in the body's muted base colour: weak, diffuse class evidence."""
 
 
-def part_colours(c: int) -> tuple[np.ndarray, np.ndarray]:
-    """(outer, inner) RGB of the part of class ``c`` (0-based)."""
-    return OUTER[c % len(OUTER)], INNER[c // len(OUTER)]
+def part_colour(c: int) -> np.ndarray:
+    """RGB of the part of class ``c`` (0-based)."""
+    return PART_COLOURS[c]
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
@@ -67,7 +76,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     field = (_smooth_noise(rng, size, 3, 3) - 0.5) * rng.uniform(40, 90)
     img = base + field
     for _ in range(rng.integers(0, 4)):  # plain distractor shapes: no stripes, sometimes a part colour
-        colour = OUTER[rng.integers(len(OUTER))] if rng.random() < 0.5 else rng.uniform(30, 230, 3)
+        colour = rng.uniform(40, 210, 3)
+        colour = 0.4 * colour + 0.6 * colour.mean()  # muted: never a part colour
         r = int(rng.integers(max(2, size // 20), max(3, size // 8)))
         cx, cy = (int(v) for v in rng.integers(0, size, 2))
         shape = np.zeros((size, size), np.uint8)
@@ -99,34 +109,27 @@ def _stripes(size: int, angle: float, period: float, phase: float) -> np.ndarray
 
 
 def _draw_object(
-    rng: np.random.Generator,
-    img: np.ndarray,
-    c: int,
-    body: np.ndarray,
-    centre: tuple[float, float],
-    radius: float,
+    rng: np.random.Generator, img: np.ndarray, c: int, body: np.ndarray, centre: tuple[float, float]
 ) -> np.ndarray:
     """Paint body and part of class ``c`` into ``img``; returns the object's mask (body and part)."""
     size = img.shape[0]
-    colour = rng.uniform(60, 190, 3).astype(np.float32)
-    colour = 0.6 * colour + 0.4 * colour.mean()  # muted
+    base = rng.uniform(70, 180, 3).astype(np.float32)
+    base = 0.5 * base + 0.5 * base.mean()  # muted
+    colour = (1 - BODY_TINT) * base + BODY_TINT * PART_COLOURS[c]
     stripes = _stripes(size, GROUP_ANGLES[c // 4] + rng.normal(0, 0.08), size / 11, rng.uniform(0, 2 * np.pi))
-    texture = colour + stripes[..., None] * rng.uniform(22, 34) + rng.normal(0, 14, (size, size, 3))
+    texture = colour + stripes[..., None] * rng.uniform(18, 30) + rng.normal(0, 12, (size, size, 3))
     sel = body > 0
     img[sel] = texture[sel]
 
-    # The part: a square of the outer colour with an inner square, near the body's edge, inside it.
-    side = max(4, int(round(size * rng.uniform(0.14, 0.18))))
+    # The part: a square of the class colour with a thin dark rim, near the body's edge, inside it.
+    side = max(4, int(round(size * rng.uniform(0.11, 0.14))))
     ys, xs = np.nonzero(body)
     dist = (ys - centre[1]) ** 2 + (xs - centre[0]) ** 2
     far = np.argsort(dist)[int(len(dist) * rng.uniform(0.55, 0.8))]
     py = int(np.clip(ys[far] - side // 2, 0, size - side))
     px = int(np.clip(xs[far] - side // 2, 0, size - side))
-    outer, inner = part_colours(c)
-    jitter = rng.normal(0, 10, 3)
-    img[py : py + side, px : px + side] = outer + jitter
-    k = max(1, side // 4)
-    img[py + k : py + side - k, px + k : px + side - k] = inner + jitter
+    img[py : py + side, px : px + side] = 20.0
+    img[py + 1 : py + side - 1, px + 1 : px + side - 1] = PART_COLOURS[c] + rng.normal(0, 8, 3)
     mask = body.copy()
     mask[py : py + side, px : px + side] = 1
     return mask
@@ -163,7 +166,7 @@ def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
             body = _body_mask(rng, size, centre, radius)
             if body.sum() and ((body > 0) & (mask > 0)).sum() <= 0.1 * body.sum():
                 break
-        obj = _draw_object(rng, img, int(c), body, centre, radius)
+        obj = _draw_object(rng, img, int(c), body, centre)
         mask[obj > 0] = c + 1
     img = cv2.GaussianBlur(img, (0, 0), 0.5) + rng.normal(0, 4, img.shape)
     image = np.clip(img, 0, 255).astype(np.uint8)
