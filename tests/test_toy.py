@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from wsss.data.toy import PART_COLOURS, ensure_toy, generate, main, make_sample, part_colour
+from wsss.data.toy import PART_COLOURS, SHAPE, VERSION, ensure_toy, generate, main, make_sample, part_colour
 from wsss.data.voc import DatasetLayoutError, MissingLabelsError, VOCDataset
 
 SMALL = {"num_train": 6, "num_val": 3, "num_test": 2, "size": 48}
@@ -56,7 +56,7 @@ def test_layout_is_accepted_by_vocdataset(toy: Path) -> None:
         assert image.shape == (48, 48, 3) and mask.shape == (48, 48) and train.saliency(i).shape == (48, 48)
         present = sorted(set(np.unique(mask).tolist()) - {0})
         assert 1 <= len(present) <= 3 and present == (np.nonzero(labels[i])[0] + 1).tolist()
-    assert json.loads((toy / "toy.json").read_text()) == {"version": 2, "seed": 3, **SMALL}
+    assert json.loads((toy / "toy.json").read_text()) == {"version": VERSION, "seed": 3, **SMALL, **SHAPE}
 
 
 def test_each_object_carries_its_class_part_and_a_larger_body() -> None:
@@ -119,3 +119,18 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ).read_text().split() == ["toy_test_0000"]
     with pytest.raises(ValueError, match=r"unknown toy parameters \['colour'\]"):
         generate(tmp_path / "u", seed=0, colour=1)
+    with pytest.raises(ValueError, match=r"need 0 < body_min <= body_max < 0.5"):
+        generate(tmp_path / "u", seed=0, body_max=0.6)
+
+
+def test_shape_options_change_the_objects() -> None:
+    plain = make_sample(np.random.default_rng(5), 96, {"body_tint": 0.0, "part_shown": 0.0})
+    tinted = make_sample(np.random.default_rng(5), 96, {"body_tint": 0.6, "part_shown": 0.0})
+    np.testing.assert_array_equal(plain[1], tinted[1])  # same layout, only colours differ
+    for k in sorted(set(np.unique(plain[1]).tolist()) - {0}):
+        colour = part_colour(k - 1)
+        far = np.abs(plain[0][plain[1] == k].astype(float).mean(axis=0) - colour).sum()
+        near = np.abs(tinted[0][tinted[1] == k].astype(float).mean(axis=0) - colour).sum()
+        assert near < far
+        pixels = plain[0][plain[1] == k].astype(np.float32)
+        assert (np.abs(pixels - colour).max(axis=1) < 40).sum() < 10  # no part drawn

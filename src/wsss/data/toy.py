@@ -1,20 +1,23 @@
 """The toy dataset: small synthetic images in the VOC2012 layout, made for DRS's situation.
 
-    python -m wsss.data.toy --out DIR --seed 0 [--num-train 300 --num-val 40 --num-test 20 --size 64]
+    python -m wsss.data.toy --out DIR --seed 0 [--num-train 300 --num-val 40 --num-test 20 --size 96]
+                            [--body-min 0.32 --body-max 0.42 --part-min 0.09 --part-max 0.11
+                             --body-tint 0.2 --part-shown 1.0]
 
 Each object of class ``c`` (the 20 VOC classes) has
 
-- a large **body** (a rotated ellipse or rounded box, ~40% of the image side) with a muted random
-  colour and a stripe texture whose orientation is shared by the 4 classes of its group
-  (``c // 4``), under pixel noise: weak class evidence spread over most of the object;
-- a small **part** (a square ~1/6 of the image side) near the body's edge: an outer colour and an inner
-  colour whose pair is unique to the class: strong, small class evidence.
+- a small **part**: a square (~1/10 of the image side) of a saturated colour unique to the class, with a
+  dark rim, near the body's edge: strong, small class evidence;
+- a large **body** (a rotated ellipse or box, ~3/4 of the image side for a single object) of a muted
+  colour only slightly tinted toward the class colour (``body_tint``), with a stripe texture whose
+  orientation is shared by the 4 classes of its group (``c // 4``), under pixel noise: weak class
+  evidence spread over most of the object.
 
-A classifier can name the class from the part alone, so a plain CAM fires on the part; suppressing
-the part's peak activations (DRS) pushes the network to the body. Images hold one to three objects
-of distinct classes over a smooth random background with a few plain distractor shapes (whose colours
-can match part colours, so a single colour is never enough). Saliency maps are a noisy, blurred,
-sometimes too large or too small foreground estimate, as a real detector gives.
+A classifier can name the class from the part alone, so a plain CAM peaks on the part; suppressing
+the part's peak activations (DRS) pushes the network toward the body. Images hold one to three objects
+of distinct classes (fewer when they do not fit without overlap) over a smooth random background with
+a few muted distractor shapes. Saliency maps are a noisy, blurred, sometimes slightly too large or too
+small foreground estimate with the odd false blob, as a real detector gives.
 
 Written to ``<out>/VOCdevkit/VOC2012/``: ``JPEGImages/``, ``SegmentationClassAug/`` (VOC palette),
 ``ImageSets/Segmentation/{train,train_aug,val,test}.txt`` (train_aug = train; test has no masks),
@@ -40,8 +43,21 @@ from PIL import Image
 from wsss.data.palette import save_mask
 from wsss.data.voc import DatasetLayoutError
 
-VERSION = 2
-DEFAULTS: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
+VERSION = 3
+SIZES: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
+"""Split sizes and the image side (pixels)."""
+SHAPE: dict[str, float] = {
+    "body_min": 0.32,
+    "body_max": 0.42,
+    "part_min": 0.09,
+    "part_max": 0.11,
+    "body_tint": 0.2,
+    "part_shown": 1.0,
+}
+"""Object design, as shares of the image side: body half-length drawn from [body_min, body_max] (x0.8
+when an image holds several objects), part side from [part_min, part_max]; ``body_tint`` is the share
+of the class colour in the body's muted colour (its weak class evidence); ``part_shown`` the probability
+that an object shows its part."""
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MARKER = "toy.json"
 
@@ -57,8 +73,6 @@ PART_COLOURS = np.array(
 """20 saturated colours, one per class: the part of class ``c`` is a square of colour ``PART_COLOURS[c]``."""
 GROUP_ANGLES = np.deg2rad([0.0, 36.0, 72.0, 108.0, 144.0])
 """Stripe orientation of each body group (classes 4g .. 4g+3)."""
-BODY_TINT = 0.3
-"""Share of the class colour in the body's muted base colour: weak, diffuse class evidence."""
 
 
 def part_colour(c: int) -> np.ndarray:
@@ -109,20 +123,29 @@ def _stripes(size: int, angle: float, period: float, phase: float) -> np.ndarray
 
 
 def _draw_object(
-    rng: np.random.Generator, img: np.ndarray, c: int, body: np.ndarray, centre: tuple[float, float]
+    rng: np.random.Generator,
+    img: np.ndarray,
+    c: int,
+    body: np.ndarray,
+    centre: tuple[float, float],
+    shape: Mapping[str, float],
 ) -> np.ndarray:
     """Paint body and part of class ``c`` into ``img``; returns the object's mask (body and part)."""
     size = img.shape[0]
     base = rng.uniform(70, 180, 3).astype(np.float32)
     base = 0.5 * base + 0.5 * base.mean()  # muted
-    colour = (1 - BODY_TINT) * base + BODY_TINT * PART_COLOURS[c]
+    tint = shape["body_tint"]
+    colour = (1 - tint) * base + tint * PART_COLOURS[c]
     stripes = _stripes(size, GROUP_ANGLES[c // 4] + rng.normal(0, 0.08), size / 11, rng.uniform(0, 2 * np.pi))
     texture = colour + stripes[..., None] * rng.uniform(18, 30) + rng.normal(0, 12, (size, size, 3))
     sel = body > 0
     img[sel] = texture[sel]
 
+    mask = body.copy()
+    if rng.random() >= shape["part_shown"]:  # the part is hidden: only the body tells the class
+        return mask
     # The part: a square of the class colour with a thin dark rim, near the body's edge, inside it.
-    side = max(4, int(round(size * rng.uniform(0.11, 0.14))))
+    side = max(4, int(round(size * rng.uniform(shape["part_min"], shape["part_max"]))))
     ys, xs = np.nonzero(body)
     dist = (ys - centre[1]) ** 2 + (xs - centre[0]) ** 2
     far = np.argsort(dist)[int(len(dist) * rng.uniform(0.55, 0.8))]
@@ -130,7 +153,6 @@ def _draw_object(
     px = int(np.clip(xs[far] - side // 2, 0, size - side))
     img[py : py + side, px : px + side] = 20.0
     img[py + 1 : py + side - 1, px + 1 : px + side - 1] = PART_COLOURS[c] + rng.normal(0, 8, 3)
-    mask = body.copy()
     mask[py : py + side, px : px + side] = 1
     return mask
 
@@ -152,21 +174,28 @@ def _saliency(rng: np.random.Generator, fg: np.ndarray) -> np.ndarray:
     return np.clip(sal * 255, 0, 255).astype(np.uint8)
 
 
-def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One (image RGB uint8, mask uint8 class ids, saliency uint8) triple."""
+def make_sample(
+    rng: np.random.Generator, size: int, shape: Mapping[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (image RGB uint8, mask uint8 class ids, saliency uint8) triple; ``shape`` overrides ``SHAPE``."""
+    shape = {**SHAPE, **(shape or {})}
     img = _background(rng, size)
     n_objects = int(rng.choice([1, 2, 3], p=[0.55, 0.33, 0.12]))
     classes = rng.choice(20, size=n_objects, replace=False)
     mask = np.zeros((size, size), np.uint8)
     for c in classes:
         for _ in range(30):  # rejection sampling: little overlap with what is already there
-            radius = size * rng.uniform(0.2, 0.3) * (1.0 if n_objects == 1 else 0.85)
+            radius = (
+                size * rng.uniform(shape["body_min"], shape["body_max"]) * (1.0 if n_objects == 1 else 0.8)
+            )
             lo, hi = radius * 0.7, size - radius * 0.7
             centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
             body = _body_mask(rng, size, centre, radius)
             if body.sum() and ((body > 0) & (mask > 0)).sum() <= 0.1 * body.sum():
                 break
-        obj = _draw_object(rng, img, int(c), body, centre)
+        else:
+            continue  # no room left: the image holds fewer objects
+        obj = _draw_object(rng, img, int(c), body, centre, shape)
         mask[obj > 0] = c + 1
     img = cv2.GaussianBlur(img, (0, 0), 0.5) + rng.normal(0, 4, img.shape)
     image = np.clip(img, 0, 255).astype(np.uint8)
@@ -177,17 +206,27 @@ def _ids(split: str, n: int) -> list[str]:
     return [f"toy_{split}_{i:04d}" for i in range(n)]
 
 
-def _params(seed: int, sizes: Mapping[str, Any]) -> dict[str, int]:
-    unknown = set(sizes) - set(DEFAULTS)
+def _params(seed: int, options: Mapping[str, Any]) -> dict[str, Any]:
+    known = {**SIZES, **SHAPE}
+    unknown = set(options) - set(known)
     if unknown:
-        raise ValueError(f"unknown toy parameters {sorted(unknown)}; known: seed, {', '.join(DEFAULTS)}")
-    params = {"version": VERSION, "seed": int(seed), **DEFAULTS, **{k: int(v) for k, v in sizes.items()}}
+        raise ValueError(f"unknown toy parameters {sorted(unknown)}; known: seed, {', '.join(known)}")
+    params: dict[str, Any] = {"version": VERSION, "seed": int(seed)}
+    params.update({k: int(options.get(k, v)) for k, v in SIZES.items()})
+    params.update({k: float(options.get(k, v)) for k, v in SHAPE.items()})
     if params["size"] < 32 or min(params[k] for k in ("num_train", "num_val", "num_test")) < 1:
         raise ValueError(f"toy sizes {params}: need size >= 32 and at least one image per split")
+    if not (
+        0 < params["body_min"] <= params["body_max"] < 0.5
+        and 0 < params["part_min"] <= params["part_max"] < 0.3
+    ):
+        raise ValueError(
+            f"toy shape {params}: need 0 < body_min <= body_max < 0.5 and 0 < part_min <= part_max < 0.3"
+        )
     return params
 
 
-def _write(voc: Path, params: dict[str, int]) -> None:
+def _write(voc: Path, params: dict[str, Any]) -> None:
     for sub in ("JPEGImages", "SegmentationClassAug", "saliency", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     lists = {}
@@ -196,7 +235,7 @@ def _write(voc: Path, params: dict[str, int]) -> None:
         lists[split] = ids
         for i, image_id in enumerate(ids):
             rng = np.random.default_rng([params["seed"], code, i])
-            image, mask, sal = make_sample(rng, params["size"])
+            image, mask, sal = make_sample(rng, params["size"], {k: params[k] for k in SHAPE})
             Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
             Image.fromarray(sal, mode="L").save(voc / "saliency" / f"{image_id}.png")
             if split != "test":
@@ -207,7 +246,7 @@ def _write(voc: Path, params: dict[str, int]) -> None:
     (voc / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def _existing(out: Path, params: dict[str, int]) -> Path | None:
+def _existing(out: Path, params: dict[str, Any]) -> Path | None:
     """The VOC2012 folder of a finished toy dataset at ``out`` with these parameters, else None / an error."""
     voc = out / "VOCdevkit" / "VOC2012"
     if not out.exists():
@@ -227,14 +266,16 @@ def _existing(out: Path, params: dict[str, int]) -> Path | None:
     return voc
 
 
-def generate(out: str | Path, seed: int = 0, **sizes: int) -> Path:
+def generate(out: str | Path, seed: int = 0, **options: float) -> Path:
     """Write the toy dataset under ``out`` (atomically: built beside it, then renamed); returns VOC2012.
+
+    ``options``: split sizes and image side (``SIZES``) and object design (``SHAPE``).
 
     Idempotent: an existing toy dataset with the same parameters is reused; one with other parameters
     (or a foreign folder) raises ``DatasetLayoutError``.
     """
     out = Path(out).expanduser()
-    params = _params(seed, sizes)
+    params = _params(seed, options)
     voc = _existing(out, params)
     if voc is not None:
         return voc
@@ -267,22 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="folder to create (holds VOCdevkit/VOC2012)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=DEFAULTS["num_train"])
-    parser.add_argument("--num-val", type=int, default=DEFAULTS["num_val"])
-    parser.add_argument("--num-test", type=int, default=DEFAULTS["num_test"])
-    parser.add_argument("--size", type=int, default=DEFAULTS["size"], help="image side in pixels")
-    args = parser.parse_args(argv)
-    voc = generate(
-        args.out,
-        args.seed,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        num_test=args.num_test,
-        size=args.size,
-    )
+    for key, value in {**SIZES, **SHAPE}.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, dest=key)
+    args = vars(parser.parse_args(argv))
+    out, seed = args.pop("out"), args.pop("seed")
+    voc = generate(out, seed, **args)
     print(
-        f"toy dataset: {voc} ({args.num_train} train, {args.num_val} val, {args.num_test} test images, "
-        f"{args.size} px; saliency in {voc / 'saliency'})"
+        f"toy dataset: {voc} ({args['num_train']} train, {args['num_val']} val, {args['num_test']} test images, "
+        f"{args['size']} px; saliency in {voc / 'saliency'})"
     )
     return 0
 
