@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# One intra-op thread per process: on a shared 2-core machine, small convs run far slower with two
+# threads fighting over the cores (and subprocess tests start several processes at once).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,6 +24,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "voc_sample" / "VOCdevkit" / "VOC2012").is_dir():
         pytest.skip(f"real VOC fixtures not found at {SHARED_DATA} (they ship beside the repo, not in it)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def compose_config(overrides: list[str], runs: Path | None = None):

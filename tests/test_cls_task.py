@@ -133,16 +133,7 @@ def test_checkpoint_holds_only_model_weights_and_channels_last_agrees() -> None:
         assert torch.allclose(task(x), expected, atol=1e-5)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convs run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_tiny_classifier_overfits_toy_images(tmp_path: Path, one_thread: None) -> None:
+def test_tiny_classifier_overfits_toy_images(tmp_path: Path) -> None:
     samples = toy_samples()
     torch.manual_seed(0)
     model = build_classifier(TINY, drs("learnable"), 20)

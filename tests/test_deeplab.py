@@ -18,15 +18,6 @@ from wsss.models.deeplab import (
 )
 from wsss.models.resnet import FrozenBatchNorm2d
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: two threads per process run far slower
-    yield
-    torch.set_num_threads(before)
-
-
 ASPP = {"backbone": "resnet50", "head": "aspp", "frozen_bn": True, "output_stride": 8}
 TINY = {"backbone": "tiny", "head": "largefov", "rates": [3], "hidden": 32, "width": 4}
 

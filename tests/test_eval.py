@@ -22,14 +22,6 @@ TINY = {"backbone": "tiny", "head": "largefov", "rates": [2], "hidden": 16, "wid
 VAL_IDS = ["2007_000033", "2007_000129", "2007_000346", "2007_000847", "2008_000853", "2010_000682"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: two threads per process run far slower
-    yield
-    torch.set_num_threads(before)
-
-
 def hand_miou(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 21) -> tuple[float, list[float]]:
     """mIoU written out per class: TP / (TP + FP + FN) over the split, classes with no pixel left out."""
     tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)

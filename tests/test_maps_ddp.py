@@ -56,6 +56,10 @@ class LoggingWriter(MapWriter):
 
 
 def _two_ranks() -> pl.Trainer:
+    # Lightning leaves the port of a finished spawn run in os.environ; reusing it can hit a socket
+    # still in TIME_WAIT, so every run picks a fresh one.
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
     return pl.Trainer(
         accelerator="cpu",
         devices=2,

@@ -18,14 +18,6 @@ from wsss.models.deeplab import build_segmenter
 from wsss.stages.predict import RESULTS, write_archive
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_predict_writes_server_layout_and_tar_gz(tmp_path: Path) -> None:
     from wsss.data.toy import generate
     from wsss.data.voc import VOCDataset

@@ -171,7 +171,8 @@ def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
         exp.stage_dir("maps_cls")
         / f"{sorted(p.stem for p in exp.stage_dir('maps_cls').glob('*.npz'))[0]}.npz"
     )
-    assert maps.shape[1:] == (64, 64) and maps.shape[0] == len(classes) >= 1  # paper: original size
+    side = cfg.data.toy.size
+    assert maps.shape[1:] == (side, side) and maps.shape[0] == len(classes) >= 1  # paper: original size
 
     metrics = refine_stage.run(cfg, exp)
     assert metrics["epochs"] == 2 and metrics["top_class_only"] is False and np.isfinite(metrics["loss"])

@@ -19,15 +19,6 @@ COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 60, 230)}
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per process run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_poly_factor_values() -> None:
     f = poly_factor(1000, 0.9)
     assert f(0) == 1.0

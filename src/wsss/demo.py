@@ -54,7 +54,7 @@ def run_variant(variant: Variant, runs: Path, extra: list[str], threads: int) ->
             dst = Experiment(runs / variant.key).stage_dir(stage)
             if not dst.exists():
                 shutil.copytree(src, dst)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WSSS_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.setdefault("WANDB_MODE", "offline")
     env.pop("WSSS_RUN_ID", None)
     cmd = [
