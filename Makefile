@@ -33,7 +33,7 @@ help: ## Show this help
 	@echo "wsss - DRS weakly-supervised segmentation (Lightning + Hydra)"
 	@echo
 	@echo "  make stage=<cls|maps|refine|pseudo|seg|eval|predict|pipeline|probe> [exp=<name>] [args=\"<hydra overrides>\"]"
-	@echo "  make sweep=<table1_delta|table2_layers|table3_refine|table4_seg|toy_drs> [args=\"...\"]"
+	@echo "  make sweep=<$(subst $(eval) ,|,$(sort $(notdir $(basename $(wildcard conf/sweep/*.yaml)))))> [args=\"...\"]"
 	@echo
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -65,6 +65,6 @@ lint: install ## ruff check + format check
 report: install ## Paper-shaped table from a sweep folder: make report dir=runs/sweeps/<name>
 	$(PY) -m wsss.report $(dir)
 
-clean: ## Remove caches and run outputs (keeps .venv and data/)
-	rm -rf runs outputs multirun .pytest_cache .ruff_cache bench/results
+clean: ## Remove caches and run outputs (keeps .venv, data/ and bench/results/)
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
