@@ -109,6 +109,11 @@ def test_tiny_backbone_shape_size_and_blocks() -> None:
     assert wide.out_channels == 32 and wide(torch.randn(1, 3, 32, 32)).shape == (1, 32, 4, 4)
     with pytest.raises(ValueError, match="backbone.width"):
         TinyBackbone(make_activation("off"), width=0)
+    fine = build_classifier(OmegaConf.merge(TINY, {"output_stride": 4}), drs_cfg("off"), 20)
+    assert fine(torch.randn(2, 3, 64, 96)).shape == (2, 20, 16, 24)  # stride 4: layer3 keeps the size
+    assert n_params(fine) == n_params(build_classifier(TINY, drs_cfg("off"), 20))
+    with pytest.raises(ValueError, match="output_stride=16"):
+        TinyBackbone(make_activation("off"), output_stride=16)
 
 
 def test_refiner_has_no_drs_and_the_classifier_shape() -> None:

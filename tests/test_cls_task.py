@@ -118,6 +118,12 @@ def test_optimizer_per_protocol() -> None:
     assert sorted(release["lr_scheduler"]["scheduler"].milestones) == [4, 9]
     with pytest.raises(ValueError, match="protocol='both'"):
         ClassifierTask(model, protocol="both")
+    adam = ClassifierTask(model, protocol="release", optimizer="adam", lr=1e-3, weight_decay=0.0)
+    adam_groups = adam.configure_optimizers()["optimizer"]
+    assert isinstance(adam_groups, torch.optim.Adam)
+    assert sorted(round(g["lr"], 6) for g in adam_groups.param_groups) == [0.001, 0.002, 0.01, 0.02]
+    with pytest.raises(ValueError, match="cls.optimizer='adamw'"):
+        ClassifierTask(model, optimizer="adamw")
 
 
 def test_checkpoint_holds_only_model_weights_and_channels_last_agrees() -> None:

@@ -64,6 +64,7 @@ def test_maps_stage_name_follows_source(tmp_path: Path) -> None:
         ("drs.placement=[layer7]", "drs.placement has unknown layers ['layer7']"),
         ("drs.delta=1.5", "drs.delta=1.5 must be in (0, 1]"),
         ("maps.source=seg", "maps.source='seg' is not supported; choose one of: cls, refine"),
+        ("cls.optimizer=adamw", "cls.optimizer='adamw' is not supported; choose one of: sgd, adam"),
         ("data.num_classes=21", "data.num_classes=21"),
     ],
 )

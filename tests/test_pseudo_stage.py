@@ -166,3 +166,35 @@ def test_missing_maps_and_missing_pydensecrf_fail_at_start(tmp_path: Path, voc, 
     with pytest.raises(MissingCRFError, match=r"pip install 'wsss\[crf\]'"):
         _run(cfg)
     assert not (Path(cfg.paths.exp_dir) / "pseudo").exists()
+
+
+class _Truth:
+    """A stand-in for the eval split: ids and their masks."""
+
+    def __init__(self, masks: dict[str, np.ndarray]) -> None:
+        self.ids = list(masks)
+        self.masks = masks
+
+    def mask(self, i: int) -> np.ndarray:
+        return self.masks[self.ids[i]]
+
+
+def test_quality_counts_ignore_as_background_and_reports_labeled_only(tmp_path: Path) -> None:
+    from wsss.data.palette import save_mask
+    from wsss.stages.pseudo import evaluate
+
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:, 2:] = 1  # 8 background, 8 class-1 pixels
+    label = gt.copy()
+    label[:, 3] = 255  # half of the object unlabelled
+    label[0, 0] = 255  # one background pixel unlabelled
+    save_mask(tmp_path / "a.png", label)
+    metrics, per_class = evaluate(tmp_path, _Truth({"a": gt}))
+    # 255 as background: background IoU 8 / (8 + 4) , class-1 IoU 4 / 8
+    assert metrics["miou"] == pytest.approx((8 / 12 + 4 / 8) / 2)
+    assert metrics["recall"] == pytest.approx((1.0 + 0.5) / 2)
+    assert metrics["precision"] == pytest.approx((8 / 12 + 1.0) / 2)
+    assert per_class["aeroplane"] == pytest.approx(0.5)
+    # 255 left out: what is labelled is all correct
+    assert metrics["miou_labeled"] == metrics["precision_labeled"] == metrics["recall_labeled"] == 1.0
+    assert metrics["ignore_ratio"] == pytest.approx(5 / 16)

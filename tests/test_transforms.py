@@ -128,3 +128,14 @@ def test_bad_arguments_are_named() -> None:
         build_transforms("cls", "caffe", 32, True, MEAN, STD)
     with pytest.raises(ValueError, match=r"needs a positive crop_size"):
         build_transforms("seg", "paper", None, True, MEAN, STD)
+
+
+def test_colour_jitter_is_configurable() -> None:
+    def kinds(jitter):
+        pipeline = build_transforms("cls", "paper", 32, True, (0.0,) * 3, (1.0,) * 3, color_jitter=jitter)
+        return [type(t).__name__ for t in pipeline.transforms]
+
+    assert "ColorJitter" in kinds((0.3, 0.3, 0.3, 0.1))
+    assert "ColorJitter" not in kinds(None)  # data=toy: hue jitter would change a part's class colour
+    with pytest.raises(ValueError, match=r"data.color_jitter=\[0.3, 0.3\]"):
+        kinds((0.3, 0.3))

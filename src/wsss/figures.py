@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from wsss.artifacts import atomic_path
 
@@ -31,8 +31,9 @@ def save_grid(
     top = 18 if titles else 0
     canvas = Image.new("RGB", (n_cols * cell, top + len(rows) * cell), "white")
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)  # Pillow's bundled TrueType font: has the dagger of "DRS†"
     for c, title in enumerate(titles or []):
-        draw.text((c * cell + 4, 3), str(title), fill="black")
+        draw.text((c * cell + 4, 3), str(title), fill="black", font=font)
     for r, row in enumerate(rows):
         for c, panel in enumerate(row):
             img = Image.fromarray(np.asarray(panel, dtype=np.uint8)).convert("RGB")

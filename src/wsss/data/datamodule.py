@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss.artifacts import MissingArtifactError
 from wsss.data.maps_io import dense_maps, load_maps
-from wsss.data.transforms import build_transforms
+from wsss.data.transforms import JITTER, build_transforms
 from wsss.data.voc import NUM_CLASSES, MaskSizeError, VOCDataset, check_mask, preview_ids, read_index_png
 
 STAGES = ("cls", "refine", "seg", "infer", "eval", "predict")
@@ -215,8 +215,16 @@ class WSSSDataModule(pl.LightningDataModule):
         else:
             crop = crop or int(self.cfg.crop_size)
             squash = None
+        jitter = self.cfg.get("color_jitter", JITTER)  # absent: the release's; null: none
         return build_transforms(
-            stage, self.protocol, crop, train, list(self.cfg.mean), list(self.cfg.std), squash_size=squash
+            stage,
+            self.protocol,
+            crop,
+            train,
+            list(self.cfg.mean),
+            list(self.cfg.std),
+            squash_size=squash,
+            color_jitter=list(jitter) if jitter else None,
         )
 
     def per_device_batch_size(self) -> int:

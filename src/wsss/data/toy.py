@@ -1,14 +1,17 @@
 """The toy dataset: small synthetic images in the VOC2012 layout, made for DRS's situation.
 
     python -m wsss.data.toy --out DIR --seed 0 [--num-train 300 --num-val 40 --num-test 20 --size 96]
-                            [--body-min 0.32 --body-max 0.42 --part-min 0.09 --part-max 0.11
-                             --body-tint 0.2 --part-shown 1.0]
+                            [--body-min 0.36 --body-max 0.46 --part-min 0.09 --part-max 0.11
+                             --body-tint 0.2 --part-shown 1.0 --aspect-min 0.35 --aspect-max 0.5
+                             --part-at-end 1.0]
 
 Each object of class ``c`` (the 20 VOC classes) has
 
 - a small **part**: a square (~1/10 of the image side) of a saturated colour unique to the class, with a
-  dark rim, near the body's edge: strong, small class evidence;
-- a large **body** (a rotated ellipse or box, ~3/4 of the image side for a single object) of a muted
+  dark rim, at one end of the body's long axis (like a head; ``part_at_end``, else anywhere near the
+  body's edge): strong, small class evidence;
+- a large, elongated **body** (a rotated ellipse or box, ~4/5 of the image side long and 0.35-0.5 of
+  that wide for a single object) of a muted
   colour only slightly tinted toward the class colour (``body_tint``), with a stripe texture whose
   orientation is shared by the 4 classes of its group (``c // 4``), under pixel noise: weak class
   evidence spread over most of the object.
@@ -43,21 +46,27 @@ from PIL import Image
 from wsss.data.palette import save_mask
 from wsss.data.voc import DatasetLayoutError
 
-VERSION = 3
+VERSION = 4
 SIZES: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
 """Split sizes and the image side (pixels)."""
 SHAPE: dict[str, float] = {
-    "body_min": 0.32,
-    "body_max": 0.42,
+    "body_min": 0.36,
+    "body_max": 0.46,
     "part_min": 0.09,
     "part_max": 0.11,
     "body_tint": 0.2,
     "part_shown": 1.0,
+    "aspect_min": 0.35,
+    "aspect_max": 0.5,
+    "part_at_end": 1.0,
 }
 """Object design, as shares of the image side: body half-length drawn from [body_min, body_max] (x0.8
 when an image holds several objects), part side from [part_min, part_max]; ``body_tint`` is the share
 of the class colour in the body's muted colour (its weak class evidence); ``part_shown`` the probability
-that an object shows its part."""
+that an object shows its part; ``aspect_min``/``aspect_max`` bound the body's width / length;
+``part_at_end`` is the probability that the part sits at an end of the long axis (else near any edge).
+A part at the end of a long body is what makes a plain CAM fall short: its blob covers the head end and
+misses the rest, as a CAM on a person covers the face."""
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MARKER = "toy.json"
 
@@ -103,9 +112,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _body_mask(rng: np.random.Generator, size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+def _body_mask(
+    rng: np.random.Generator,
+    size: int,
+    centre: tuple[float, float],
+    radius: float,
+    shape: Mapping[str, float],
+) -> tuple[np.ndarray, float]:
+    """The body's mask and its major-axis angle (degrees)."""
     mask = np.zeros((size, size), np.uint8)
-    axes = (int(radius), int(radius * rng.uniform(0.55, 0.9)))
+    axes = (int(radius), int(radius * rng.uniform(shape["aspect_min"], shape["aspect_max"])))
     angle = float(rng.uniform(0, 180))
     c = (int(round(centre[0])), int(round(centre[1])))
     if rng.random() < 0.6:
@@ -113,7 +129,7 @@ def _body_mask(rng: np.random.Generator, size: int, centre: tuple[float, float],
     else:
         box = cv2.boxPoints((c, (2 * axes[0], 2 * axes[1]), angle)).astype(np.int32)
         cv2.fillConvexPoly(mask, box, 1)
-    return mask
+    return mask, angle
 
 
 def _stripes(size: int, angle: float, period: float, phase: float) -> np.ndarray:
@@ -128,6 +144,7 @@ def _draw_object(
     c: int,
     body: np.ndarray,
     centre: tuple[float, float],
+    angle: float,
     shape: Mapping[str, float],
 ) -> np.ndarray:
     """Paint body and part of class ``c`` into ``img``; returns the object's mask (body and part)."""
@@ -147,8 +164,13 @@ def _draw_object(
     # The part: a square of the class colour with a thin dark rim, near the body's edge, inside it.
     side = max(4, int(round(size * rng.uniform(shape["part_min"], shape["part_max"]))))
     ys, xs = np.nonzero(body)
-    dist = (ys - centre[1]) ** 2 + (xs - centre[0]) ** 2
-    far = np.argsort(dist)[int(len(dist) * rng.uniform(0.55, 0.8))]
+    if rng.random() < shape["part_at_end"]:  # at one end of the major axis, like a head
+        theta = np.deg2rad(angle) + (np.pi if rng.random() < 0.5 else 0.0)
+        along = (xs - centre[0]) * np.cos(theta) + (ys - centre[1]) * np.sin(theta)
+        far = int(np.argsort(along)[int(len(along) * rng.uniform(0.9, 0.97))])
+    else:  # anywhere near the body's edge
+        dist = (ys - centre[1]) ** 2 + (xs - centre[0]) ** 2
+        far = int(np.argsort(dist)[int(len(dist) * rng.uniform(0.55, 0.8))])
     py = int(np.clip(ys[far] - side // 2, 0, size - side))
     px = int(np.clip(xs[far] - side // 2, 0, size - side))
     img[py : py + side, px : px + side] = 20.0
@@ -190,12 +212,12 @@ def make_sample(
             )
             lo, hi = radius * 0.7, size - radius * 0.7
             centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
-            body = _body_mask(rng, size, centre, radius)
+            body, angle = _body_mask(rng, size, centre, radius, shape)
             if body.sum() and ((body > 0) & (mask > 0)).sum() <= 0.1 * body.sum():
                 break
         else:
             continue  # no room left: the image holds fewer objects
-        obj = _draw_object(rng, img, int(c), body, centre, shape)
+        obj = _draw_object(rng, img, int(c), body, centre, angle, shape)
         mask[obj > 0] = c + 1
     img = cv2.GaussianBlur(img, (0, 0), 0.5) + rng.normal(0, 4, img.shape)
     image = np.clip(img, 0, 255).astype(np.uint8)

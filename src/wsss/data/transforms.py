@@ -36,9 +36,16 @@ SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 """Random scales of the DeepLab training (SPEC.md)."""
 
 
-def _jitter() -> A.ColorJitter:
-    b, c, s, h = JITTER
-    return A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=1.0)
+def _jitter(jitter: Sequence[float] | None) -> list[A.BasicTransform]:
+    if not jitter:
+        return []
+    if len(jitter) != 4 or min(jitter) < 0:
+        raise ValueError(
+            f"data.color_jitter={list(jitter)}: give four non-negative values [brightness, contrast, "
+            "saturation, hue] (release: [0.3, 0.3, 0.3, 0.1]) or null for none"
+        )
+    b, c, s, h = (float(v) for v in jitter)
+    return [A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=1.0)]
 
 
 def _pad_crop_flip(crop_size: int, fill_mask: float) -> list[A.BasicTransform]:
@@ -76,6 +83,7 @@ def build_transforms(
     std: Sequence[float],
     squash_size: int | None = None,
     seg_scales: Sequence[float] = SEG_SCALES,
+    color_jitter: Sequence[float] | None = JITTER,
 ) -> A.Compose:
     """The albumentations pipeline of ``stage`` (see module doc).
 
@@ -87,6 +95,7 @@ def build_transforms(
         mean, std: per-channel normalisation in [0, 1] units (ImageNet).
         squash_size: release cls/refine: square side before the crop (default 1.2 x crop_size).
         seg_scales: the random scales of ``seg`` training.
+        color_jitter: cls/refine training: (brightness, contrast, saturation, hue); None: no jitter.
     """
     if stage not in STAGES:
         raise ValueError(f"transforms stage={stage!r}; choose one of {', '.join(STAGES)}")
@@ -117,5 +126,5 @@ def build_transforms(
                 steps.append(
                     A.Resize(side, side, interpolation=cv2.INTER_LINEAR, mask_interpolation=mask_interp)
                 )
-            steps += [_jitter(), normalize, *_pad_crop_flip(crop, fill_mask)]
+            steps += [*_jitter(color_jitter), normalize, *_pad_crop_flip(crop, fill_mask)]
     return A.Compose(steps, additional_targets=targets)

@@ -107,7 +107,11 @@ def build_backbone(backbone_cfg: Any, activation: Activation) -> nn.Module:
     if name == "tiny":
         from wsss.models.tiny import TinyBackbone
 
-        return TinyBackbone(activation, width=int(_cfg_get(backbone_cfg, "width", 8)))
+        return TinyBackbone(
+            activation,
+            width=int(_cfg_get(backbone_cfg, "width", 8)),
+            output_stride=int(_cfg_get(backbone_cfg, "output_stride", 8)),
+        )
     if name in ("resnet50", "resnet101"):
         from wsss.models.resnet import ResNetBackbone
 

@@ -13,31 +13,34 @@ from wsss.drs import Activation
 from wsss.models.vgg import conv_indices, init_convs, make_features
 
 
-def tiny_plan(width: int) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
+def tiny_plan(width: int, output_stride: int = 8) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
+    if output_stride not in (4, 8):
+        raise ValueError(f"backbone.output_stride={output_stride}: the tiny backbone supports 4 or 8")
     return (
         ("layer1", (width, "M")),
         ("layer2", (2 * width, "M")),
-        ("layer3", (4 * width, "M")),
+        ("layer3", (4 * width, "M" if output_stride == 8 else "N")),
         ("layer4", (8 * width, "N")),
         ("layer5", (8 * width,)),
     )
 
 
 class TinyBackbone(nn.Module):
-    """(B, 3, H, W) -> (B, 8 * width, H/8, W/8), one 3x3 conv + activation per block.
+    """(B, 3, H, W) -> (B, 8 * width, H/s, W/s), one 3x3 conv + activation per block.
 
     Args:
         activation: ``(block name, channels) -> module`` (``wsss.drs.make_activation``).
         width: channels of layer1; later blocks use 2x, 4x, 8x and 8x.
+        output_stride: s, 8 (VGG-16's) or 4 (layer3's pool keeps the resolution: on small images,
+            a score map as fine relative to the objects as VGG-16's on 321 px ones).
     """
 
-    output_stride = 8
-
-    def __init__(self, activation: Activation, width: int = 8) -> None:
+    def __init__(self, activation: Activation, width: int = 8, output_stride: int = 8) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"backbone.width={width} must be a positive channel count (e.g. 8)")
-        plan = tiny_plan(int(width))
+        self.output_stride = int(output_stride)
+        plan = tiny_plan(int(width), self.output_stride)
         self.features, self.out_channels = make_features(plan, activation)
         self.conv_indices = conv_indices(plan)
         init_convs(self.features)

@@ -51,6 +51,7 @@ def build_task(cfg: DictConfig) -> ClassifierTask:
     return ClassifierTask(
         model,
         protocol=str(cfg.protocol),
+        optimizer=str(ccfg.get("optimizer", "sgd")),
         lr=float(ccfg.lr),
         momentum=float(ccfg.momentum),
         weight_decay=float(ccfg.weight_decay),

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from wsss.artifacts import Experiment, atomic_path
@@ -66,10 +67,16 @@ def check_saliency(saliency_dir: str | None, ids: list[str]) -> Path:
 
 
 def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
-    """Score ``<out>/<id>.png`` against ``gt.mask(i)`` for the eval ids that have both."""
+    """Score ``<out>/<id>.png`` against ``gt.mask(i)`` for the eval ids that have both.
+
+    Two readings of the ignore label: the headline ``miou``/``precision``/``recall`` count a 255 pixel as
+    background (the WSSS convention, e.g. IRN's ``eval_sem_seg``: an unlabelled object pixel is a
+    miss), the ``*_labeled`` ones leave 255 pixels out (the quality of what is labelled, which a label
+    that marks almost everything 255 can max out). ``ignore_ratio`` is the share of 255 pixels.
+    """
     from wsss.metrics import SEG_CLASSES, ConfusionAccumulator
 
-    acc = ConfusionAccumulator(len(SEG_CLASSES))
+    dense, labeled = ConfusionAccumulator(len(SEG_CLASSES)), ConfusionAccumulator(len(SEG_CLASSES))
     ignored = total = scored = missing = 0
     for i, image_id in enumerate(gt.ids):
         path = out / f"{image_id}.png"
@@ -82,8 +89,10 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
         label = read_mask(path)
         if label.shape != mask.shape:
             raise ValueError(f"{path}: pseudo label is {label.shape} but its ground truth is {mask.shape}")
-        acc.update(label, mask)
-        ignored += int((label == IGNORE_INDEX).sum())
+        labeled.update(label, mask)
+        unlabeled = label == IGNORE_INDEX
+        dense.update(np.where(unlabeled, 0, label), mask)
+        ignored += int(unlabeled.sum())
         total += label.size
         scored += 1
     if scored == 0:
@@ -93,8 +102,9 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
         )
     if missing:
         log.warning("pseudo-label quality: %d eval images have no pseudo label and were left out", missing)
-    scores = acc.compute()
+    scores, scores_labeled = dense.compute(), labeled.compute()
     metrics = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
+    metrics |= {f"{k}_labeled": scores_labeled[k] for k in ("miou", "precision", "recall")}
     metrics |= {"ignore_ratio": ignored / total, "eval_images": scored, "eval_missing": missing}
     return metrics, scores["per_class_iou"]
 

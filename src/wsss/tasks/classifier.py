@@ -77,6 +77,10 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return rgb.round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+OPTIMIZERS = ("sgd", "adam")
+"""sgd: the paper's and the release's; adam: for small networks trained briefly (the toy recipe)."""
+
+
 class ClassifierTask(pl.LightningModule):
     """Multi-label training of ``model`` (``model(x)`` -> class score maps F (B, C, h, w)).
 
@@ -88,6 +92,7 @@ class ClassifierTask(pl.LightningModule):
         self,
         model: nn.Module,
         protocol: str = "paper",
+        optimizer: str = "sgd",
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -106,6 +111,9 @@ class ClassifierTask(pl.LightningModule):
             raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
         self.model = model
         self.protocol = protocol
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"cls.optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+        self.optimizer_name = optimizer
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.lr_steps = [int(s) for s in lr_steps]
         self.lr_gamma = float(lr_gamma)
@@ -257,13 +265,16 @@ class ClassifierTask(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.SGD(
-            self.param_groups(),
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            nesterov=self.protocol == "release",
-        )
+        if self.optimizer_name == "adam":
+            optimizer = torch.optim.Adam(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                self.param_groups(),
+                lr=self.lr,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                nesterov=self.protocol == "release",
+            )
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=self.milestones(), gamma=self.lr_gamma
         )
