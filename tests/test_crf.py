@@ -36,6 +36,8 @@ def test_crf_snaps_blurred_unary_to_the_image_edge() -> None:
     assert after > 0.99
     assert q.shape == probs.shape and q.dtype == np.float32
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
+    image.flags.writeable = False  # as np.asarray(PIL.Image) returns it
+    np.testing.assert_array_equal(dense_crf(image, probs, CRFParams()), q)
 
 
 def test_crf_label_keeps_ignore_and_sharpens_the_rest() -> None:

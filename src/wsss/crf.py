@@ -91,7 +91,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = N
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.require(image, requirements=["C", "W"]),  # pydensecrf needs a writable buffer
         compat=params.bilateral_compat,
     )
     q = crf.inference(params.iterations)

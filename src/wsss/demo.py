@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.artifacts import Experiment
+from wsss.artifacts import Experiment, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,12 +34,12 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("cam", "CAM (no DRS)", ("drs=off", "pseudo.source=cls"), "maps_cls"),
-    Variant("drs", "DRS learnable", ("drs=learnable", "pseudo.source=cls"), "maps_cls"),
-    Variant("delta", "DRS delta=0.55", ("drs=fixed", "drs.delta=0.55", "pseudo.source=cls"), "maps_cls"),
+    Variant("cam", "CAM (DRS off)", ("drs=off", "pseudo.source=cls"), "maps_cls"),
+    Variant("drs", "DRS (learnable)", ("drs=learnable", "pseudo.source=cls"), "maps_cls"),
+    Variant("delta", "DRS (delta 0.55)", ("drs=fixed", "drs.delta=0.55", "pseudo.source=cls"), "maps_cls"),
     Variant(
         "dagger",
-        "DRS learnable + refine (DRS†)",
+        "DRS† (learnable + refine)",
         ("drs=learnable", "pseudo.source=refine"),
         "maps_refine",
         "drs",
@@ -143,7 +143,7 @@ def print_table(rows: list[dict]) -> None:
         ("seg mIoU", "seg_miou"),
     ]
     for title, _ in columns:
-        table.add_column(title, justify="left" if title == "variant" else "right")
+        table.add_column(title, justify="left" if title == "variant" else "right", no_wrap=True)
     for row in rows:
         cells = []
         for _, key in columns:
@@ -155,7 +155,7 @@ def print_table(rows: list[dict]) -> None:
             else:
                 cells.append(f"{value:.2f}" if key == "best_threshold" else f"{100 * value:.1f}")
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=max(110, shutil.get_terminal_size().columns)).print(table)
 
 
 def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
             futures = [pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads) for k in wave]
             for future in futures:
                 future.result()
-    print_table(collect(args.runs))
+    rows = collect(args.runs)
+    print_table(rows)
+    write_json(args.runs / "results.json", {"rows": rows, "seconds": round(time.time() - start, 1)})
     data_root = _toy_root(args.runs)
     fig = figure(args.runs, args.runs / "figure1.png", data_root)
     print(f"[demo] Figure-1 grid (image | CAM | DRS | DRS†): {fig}")

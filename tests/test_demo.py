@@ -1,0 +1,31 @@
+"""make demo's bookkeeping: the table is read from the variants' metrics files (the runs are e2e-tested)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsss.artifacts import Experiment, write_json
+from wsss.demo import VARIANTS, collect, print_table
+
+
+def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, capsys) -> None:
+    for k, v in enumerate(VARIANTS):
+        exp = Experiment(tmp_path / v.key)
+        write_json(
+            exp.stage_dir(v.maps_stage) / "metrics.json", {"miou": 0.30 + k / 100, "best_threshold": 0.25}
+        )
+        write_json(
+            exp.stage_dir("pseudo") / "metrics.json",
+            {"miou": 0.5 + k / 100, "precision": 0.8, "recall": 0.6, "ignore_ratio": 0.1},
+        )
+    write_json(Experiment(tmp_path / "cam").stage_dir("eval") / "metrics.json", {"miou": 0.2})
+    rows = collect(tmp_path)
+    assert [r["seed_miou"] for r in rows] == pytest.approx([0.30, 0.31, 0.32, 0.33])
+    assert rows[3]["pseudo_miou"] == pytest.approx(0.53) and rows[3]["pseudo_ignored"] == 0.1
+    assert rows[0]["seg_miou"] == 0.2 and rows[1]["seg_miou"] is None  # dagger reads maps/refine
+    assert VARIANTS[3].maps_stage == "maps_refine" and VARIANTS[3].reuse == "drs"
+    print_table(rows)
+    out = capsys.readouterr().out
+    assert "30.0" in out and "53.0" in out and "20.0" in out and "DRS† (learnable + refine)" in out
