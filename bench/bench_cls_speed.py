@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from timing import timed
 
 from wsss.drs import LAYERS
 from wsss.models.classifier import build_classifier
@@ -50,16 +50,6 @@ def make_step(
         optimizer.step()
 
     return step
-
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -16,12 +16,11 @@ import argparse
 import json
 import platform
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from timing import interleaved_rates
 from torch import nn
 
 from wsss.maps import multiscale_maps, present_class_maps, write_maps
@@ -64,16 +63,6 @@ class Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i], "label": self.labels[i], "id": self.ids[i]}
-
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -135,18 +124,7 @@ def main() -> None:
         "batched_inference_mode": batched,
         "write_maps_stage_path": stage_path,
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeat):  # interleaved, so load changes on a shared machine hit every variant
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
-    rows = {
-        name: {
-            "seconds": round(min(t), 3),
-            "images_per_s": round(args.images / min(t), 2),
-            "all_seconds": [round(x, 3) for x in t],
-        }
-        for name, t in times.items()
-    }
+    rows = interleaved_rates(variants, args.repeat, args.images, device)
     speedup = rows["batched_inference_mode"]["images_per_s"] / rows["one_at_a_time_autograd"]["images_per_s"]
     result = {
         "model": model_desc,

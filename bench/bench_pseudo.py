@@ -18,12 +18,12 @@ import json
 import os
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from timing import interleaved_rates
 
 from wsss.crf import CRFParams, crf_map, dense_crf
 from wsss.data.maps_io import dense_maps, save_maps
@@ -56,12 +56,6 @@ def _crf_one(i: int) -> int:
     scores = rule.scores(dense_maps(classes, resize_maps(maps, (HEIGHT, WIDTH))), saliency, (HEIGHT, WIDTH))
     q = dense_crf(image, scores[[0, *(classes + 1)]], CRFParams())
     return int(q.argmax(0).sum())
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 class _Images:
@@ -135,18 +129,7 @@ def main() -> None:
         "crf_1proc": crf(1),
         "crf_2proc": crf(2),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeat):  # interleaved, so load changes on a shared machine hit every variant
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
-    rows = {
-        name: {
-            "seconds": round(min(t), 3),
-            "images_per_s": round(args.images / min(t), 2),
-            "all_seconds": [round(x, 3) for x in t],
-        }
-        for name, t in times.items()
-    }
+    rows = interleaved_rates(variants, args.repeat, args.images)
 
     def efficiency(one: str, two: str) -> float:
         return round(rows[two]["images_per_s"] / (2 * rows[one]["images_per_s"]), 3)

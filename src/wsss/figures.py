@@ -20,6 +20,15 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
     return (alpha * ramp + (1.0 - alpha) * image.astype(np.float32)).clip(0, 255).astype(np.uint8)
 
 
+def title_font(size: int = 12) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]:
+    """DejaVu Sans where the system has it, else Pillow's bundled font (which has no dagger glyph);
+    returns the font and how to write "†" with it."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size), "†"
+    except OSError:
+        return ImageFont.load_default(size=size), "-dagger"
+
+
 def save_grid(
     rows: Sequence[Sequence[np.ndarray]],
     path: str | Path,
@@ -31,9 +40,9 @@ def save_grid(
     top = 18 if titles else 0
     canvas = Image.new("RGB", (n_cols * cell, top + len(rows) * cell), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=12)  # Pillow's bundled TrueType font: has the dagger of "DRS†"
+    font, dagger = title_font()
     for c, title in enumerate(titles or []):
-        draw.text((c * cell + 4, 3), str(title), fill="black", font=font)
+        draw.text((c * cell + 4, 3), str(title).replace("†", dagger), fill="black", font=font)
     for r, row in enumerate(rows):
         for c, panel in enumerate(row):
             img = Image.fromarray(np.asarray(panel, dtype=np.uint8)).convert("RGB")
