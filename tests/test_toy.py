@@ -86,6 +86,12 @@ def test_ensure_toy_generates_once_and_refuses_other_parameters(tmp_path: Path) 
     cfg.toy.seed = 2
     with pytest.raises(DatasetLayoutError, match=r"made with .*'seed': 1.* but .*'seed': 2.* delete"):
         ensure_toy(cfg)
+    # a dataset from an older generator version is replaced, not refused
+    cfg.toy.seed = 1
+    params = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**params, "version": VERSION - 1}))
+    ensure_toy(cfg)
+    assert json.loads(marker.read_text()) == params
     ensure_toy(OmegaConf.create({"root": str(tmp_path / "absent"), "generate": False}))
     assert not (tmp_path / "absent").exists()
     (tmp_path / "foreign").mkdir()

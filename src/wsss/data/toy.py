@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ from PIL import Image
 
 from wsss.data.palette import save_mask
 from wsss.data.voc import DatasetLayoutError
+
+log = logging.getLogger(__name__)
 
 VERSION = 4
 SIZES: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
@@ -280,6 +283,15 @@ def _existing(out: Path, params: dict[str, Any]) -> Path | None:
             "choose another data.root / --out"
         )
     found = json.loads(marker.read_text())
+    if found.get("version") != params["version"]:  # made by an older generator: ours to replace
+        log.warning(
+            "replacing the toy dataset at %s (generator version %s, now %s)",
+            out,
+            found.get("version"),
+            VERSION,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        return None
     if found != params:
         raise DatasetLayoutError(
             f"the toy dataset at {out} was made with {found}, but {params} is asked for; delete {out} "
