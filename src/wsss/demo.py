@@ -155,7 +155,7 @@ def print_table(rows: list[dict]) -> None:
             else:
                 cells.append(f"{value:.2f}" if key == "best_threshold" else f"{100 * value:.1f}")
         table.add_row(*cells)
-    Console(width=max(110, shutil.get_terminal_size().columns)).print(table)
+    Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
 
 
 def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
