@@ -78,8 +78,11 @@ def train(name: str, args: list[str], runs: Path, threads: int) -> None:
 
 
 def pretrain(runs: Path, extra: list[str], threads: int) -> Path:
-    """The toy ImageNet stand-in: a plain classifier on other toy images; returns its checkpoint."""
-    train(PRETRAIN, ["stage=cls", "experiment=toy_pretrain", f"exp={PRETRAIN}", *extra], runs, threads)
+    """The toy ImageNet stand-in: a plain classifier on other toy images; returns its checkpoint.
+
+    Kept when a finished one is there (``--resume``; without it the demo folder starts empty)."""
+    if not Experiment(runs / PRETRAIN).is_complete("cls"):
+        train(PRETRAIN, ["stage=cls", "experiment=toy_pretrain", f"exp={PRETRAIN}", *extra], runs, threads)
     return pretrained_weights(runs)
 
 
