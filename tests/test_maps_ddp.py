@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from wsss.data.maps_io import load_maps
+from wsss.ddp import ReleaseSpawnedProcessGroup
 from wsss.maps import MapRecord, MapWriter, write_maps
 
 NUM_CLASSES = 20
@@ -67,6 +68,7 @@ def _two_ranks() -> pl.Trainer:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[ReleaseSpawnedProcessGroup()],  # as build_trainer adds to every stage's Trainer
     )
 
 

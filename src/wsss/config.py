@@ -54,7 +54,9 @@ def validate(cfg: DictConfig) -> None:
     if not 0.0 < float(cfg.drs.delta) <= 1.0:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")
-    _check(cfg.cls.get("optimizer", "sgd"), ("sgd", "adam"), "cls.optimizer")
+    from wsss.tasks.classifier import OPTIMIZERS
+
+    _check(cfg.cls.get("optimizer", "sgd"), OPTIMIZERS, "cls.optimizer")
     if int(cfg.data.num_classes) != 20:
         raise ConfigError(
             f"data.num_classes={cfg.data.num_classes}: wsss targets PASCAL VOC (20 foreground classes); "

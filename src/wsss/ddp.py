@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 DDP_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "WSSS_RUN_ID")
@@ -73,3 +75,20 @@ def end_job() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class ReleaseSpawnedProcessGroup(Callback):
+    """In a worker Lightning spawned (``ddp_spawn``), destroy the process group when the Trainer is done.
+
+    Left to interpreter shutdown, gloo's threads can abort a worker whose work is finished ("terminate
+    called without an active exception"), which fails the run. Runs after the strategy's own teardown;
+    script-launched DDP (``ddp``) keeps its group for the next stage (``end_job`` ends it).
+    """
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if isinstance(launcher, _MultiProcessingLauncher) and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

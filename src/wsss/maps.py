@@ -240,24 +240,6 @@ class MapWriter(BasePredictionWriter):
     ) -> None:
         self.flush()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        release_spawned_process_group(trainer)
-
-
-def release_spawned_process_group(trainer: pl.Trainer) -> None:
-    """In a worker that Lightning spawned (ddp_spawn), destroy the process group before the worker exits.
-
-    Left to interpreter shutdown, gloo's threads can abort the worker ("terminate called without an
-    active exception") after all work is done, failing the run. The main process of a script-launched
-    DDP run keeps its group (later stages reuse it).
-    """
-    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if isinstance(launcher, _MultiProcessingLauncher) and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
 
 def pending_indices(ids: Sequence[str], out_dir: str | Path, overwrite: bool = False) -> list[int]:
     """Dataset indices whose ``<id>.npz`` is missing from ``out_dir`` (all of them with ``overwrite``)."""

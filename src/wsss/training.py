@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from wsss.ddp import ReleaseSpawnedProcessGroup
+
 log = logging.getLogger(__name__)
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
@@ -111,7 +113,7 @@ def build_trainer(
     all_callbacks = build_callbacks(
         cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint
     )
-    all_callbacks += callbacks or []
+    all_callbacks += [*(callbacks or []), ReleaseSpawnedProcessGroup()]
     return pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger or False,
