@@ -28,12 +28,13 @@ class MetricNotFoundError(KeyError):
 
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
-    from wsss import ddp
-    from wsss.config import print_config, validate
-    from wsss.stages import run_stages
-    from wsss.training import finish_wandb
+    import sys
 
-    ddp.prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
+    from wsss.config import print_config, validate
+    from wsss.ddp import prepare_job
+    from wsss.stages.runner import run_stages
+
+    prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     validate(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
@@ -42,8 +43,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         _record_job(cfg, metrics)
         return metrics
     finally:
-        finish_wandb()
-        ddp.end_job()
+        if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
+            from wsss.ddp.sync import end_job
+            from wsss.training import finish_wandb
+
+            finish_wandb()
+            end_job()
         log.info("experiment folder: %s", cfg.paths.exp_dir)
 
 

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import make_classifier
 from wsss.drs import DRS, LAYERS, count_drs, make_activation
-from wsss.models.classifier import DRSClassifier, build_classifier, build_refiner
+from wsss.models.classifier import DRSClassifier
 from wsss.models.tiny import TinyBackbone
 from wsss.models.vgg import conv_indices
-
-VGG = OmegaConf.create({"name": "vgg16", "weights": None})
-TINY = OmegaConf.create({"name": "tiny", "width": 8, "weights": None})
-
-
-def drs_cfg(mode: str = "learnable", placement: list[str] | None = None, delta: float = 0.55):
-    return OmegaConf.create(
-        {"mode": mode, "delta": delta, "placement": list(LAYERS if placement is None else placement)}
-    )
 
 
 def n_params(model: nn.Module) -> int:
@@ -29,12 +20,12 @@ def n_params(model: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def vgg_learnable() -> DRSClassifier:
     torch.manual_seed(0)
-    return build_classifier(VGG, drs_cfg("learnable"), 20)
+    return make_classifier("vgg16", "learnable")
 
 
 def test_vgg16_parameter_counts_match_the_paper(vgg_learnable: DRSClassifier) -> None:
-    fixed = build_classifier(VGG, drs_cfg("fixed"), 20)
-    off = build_classifier(VGG, drs_cfg("off"), 20)
+    fixed = make_classifier("vgg16", "fixed")
+    off = make_classifier("vgg16", "off")
     assert n_params(fixed) == n_params(off) == 21_804_372
     assert round(n_params(off) / 1e6 / 0.05) * 0.05 == pytest.approx(21.8)
     assert n_params(vgg_learnable) - n_params(off) == 2_596_864  # the 16 controllers (SPEC)
@@ -43,15 +34,15 @@ def test_vgg16_parameter_counts_match_the_paper(vgg_learnable: DRSClassifier) ->
 
 def test_drs_count_per_placement(vgg_learnable: DRSClassifier) -> None:
     assert count_drs(vgg_learnable) == 16
-    assert count_drs(build_classifier(VGG, drs_cfg("learnable", []), 20)) == 0
-    assert count_drs(build_classifier(VGG, drs_cfg("off"), 20)) == 0
+    assert count_drs(make_classifier("vgg16", "learnable", placement=[])) == 0
+    assert count_drs(make_classifier("vgg16", "off")) == 0
     # paper Table 2 rows: convs per block are 2, 2, 3, 3, 3 (VGG-16) and 3 (head)
     expected = {("layer6",): 3, ("layer5", "layer6"): 6, ("layer3", "layer4", "layer5", "layer6"): 12}
     expected |= {LAYERS[:5]: 13, LAYERS[:4]: 10, ("layer1",): 2}
     for placement, n in expected.items():
-        assert count_drs(build_classifier(VGG, drs_cfg("fixed", list(placement)), 20)) == n, placement
+        assert count_drs(make_classifier("vgg16", "fixed", placement=list(placement))) == n, placement
     # tiny: one conv per backbone block, three in the head
-    assert count_drs(build_classifier(TINY, drs_cfg("fixed", ["layer1", "layer5", "layer6"]), 20)) == 5
+    assert count_drs(make_classifier("tiny", "fixed", placement=["layer1", "layer5", "layer6"])) == 5
 
 
 def test_vgg16_keeps_torchvision_indices_and_deeplab_changes(vgg_learnable: DRSClassifier) -> None:
@@ -100,7 +91,7 @@ def test_release_param_groups(vgg_learnable: DRSClassifier) -> None:
 
 def test_tiny_backbone_shape_size_and_blocks() -> None:
     torch.manual_seed(0)
-    model = build_classifier(TINY, drs_cfg("learnable"), 20)
+    model = make_classifier("tiny", "learnable")
     assert model.backbone.out_channels == 64 and model.classifier.in_channels == 32
     assert count_drs(model) == 8  # one per tiny block + three in the head
     assert 20_000 < n_params(model) < 150_000
@@ -109,22 +100,21 @@ def test_tiny_backbone_shape_size_and_blocks() -> None:
     assert wide.out_channels == 32 and wide(torch.randn(1, 3, 32, 32)).shape == (1, 32, 4, 4)
     with pytest.raises(ValueError, match="backbone.width"):
         TinyBackbone(make_activation("off"), width=0)
-    fine = build_classifier(OmegaConf.merge(TINY, {"output_stride": 4}), drs_cfg("off"), 20)
+    fine = make_classifier("tiny", "off", output_stride=4)
     assert fine(torch.randn(2, 3, 64, 96)).shape == (2, 20, 16, 24)  # stride 4: layer3 keeps the size
-    assert n_params(fine) == n_params(build_classifier(TINY, drs_cfg("off"), 20))
+    assert n_params(fine) == n_params(make_classifier("tiny", "off"))
     with pytest.raises(ValueError, match="output_stride=16"):
         TinyBackbone(make_activation("off"), output_stride=16)
 
 
 def test_refiner_has_no_drs_and_the_classifier_shape() -> None:
-    refiner = build_refiner(TINY, 20)
+    refiner = make_classifier("tiny", "learnable", refiner=True)
     assert count_drs(refiner) == 0
-    assert n_params(refiner) == n_params(build_classifier(TINY, drs_cfg("fixed"), 20))
+    assert n_params(refiner) == n_params(make_classifier("tiny", "fixed"))
 
 
 def test_resnet_classifier_places_drs_after_stages_and_in_head() -> None:
-    cfg = OmegaConf.create({"name": "resnet50", "weights": None, "output_stride": 8})
-    model = build_classifier(cfg, drs_cfg("learnable", ["layer2", "layer4", "layer5", "layer6"]), 20)
+    model = make_classifier("resnet50", "learnable", placement=["layer2", "layer4", "layer5", "layer6"])
     assert sorted(model.backbone.post) == ["layer2", "layer4"]  # ResNet has no layer5: ignored
     assert count_drs(model) == 5
     assert model.classifier.in_channels == 512 and model.head[0].in_channels == 2048
@@ -132,6 +122,8 @@ def test_resnet_classifier_places_drs_after_stages_and_in_head() -> None:
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 20, 8, 8)
 
 
-def test_unknown_backbone_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="backbone.name='vgg19'"):
-        build_classifier(OmegaConf.create({"name": "vgg19", "weights": None}), drs_cfg(), 20)
+def test_a_network_config_without_target_is_a_clear_error() -> None:
+    from wsss.models.networks import spec
+
+    with pytest.raises(ValueError, match="needs a _target_"):
+        spec({"name": "vgg19", "weights": None})

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config
 from wsss.config import ConfigError, validate
-from wsss.stages import auto_pipeline, pipeline_name
+from wsss.stages.runner import auto_pipeline, pipeline_names
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml"))
@@ -32,7 +32,7 @@ def test_experiment_composes_and_resolves(name: str, tmp_path: Path) -> None:
     validate(cfg)
     resolved = resolve_all(cfg)
     assert resolved["paths"]["exp_dir"].startswith(str(tmp_path / "runs"))
-    assert pipeline_name(cfg)
+    assert pipeline_names(cfg)
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -54,13 +54,18 @@ def test_auto_pipeline_follows_pseudo_source() -> None:
 
 def test_maps_stage_name_follows_source(tmp_path: Path) -> None:
     cfg = compose_config(["stage=maps", "maps.source=refine"], runs=tmp_path)
-    assert pipeline_name(cfg) == ["maps_refine"]
+    assert pipeline_names(cfg) == ["maps_refine"]
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("protocol=papr", "protocol='papr' is not supported; choose one of: paper, release"),
+        (
+            "drs.placement=layer1",
+            "drs.placement='layer1' must be a list of blocks, e.g. drs.placement=[layer1]",
+        ),
+        ("drs.delta=abc", "drs.delta='abc' is not a number"),
+        ("exp=..", "exp='..' must be a folder name under paths.runs"),
         ("drs.placement=[layer7]", "drs.placement has unknown layers ['layer7']"),
         ("drs.delta=1.5", "drs.delta=1.5 must be in (0, 1]"),
         ("maps.source=seg", "maps.source='seg' is not supported; choose one of: cls, refine"),
@@ -73,3 +78,43 @@ def test_bad_values_are_rejected(override: str, message: str, tmp_path: Path) ->
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert message in str(err.value)
+
+
+def test_an_unknown_protocol_names_the_choices(tmp_path: Path) -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=r"(?s)protocol/papr.*paper.*release"):
+        compose_config(["protocol=papr"], runs=tmp_path)
+
+
+def test_protocol_files_set_the_same_keys() -> None:
+    """Every value the release protocol changes is set by the paper protocol too (and vice versa)."""
+
+    def keys(node, prefix=""):
+        out = set()
+        for k in node:
+            v = node._get_node(k)
+            out |= keys(v, f"{prefix}{k}.") if OmegaConf.is_dict(v) else {f"{prefix}{k}"}
+        return out
+
+    paper = keys(OmegaConf.load(REPO / "conf" / "protocol" / "paper.yaml"))
+    release = keys(OmegaConf.load(REPO / "conf" / "protocol" / "release.yaml"))
+    assert paper == release
+    assert {
+        "cls.lr_groups",
+        "maps.cls.relu",
+        "maps.refine.size",
+        "pseudo.rule",
+        "refine.top_class_only",
+    } <= paper
+
+
+def test_protocol_release_switches_every_protocol_value(tmp_path: Path) -> None:
+    paper = compose_config(["experiment=toy"], runs=tmp_path)
+    release = compose_config(["experiment=toy", "protocol=release"], runs=tmp_path)
+    assert (paper.protocol, release.protocol) == ("paper", "release")
+    assert (paper.cls.lr_groups, release.cls.lr_groups) == ("single", "release")
+    assert (paper.cls.squash_size, release.cls.squash_size) == (None, 112)  # toy data's release squash
+    assert (paper.maps.cls.quantize, release.maps.cls.quantize) == ("round", "truncate")
+    assert (paper.pseudo.rule, release.pseudo.rule) == ("paper", "release")
+    assert release.refine.epochs == 80  # the recipe (experiment=toy) still sets what it sets

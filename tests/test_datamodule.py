@@ -12,12 +12,12 @@ import torch
 from omegaconf import open_dict
 
 from conftest import compose_config
-from wsss.artifacts import MissingArtifactError
 from wsss.data.datamodule import StageDataset, WSSSDataModule
 from wsss.data.maps_io import save_maps
 from wsss.data.palette import save_mask
 from wsss.data.transforms import build_transforms
 from wsss.data.voc import VOCDataset
+from wsss.errors import MissingArtifactError
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -192,7 +192,7 @@ class Constant:
 
 
 def test_workers_draw_different_augmentations() -> None:
-    transform = build_transforms("cls", "paper", 24, True, MEAN, STD)
+    transform = build_transforms("cls", 24, True, MEAN, STD)
     dataset = StageDataset(Constant(), "cls", transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
     images = [b["image"][0] for b in loader]

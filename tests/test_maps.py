@@ -11,16 +11,9 @@ import torch
 from torch import nn
 
 from wsss.data.maps_io import load_maps
-from wsss.maps import (
-    EPS,
-    figure1,
-    load_state,
-    multiscale_maps,
-    pending_indices,
-    present_class_maps,
-    scale_sizes,
-    write_maps,
-)
+from wsss.figures import figure1
+from wsss.localization import EPS, multiscale_maps, present_class_maps, scale_sizes
+from wsss.stages.maps_writer import MapPredictor, pending_indices, write_maps
 
 NUM_CLASSES = 20
 
@@ -84,7 +77,9 @@ def test_known_scores_give_hand_computed_maps_and_absent_classes_are_not_stored(
             label[[0, 2]] = 1
             return {"image": image, "label": label, "id": "a"}
 
-    counts = write_maps(_trainer(), AffineScores(), One(), tmp_path, scales=[1.0], dtype="float16")
+    counts = write_maps(
+        _trainer(), MapPredictor(AffineScores(), scales=[1.0]), One(), tmp_path, dtype="float16"
+    )
     assert counts == {"images": 1, "skipped": 0, "written": 1}
     classes, maps = load_maps(tmp_path / "a.npz")
     assert classes.tolist() == [0, 2]  # class 5 scores 10 everywhere but is not in the label
@@ -96,7 +91,7 @@ def test_known_scores_give_hand_computed_maps_and_absent_classes_are_not_stored(
 
 def test_uint8_maps_are_scaled_by_255(tmp_path: Path) -> None:
     ds = ToyInfer(1)
-    write_maps(_trainer(), AffineScores(), ds, tmp_path, dtype="uint8")
+    write_maps(_trainer(), MapPredictor(AffineScores()), ds, tmp_path, dtype="uint8")
     with np.load(tmp_path / "img_000.npz") as data:
         assert data["maps"].dtype == np.uint8 and data["maps"].max() == 255
 
@@ -174,7 +169,7 @@ def test_present_class_maps_equal_the_dense_maps_of_present_classes() -> None:
 
 def test_images_of_different_sizes_are_written_at_their_size(tmp_path: Path) -> None:
     ds = ToyInfer(5, size=8, varied=True)
-    write_maps(_trainer(), AffineScores(), ds, tmp_path, batch_size=5, writer_threads=0)
+    write_maps(_trainer(), MapPredictor(AffineScores()), ds, tmp_path, batch_size=5, writer_threads=0)
     for i, image_id in enumerate(ds.ids):
         classes, maps = load_maps(tmp_path / f"{image_id}.npz")
         assert maps.shape == (2, 8 + (i % 3) * 4, 8)
@@ -183,13 +178,13 @@ def test_images_of_different_sizes_are_written_at_their_size(tmp_path: Path) -> 
 
 def test_killed_run_resumed_equals_a_clean_run(tmp_path: Path) -> None:
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    write_maps(_trainer(), AffineScores(), ToyInfer(7), clean, batch_size=2)
+    write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(7), clean, batch_size=2)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        write_maps(_trainer(), AffineScores(), ToyInfer(7, fail_at=5), resumed, batch_size=2)
+        write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(7, fail_at=5), resumed, batch_size=2)
     done = sorted(p.name for p in resumed.glob("*.npz"))
     assert done == [f"img_{i:03d}.npz" for i in range(4)]  # batches [0,1] and [2,3] made it
     mtimes = {name: (resumed / name).stat().st_mtime_ns for name in done}
-    counts = write_maps(_trainer(), AffineScores(), ToyInfer(7), resumed, batch_size=2)
+    counts = write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(7), resumed, batch_size=2)
     assert counts == {"images": 7, "skipped": 4, "written": 3}
     assert {name: (resumed / name).stat().st_mtime_ns for name in done} == mtimes  # not rewritten
     assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in clean.iterdir())
@@ -198,31 +193,42 @@ def test_killed_run_resumed_equals_a_clean_run(tmp_path: Path) -> None:
             assert a.files == b.files
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
-    assert write_maps(_trainer(), AffineScores(), ToyInfer(7), resumed)["written"] == 0
+    assert write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(7), resumed)["written"] == 0
 
 
 def test_overwrite_rewrites_everything(tmp_path: Path) -> None:
-    write_maps(_trainer(), AffineScores(), ToyInfer(3), tmp_path)
+    write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(3), tmp_path)
     assert pending_indices(["img_000", "img_001", "img_002", "x"], tmp_path) == [3]
-    assert write_maps(_trainer(), AffineScores(), ToyInfer(3), tmp_path, overwrite=True)["written"] == 3
+    assert (
+        write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(3), tmp_path, overwrite=True)["written"]
+        == 3
+    )
 
 
 def test_bad_dtype_is_rejected_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="maps.dtype='int8'.*uint8, float16"):
-        write_maps(_trainer(), AffineScores(), ToyInfer(1), tmp_path, dtype="int8")
+    with pytest.raises(ValueError, match="maps dtype='int8'.*uint8, float16"):
+        write_maps(_trainer(), MapPredictor(AffineScores()), ToyInfer(1), tmp_path, dtype="int8")
 
 
-def test_load_state_strips_the_lightning_prefix(tmp_path: Path) -> None:
+def test_a_checkpoint_rebuilds_its_own_network(tmp_path: Path) -> None:
+    from wsss.errors import CorruptArtifactError, MissingArtifactError
+    from wsss.models.checkpoint import load_network
+
+    spec = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 2, "kernel_size": 1}
     net = nn.Conv2d(3, 2, 1)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}
-    torch.save(ckpt, tmp_path / "best.ckpt")
-    state = load_state(tmp_path / "best.ckpt")
-    assert sorted(state) == ["bias", "weight"]
-    assert torch.equal(state["weight"], net.weight.detach())
-    with pytest.raises(KeyError, match="no weights under 'net.'"):
-        load_state(tmp_path / "best.ckpt", prefix="net.")
-    with pytest.raises(FileNotFoundError, match="train the stage"):
-        load_state(tmp_path / "missing.ckpt")
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"network": spec}}, tmp_path / "best.ckpt")
+    rebuilt = load_network(tmp_path / "best.ckpt")
+    assert isinstance(rebuilt, nn.Conv2d) and not rebuilt.training
+    assert torch.equal(rebuilt.weight, net.weight.detach())
+    torch.save({"state_dict": state, "hyper_parameters": {}}, tmp_path / "old.ckpt")
+    with pytest.raises(CorruptArtifactError, match="records no network spec.*force=true"):
+        load_network(tmp_path / "old.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "best.ckpt").read_bytes()[:100])
+    with pytest.raises(CorruptArtifactError, match="cut.ckpt: not a readable checkpoint"):
+        load_network(tmp_path / "cut.ckpt")
+    with pytest.raises(MissingArtifactError, match="run the stage that writes it"):
+        load_network(tmp_path / "missing.ckpt")
 
 
 class FigureData:
@@ -269,6 +275,8 @@ class EvalData:
 
 @pytest.fixture
 def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import wsss.data.voc
+    import wsss.models.checkpoint
     import wsss.stages.maps as stage
     from conftest import compose_config
     from wsss.artifacts import Experiment
@@ -288,31 +296,31 @@ def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     seen = {}
 
-    def fake_net(cfg, folder: Path, source: str) -> nn.Module:
-        seen["folder"] = folder
+    def fake_net(path: Path) -> nn.Module:
+        seen["checkpoint"] = path
         return AffineScores()
 
-    monkeypatch.setattr(stage, "build_net", fake_net)
+    monkeypatch.setattr(wsss.models.checkpoint, "load_network", fake_net)
     monkeypatch.setattr(stage, "infer_dataset", lambda cfg, split, infer_size: ToyInfer(6))
-    monkeypatch.setattr(stage, "eval_dataset", lambda cfg: EvalData())
+    monkeypatch.setattr(wsss.data.voc, "VOCDataset", lambda root, split: EvalData())
     return cfg, Experiment(tmp_path / "runs" / "e", runs=tmp_path / "runs"), seen
 
 
 def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
     import json
 
-    from wsss.artifacts import MissingArtifactError
-    from wsss.stages.maps import run
+    from conftest import finish_as_made, run_stage
+    from wsss.errors import ArtifactMismatchError, MissingArtifactError
 
     cfg, exp, seen = stage_env
     with pytest.raises(MissingArtifactError, match="stage=cls"):
-        run(cfg, exp)
-    (exp.begin("cls") / "checkpoints").mkdir()
+        run_stage(cfg)
+    (exp.stage_dir("cls") / "checkpoints").mkdir(parents=True)
     (exp.stage_dir("cls") / "checkpoints" / "best.ckpt").write_bytes(b"stand-in")
-    exp.finish("cls", {})
-    metrics = run(cfg, exp)
+    finish_as_made(cfg, "cls")
+    metrics = run_stage(cfg)
     out = exp.stage_dir("maps_cls")
-    assert seen["folder"] == exp.stage_dir("cls")
+    assert seen["checkpoint"] == exp.stage_dir("cls") / "checkpoints" / "best.ckpt"
     assert sorted(p.name for p in out.glob("*.npz")) == [f"img_{i:03d}.npz" for i in range(6)]
     assert (out / ".complete").is_file()
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -323,10 +331,13 @@ def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
     assert (exp.root / "figures" / "figure1.png").is_file()
     logged = (exp.root / "logs" / "maps_cls" / "version_0" / "metrics.csv").read_text()
     assert "maps_cls/miou" in logged
-    again = run(cfg, exp)  # resumed: nothing left to write, same scores
+    (out / ".complete").unlink()  # killed before the end: a rerun resumes, nothing left to write
+    again = run_stage(cfg)
     assert again["skipped"] == 6 and again["miou"] == metrics["miou"]
     cfg.maps.flip = True  # other settings must not silently resume over these maps
-    with pytest.raises(ValueError, match=r"other settings \(flip.*maps.overwrite=true"):
-        run(cfg, exp)
-    cfg.maps.overwrite = True
-    assert run(cfg, exp)["skipped"] == 0
+    with pytest.raises(
+        ArtifactMismatchError, match=r"(?s)maps_cls: maps.flip: made with False, now True.*force=true"
+    ):
+        run_stage(cfg)
+    cfg.force = True
+    assert run_stage(cfg)["skipped"] == 0

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from wsss.data.maps_io import load_maps
-from wsss.ddp import ReleaseSpawnedProcessGroup
-from wsss.maps import MapRecord, MapWriter, write_maps
+from wsss.ddp.sync import ReleaseSpawnedProcessGroup
+from wsss.stages.maps_writer import MapPredictor, MapRecord, MapWriter, write_maps
 
 NUM_CLASSES = 20
 
@@ -75,7 +75,9 @@ def _two_ranks() -> pl.Trainer:
 def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
     out, log = tmp_path / "maps", tmp_path / "written.log"
     n = 11  # odd: the ranks get 6 and 5 images, no padding repeats
-    write_maps(_two_ranks(), Scores(), Images(n), out, batch_size=2, writer=LoggingWriter(out, log))
+    write_maps(
+        _two_ranks(), MapPredictor(Scores()), Images(n), out, batch_size=2, writer=LoggingWriter(out, log)
+    )
     lines = [line.split() for line in log.read_text().splitlines()]
     per_id = Counter(image_id for _, image_id in lines)
     assert per_id == Counter({f"id_{i:02d}": 1 for i in range(n)})
@@ -88,6 +90,8 @@ def test_two_ranks_write_every_id_exactly_once(tmp_path: Path) -> None:
     # resume with one image left (fewer than ranks): rank 1 has nothing to do, nothing else is rewritten
     (out / "id_04.npz").unlink()
     log.unlink()
-    write_maps(_two_ranks(), Scores(), Images(n), out, batch_size=2, writer=LoggingWriter(out, log))
+    write_maps(
+        _two_ranks(), MapPredictor(Scores()), Images(n), out, batch_size=2, writer=LoggingWriter(out, log)
+    )
     assert log.read_text() == "0 id_04\n"
     assert (out / "id_04.npz").is_file()

@@ -92,10 +92,20 @@ def test_rerun_skips_completed_stages(pipeline_run: tuple[Path, list[str], str])
     assert ckpt.stat().st_mtime_ns == before
 
 
-def test_stage_without_its_input_names_the_command(pipeline_run: tuple[Path, list[str], str]) -> None:
+def test_a_pasted_hint_makes_the_missing_input_and_the_command_then_runs(
+    pipeline_run: tuple[Path, list[str], str],
+) -> None:
+    import shlex
+
     root, _, _ = pipeline_run
-    proc = run_train(
-        ["stage=seg", "exp=fresh", f"paths.runs={root / 'runs'}", f"paths.data={root / 'data'}", *TINY]
-    )
+    original = ["stage=seg", "exp=fresh", f"paths.runs={root / 'runs'}", f"paths.data={root / 'data'}", *TINY]
+    proc = run_train(original)
     assert proc.returncode != 0
-    assert "pseudo" in proc.stdout and "python train.py stage=pseudo" in proc.stdout
+    hint = next(
+        line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("python train.py")
+    )
+    assert "pipeline.stages=[cls,maps_cls,refine,maps_refine,pseudo]" in hint and "experiment=toy" in hint
+    made = run_train(shlex.split(hint)[2:])  # the command exactly as printed, minus "python train.py"
+    assert made.returncode == 0, made.stdout[-3000:]
+    assert run_train(original).returncode == 0
+    assert (root / "runs" / "fresh" / "seg" / ".complete").is_file()

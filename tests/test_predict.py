@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_eval import TINY, make_seg_stage
+from test_eval import TINY
 
-from conftest import compose_config
+from conftest import compose_config, make_seg_stage, make_segmenter, run_stage, segmenter_spec
 from wsss.artifacts import Experiment, read_json
 from wsss.data.palette import voc_palette
-from wsss.models.deeplab import build_segmenter
+from wsss.errors import MissingArtifactError
 from wsss.stages.predict import RESULTS, write_archive
 
 
 def test_predict_writes_server_layout_and_tar_gz(tmp_path: Path) -> None:
     from wsss.data.toy import generate
     from wsss.data.voc import VOCDataset
-    from wsss.stages import predict
 
     root = generate(tmp_path / "toy", seed=0, num_train=2, num_val=2, num_test=4, size=48)
     runs = tmp_path / "runs"
@@ -39,9 +38,9 @@ def test_predict_writes_server_layout_and_tar_gz(tmp_path: Path) -> None:
     )
     exp = Experiment(runs / "p1", runs=runs)
     torch.manual_seed(0)
-    make_seg_stage(exp, build_segmenter(TINY), TINY)
+    make_seg_stage(cfg, make_segmenter(**TINY), segmenter_spec(**TINY))
 
-    metrics = predict.run(cfg, exp)
+    metrics = run_stage(cfg)
     test = VOCDataset(root, "test")
     assert not test.has_masks and len(test.ids) == 4
     folder = exp.stage_dir("predict") / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
@@ -63,16 +62,16 @@ def test_predict_writes_server_layout_and_tar_gz(tmp_path: Path) -> None:
     assert (metrics["images"], metrics["written"], metrics["skipped"]) == (4, 4, 0)
     assert "miou" not in metrics  # the test split has no ground truth
 
-    # a rerun keeps what is there; a lost PNG is made again
+    # a killed run resumes: it keeps what is there and makes a lost PNG again
     (folder / f"{test.ids[1]}.png").unlink()
-    again = predict.run(cfg, exp)
+    (exp.stage_dir("predict") / ".complete").unlink()
+    again = run_stage(cfg)
     assert (again["written"], again["skipped"]) == (1, 3)
     assert (exp.stage_dir("predict") / ".complete").is_file()
 
 
 def test_predict_on_a_split_with_ground_truth_reports_miou(tmp_path: Path) -> None:
     from wsss.data.toy import generate
-    from wsss.stages import predict
 
     root = generate(tmp_path / "toy", seed=0, num_train=2, num_val=3, num_test=1, size=48)
     runs = tmp_path / "runs"
@@ -88,15 +87,14 @@ def test_predict_on_a_split_with_ground_truth_reports_miou(tmp_path: Path) -> No
         ],
         runs=runs,
     )
-    exp = Experiment(runs / "p2", runs=runs)
-    make_seg_stage(exp, build_segmenter(TINY), TINY)
-    metrics = predict.run(cfg, exp)
+    make_seg_stage(cfg, make_segmenter(**TINY), segmenter_spec(**TINY))
+    metrics = run_stage(cfg)
     assert metrics["images"] == 3 and 0.0 <= metrics["miou"] <= 1.0
 
 
 def test_archive_refuses_missing_predictions(tmp_path: Path) -> None:
     (tmp_path / RESULTS).mkdir(parents=True)
     (tmp_path / RESULTS / "a.png").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="1 predictions missing"):
+    with pytest.raises(MissingArtifactError, match="1 predictions missing"):
         write_archive(tmp_path, ["a", "b"], tmp_path / "r.tar.gz")
     assert not (tmp_path / "r.tar.gz").exists()  # nothing half-written

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.pseudo import (
+from wsss.localization import resize_maps
+from wsss.stages.pseudo_rules import (
     PseudoRule,
     fallback_label,
     make_label,
     paper_label,
     release_label,
-    resize_maps,
 )
 
 
@@ -118,14 +118,14 @@ def test_missing_saliency_names_the_fix() -> None:
 def test_make_label_checks_saliency_size_and_dispatches() -> None:
     maps, sal = _pixels(2)
     maps[0, 0, 1], sal[0, 1] = 0.5, 200
-    rule = PseudoRule(protocol="release")
+    rule = PseudoRule(rule="release")
     assert make_label(rule, maps, sal, (1, 2)).tolist() == [[0, 1]]
     assert make_label(PseudoRule(background="fallback"), maps, None, (1, 2)).tolist() == [[0, 1]]
     with pytest.raises(ValueError, match="saliency map is"):
         make_label(rule, maps, sal, (2, 2))
     with pytest.raises(ValueError, match="pseudo.background"):
         PseudoRule(background="none")
-    assert PseudoRule(protocol="release", background="fallback").name == "fallback"
+    assert PseudoRule(rule="release", background="fallback").name == "fallback"
 
 
 def _naive_release(maps: np.ndarray, sal: np.ndarray) -> np.ndarray:

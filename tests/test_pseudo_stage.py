@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
+from conftest import compose_config, finish_as_made, run_stage
 from wsss.artifacts import Experiment, read_json
 from wsss.data.maps_io import dense_maps, load_maps, save_maps
-from wsss.data.palette import read_mask, voc_palette
-from wsss.pseudo import PseudoRule, make_label, read_saliency, resize_maps
+from wsss.data.palette import read_index_png, voc_palette
+from wsss.data.voc import read_saliency
+from wsss.localization import resize_maps
+from wsss.stages.pseudo_rules import PseudoRule, make_label
 
 TRAIN = ["2007_000063", "2007_000363", "2007_000648"]  # in VOC train (eval_split)
 EXTRA = ["2008_002176"]  # train_aug only
@@ -41,19 +43,21 @@ def voc(tmp_path: Path, shared_data: Path) -> tuple[Path, Path]:
 
 
 def _gt(root: Path, image_id: str) -> np.ndarray:
-    return read_mask(root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / f"{image_id}.png")
+    return read_index_png(root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / f"{image_id}.png")
 
 
-def _write_maps(exp: Experiment, root: Path, stage: str, scale: int) -> None:
-    """Maps made from the ground truth (indicator of each present class), stored at 1/scale size."""
-    folder = exp.begin(stage)
+def _write_maps(cfg, root: Path, stage: str, scale: int) -> None:
+    """Maps made from the ground truth (indicator of each present class), stored at 1/scale size, marked
+    complete with the record the config expects (as if stage=maps had made them)."""
+    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
+    folder = exp.stage_dir(stage)
     for i in IDS:
         gt = _gt(root, i)
         classes = np.array([c - 1 for c in np.unique(gt) if 0 < c < 255])
         maps = np.stack([(gt == c + 1).astype(np.float32) for c in classes])
         size = (gt.shape[0] // scale, gt.shape[1] // scale)
         save_maps(folder / f"{i}.npz", classes, resize_maps(maps, size))
-    exp.finish(stage, {})
+    finish_as_made(cfg, stage)
 
 
 def _config(tmp_path: Path, root: Path, saliency: Path | None, *extra: str):
@@ -74,26 +78,22 @@ def _config(tmp_path: Path, root: Path, saliency: Path | None, *extra: str):
 
 
 def _run(cfg) -> tuple[dict, Experiment]:
-    from wsss.stages.pseudo import run
-
-    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
-    return run(cfg, exp), exp
+    return run_stage(cfg), Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
 
 
 @pytest.mark.parametrize("protocol", ["paper", "release"])
 def test_saliency_labels_are_palette_pngs_of_the_rule(tmp_path: Path, voc, protocol: str) -> None:
     root, sal = voc
     cfg = _config(tmp_path, root, sal, f"protocol={protocol}", "pseudo.workers=2")
-    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
-    _write_maps(exp, root, "maps_refine", scale=4)
+    _write_maps(cfg, root, "maps_refine", scale=4)
     metrics, exp = _run(cfg)
-    rule = PseudoRule(protocol=protocol)
+    rule = PseudoRule(rule=protocol)
     for i in IDS:
         path = exp.stage_dir("pseudo") / f"{i}.png"
         with Image.open(path) as img:
             assert img.mode == "P"
             assert img.getpalette()[: 256 * 3] == voc_palette().flatten().tolist()
-        label = read_mask(path)
+        label = read_index_png(path)
         saliency = read_saliency(sal / f"{i}.png")
         assert label.shape == saliency.shape == _gt(root, i).shape  # original size, not the stored 1/4
         classes, maps = load_maps(exp.stage_dir("maps_refine") / f"{i}.npz")
@@ -102,7 +102,7 @@ def test_saliency_labels_are_palette_pngs_of_the_rule(tmp_path: Path, voc, proto
         )
         np.testing.assert_array_equal(label, expected)
         assert set(np.unique(label)) <= set(range(21)) | {255}
-    assert metrics["protocol"] == protocol and metrics["background"] == "saliency"
+    assert metrics["rule"] == protocol and metrics["background"] == "saliency"
     assert metrics["images"] == 4 and metrics["written"] == 4 and metrics["eval_images"] == 3
     assert 0.0 < metrics["ignore_ratio"] < 1.0
     assert 0.0 < metrics["miou"] <= 1.0
@@ -117,55 +117,58 @@ def test_saliency_labels_are_palette_pngs_of_the_rule(tmp_path: Path, voc, proto
 def test_fallback_from_exact_maps_scores_one_and_resumes(tmp_path: Path, voc) -> None:
     root, _ = voc
     cfg = _config(tmp_path, root, None, "pseudo.background=fallback", "pseudo.source=cls", "pseudo.workers=1")
-    exp = Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs)
-    _write_maps(exp, root, "maps_cls", scale=1)  # full-size indicator maps: the labels equal the masks
+    _write_maps(cfg, root, "maps_cls", scale=1)  # full-size indicator maps: the labels equal the masks
     metrics, exp = _run(cfg)
     assert metrics["background"] == "fallback" and metrics["fallback_threshold"] == 0.2
     assert metrics["miou"] == 1.0 and metrics["precision"] == 1.0 and metrics["recall"] == 1.0
     assert metrics["ignore_ratio"] == 0.0
     gt = _gt(root, IDS[0])
-    label = read_mask(exp.stage_dir("pseudo") / f"{IDS[0]}.png")
+    label = read_index_png(exp.stage_dir("pseudo") / f"{IDS[0]}.png")
     np.testing.assert_array_equal(label[gt != 255], gt[gt != 255])
 
     first = exp.stage_dir("pseudo") / f"{EXTRA[0]}.png"  # not scored, so a stand-in file is fine
-    first.write_bytes(b"not a png")  # a resumed run keeps existing labels ...
+    first.write_bytes(b"not a png")
+    (exp.stage_dir("pseudo") / ".complete").unlink()  # as if killed before the end: a rerun resumes ...
     metrics, _ = _run(cfg)
     assert metrics["written"] == 0 and metrics["skipped"] == 4
     assert first.read_bytes() == b"not a png"
-    cfg.pseudo.overwrite = True  # ... unless told to overwrite
+    cfg.force = True  # ... and force=true makes it anew
     metrics, _ = _run(cfg)
-    assert metrics["written"] == 4 and read_mask(first).shape == _gt(root, EXTRA[0]).shape
+    assert metrics["written"] == 4 and read_index_png(first).shape == _gt(root, EXTRA[0]).shape
 
 
 def test_saliency_required_but_missing(tmp_path: Path, voc) -> None:
-    from wsss.stages.pseudo import MissingSaliencyError
+    from wsss.errors import MissingSaliencyError
 
     root, sal = voc
     cfg = _config(tmp_path, root, None)
-    _write_maps(Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs), root, "maps_refine", scale=4)
+    _write_maps(cfg, root, "maps_refine", scale=4)
     with pytest.raises(
         MissingSaliencyError, match=r"data.saliency_dir is not set.*pseudo.background=fallback"
     ):
         _run(cfg)
     (sal / f"{IDS[2]}.png").unlink()
+    with_saliency = _config(tmp_path, root, sal)
+    _write_maps(with_saliency, root, "maps_refine", scale=4)  # data.saliency_dir is not a key of the maps
     with pytest.raises(MissingSaliencyError, match=rf"1 of 4 images have no saliency map .*{IDS[2]}\.png"):
-        _run(_config(tmp_path, root, sal))
+        _run(with_saliency)
 
 
 def test_missing_maps_and_missing_pydensecrf_fail_at_start(tmp_path: Path, voc, monkeypatch) -> None:
-    from wsss.artifacts import MissingArtifactError
-    from wsss.crf import MissingCRFError
+    from wsss.errors import MissingArtifactError, MissingCRFError
 
     root, sal = voc
-    with pytest.raises(MissingArtifactError, match="stage=maps maps.source=refine"):
+    with pytest.raises(
+        MissingArtifactError, match=r"stage=pipeline 'pipeline.stages=\[cls,maps_cls,refine,maps_refine\]'"
+    ):
         _run(_config(tmp_path, root, sal))
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     cfg = _config(tmp_path, root, sal, "pseudo.crf=true")
-    _write_maps(Experiment(Path(cfg.paths.exp_dir), runs=cfg.paths.runs), root, "maps_refine", scale=4)
+    _write_maps(cfg, root, "maps_refine", scale=4)
     with pytest.raises(MissingCRFError, match=r"pip install 'wsss\[crf\]'"):
         _run(cfg)
-    assert not (Path(cfg.paths.exp_dir) / "pseudo").exists()
+    assert not (Path(cfg.paths.exp_dir) / "pseudo" / ".complete").exists()
 
 
 class _Truth:

@@ -1,4 +1,4 @@
-"""The refinement task (DRS-dagger): target, loss, schedule, checkpoint keys, protocol default."""
+"""The refinement task (DRS-dagger): target, loss, schedule, checkpoint keys, the stage on toy data."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from wsss.maps import load_state
-from wsss.stages.refine import top_class_only
-from wsss.tasks.refiner import RefinerTask, keep_top_class
+from wsss.models.checkpoint import network_state, read_checkpoint
+from wsss.tasks.refinement import RefinerTask, keep_top_class
 
 NUM_CLASSES = 20
 
@@ -103,7 +101,7 @@ def test_lr_steps_per_epoch_and_checkpoint_keys_load_into_the_net(tmp_path: Path
     trainer = _fit(task, ToyMaps(2), epochs=2, root=tmp_path)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
     trainer.save_checkpoint(tmp_path / "best.ckpt")
-    state = load_state(tmp_path / "best.ckpt")  # weights_only=True: hyperparameters must be plain
+    state = network_state(read_checkpoint(tmp_path / "best.ckpt"))  # weights_only=True: plain hyperparameters
     net = tiny_net()
     net.load_state_dict(state)
     assert torch.equal(net[0].weight, task.model[0].weight)
@@ -116,27 +114,14 @@ def test_maps_of_another_size_are_rejected() -> None:
         task.training_step(batch, 0)
 
 
-@pytest.mark.parametrize(
-    ("protocol", "value", "expected"),
-    [("paper", None, False), ("release", None, True), ("paper", True, True), ("release", False, False)],
-)
-def test_top_class_only_follows_the_protocol_when_null(
-    protocol: str, value: bool | None, expected: bool
-) -> None:
-    cfg = OmegaConf.create({"protocol": protocol, "refine": {"top_class_only": value}})
-    assert top_class_only(cfg) is expected
-
-
 def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
     """cls checkpoint (untrained tiny classifier) -> stage maps -> stage refine -> stage maps (refine)."""
     import json
 
-    from conftest import compose_config
+    from conftest import compose_config, finish_as_made, run_stage
     from wsss.artifacts import Experiment
     from wsss.data.maps_io import load_maps
-    from wsss.models.classifier import build_classifier
-    from wsss.stages import maps as maps_stage
-    from wsss.stages import refine as refine_stage
+    from wsss.models.networks import build, classifier_spec
 
     cfg = compose_config(
         [
@@ -157,15 +142,16 @@ def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
     )
     exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
     torch.manual_seed(0)
-    classifier = build_classifier(cfg.backbone, cfg.drs, 20, init_backbone=False)
-    ckpt_dir = exp.begin("cls") / "checkpoints"
-    ckpt_dir.mkdir()
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()}}, ckpt_dir / "best.ckpt"
-    )
-    exp.finish("cls", {})
+    spec = classifier_spec(cfg)
+    classifier = build(spec)
+    ckpt_dir = exp.stage_dir("cls") / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    state = {f"model.{k}": v for k, v in classifier.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"network": spec}}, ckpt_dir / "best.ckpt")
+    finish_as_made(cfg, "cls")
 
-    seeds = maps_stage.run(cfg, exp)
+    cfg.stage, cfg.maps.source = "maps", "cls"
+    seeds = run_stage(cfg)
     assert seeds["images"] == 8 and seeds["seed_images"] == 8
     classes, maps = load_maps(
         exp.stage_dir("maps_cls")
@@ -174,12 +160,13 @@ def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
     side = cfg.data.toy.size
     assert maps.shape[1:] == (side, side) and maps.shape[0] == len(classes) >= 1  # paper: original size
 
-    metrics = refine_stage.run(cfg, exp)
+    cfg.stage = "refine"
+    metrics = run_stage(cfg)
     assert metrics["epochs"] == 2 and metrics["top_class_only"] is False and np.isfinite(metrics["loss"])
     assert (exp.stage_dir("refine") / "checkpoints" / "best.ckpt").is_file() and exp.is_complete("refine")
 
-    cfg.maps.source = "refine"
-    refined = maps_stage.run(cfg, exp)
+    cfg.stage, cfg.maps.source = "maps", "refine"
+    refined = run_stage(cfg)
     assert refined["images"] == 8 and exp.is_complete("maps_refine")
     assert json.loads((exp.stage_dir("maps_refine") / "metrics.json").read_text()) == refined
     assert (exp.root / "figures" / "figure1.png").is_file()

@@ -94,21 +94,21 @@ def test_frozen_batchnorm_loads_batchnorm_weights_and_never_updates() -> None:
     torch.testing.assert_close(out_train, expected, atol=1e-3, rtol=1e-3)
 
 
-def test_post_stage_modules_are_built_per_layer_and_applied() -> None:
+def test_activation_modules_are_built_per_layer_and_applied_unless_plain_relu() -> None:
     calls: list[tuple[str, int]] = []
 
-    def post(name: str, channels: int) -> nn.Module | None:
+    def activation(name: str, channels: int) -> nn.Module:
         calls.append((name, channels))
         return nn.Identity() if name != "layer4" else _Zero()
 
-    net = ResNetBackbone(50, post_stage=post).eval()
+    net = ResNetBackbone(50, activation=activation).eval()
     assert calls == [("layer1", 256), ("layer2", 512), ("layer3", 1024), ("layer4", 2048)]
     assert list(net.post) == ["layer1", "layer2", "layer3", "layer4"]
     with torch.no_grad():
         assert torch.count_nonzero(net(torch.randn(1, 3, 32, 32))) == 0
 
-    skipped = ResNetBackbone(50, post_stage=lambda name, c: None)
-    assert len(skipped.post) == 0
+    plain = ResNetBackbone(50, activation=lambda name, c: nn.ReLU())  # stages already end in a ReLU
+    assert len(plain.post) == 0
 
 
 class _Zero(nn.Module):

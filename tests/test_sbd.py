@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from wsss.data.palette import read_mask, save_mask
+from wsss.data.palette import read_index_png, save_mask
 from wsss.data.sbd import load_sbd_mask, main, train_aug_ids
 from wsss.data.voc import DatasetLayoutError, MissingFolderError, VOCDataset
 
@@ -94,7 +94,7 @@ def test_conversion_writes_masks_list_and_images(folders, capsys: pytest.Capture
         with Image.open(aug / f"{image_id}.png") as img:
             assert img.mode == "P"
         expected = voc_mask(image_id) if image_id in VOC_TRAIN + VOC_VAL else sbd_mask(image_id)
-        np.testing.assert_array_equal(read_mask(aug / f"{image_id}.png"), expected, err_msg=image_id)
+        np.testing.assert_array_equal(read_index_png(aug / f"{image_id}.png"), expected, err_msg=image_id)
 
     ds = VOCDataset(voc, "train_aug", require_masks=True)  # the result is a usable split
     assert ds.ids == EXPECTED_TRAIN_AUG and ds.mask_path(0).parent.name == "SegmentationClassAug"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wsss.data.maps_io import save_maps
-from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds, resize_maps
+from wsss.localization import resize_maps
+from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds
 
 GT = np.array([[0, 1, 1], [0, 2, 255]])
 CLASSES = np.array([0, 1])  # 0-based: aeroplane -> label 1, bicycle -> label 2

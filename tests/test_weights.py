@@ -9,9 +9,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wsss.drs import LAYERS
-from wsss.models.classifier import build_classifier
-from wsss.models.weights import WeightsError, detect_format, load_backbone_weights, load_classifier_weights
+from conftest import net_config
+from wsss.models.networks import build, classifier_spec
+from wsss.models.weights import (
+    WeightsError,
+    detect_format,
+    init_score_network,
+    load_backbone_weights,
+    load_classifier_weights,
+)
 
 VGG_CONVS = {  # torchvision features index of each conv: (in, out)
     0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
@@ -26,11 +32,22 @@ RELEASE_NAMES = {
 
 
 def backbone_cfg(name: str = "vgg16", weights: str | None = None, **extra):
-    return OmegaConf.create({"name": name, "weights": weights, **extra})
+    node = net_config("backbone", name, **extra)
+    node.weights = weights
+    return node
 
 
 def drs(mode: str = "learnable"):
-    return OmegaConf.create({"mode": mode, "delta": 0.55, "placement": list(LAYERS)})
+    return net_config("drs", mode)
+
+
+def build_classifier(backbone, drs_node, num_classes: int, weights: str | None = None):
+    """What stage=cls builds: the network of the config groups, then its init from the weights files."""
+    model = net_config("model", "classifier")
+    model.num_classes = num_classes
+    net = build(classifier_spec(OmegaConf.create({"backbone": backbone, "drs": drs_node, "model": model})))
+    init_score_network(net, backbone.weights, weights, backbone.name)
+    return net
 
 
 def torchvision_vgg16_state(seed: int = 0) -> dict[str, torch.Tensor]:

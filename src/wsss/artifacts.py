@@ -1,15 +1,19 @@
-"""The experiment-folder contract between stages.
+"""The experiment folder: the contract between stages, and atomic file writing.
 
-Every stage writes under ``<paths.runs>/<exp>/<stage dir>`` and finishes by writing
-``metrics.json`` and then a ``.complete`` marker. A stage refuses to start when an input
-stage lacks ``.complete`` and names the command that produces it. Files are written under a
-temporary name and renamed into place, so a later stage never reads a half-written file.
+Every stage writes under ``<paths.runs>/<exp>/<Stage.folder>``. When it starts it records what it is
+making (``identity.json``, see ``wsss.provenance``); when it finishes it writes ``metrics.json``, the
+record again, and then a ``.complete`` marker (always last). A reader accepts an upstream folder only
+when it is complete and its record matches what the current config expects; otherwise it refuses,
+naming the keys that differ (or the command that makes the missing artifact). Files are written under
+a temporary name and renamed into place, so a later stage never reads a half-written file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,40 +24,10 @@ import numpy as np
 
 COMPLETE = ".complete"
 METRICS = "metrics.json"
-
-STAGE_DIRS: dict[str, str] = {
-    "cls": "cls",
-    "maps_cls": "maps/cls",
-    "refine": "refine",
-    "maps_refine": "maps/refine",
-    "pseudo": "pseudo",
-    "seg": "seg",
-    "eval": "eval",
-    "predict": "predict",
-    "probe": "probe",
-}
-"""Pipeline stage name -> folder inside the experiment folder."""
-
-PRODUCER_ARGS: dict[str, str] = {
-    "cls": "stage=cls",
-    "maps_cls": "stage=maps maps.source=cls",
-    "refine": "stage=refine",
-    "maps_refine": "stage=maps maps.source=refine",
-    "pseudo": "stage=pseudo",
-    "seg": "stage=seg",
-    "eval": "stage=eval",
-    "predict": "stage=predict",
-    "probe": "stage=probe",
-}
-"""Pipeline stage name -> the train.py arguments that produce its folder."""
-
+RECORD = "identity.json"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class MissingArtifactError(RuntimeError):
-    """An upstream stage's output is absent or unfinished."""
 
 
 @contextmanager
@@ -83,9 +57,23 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None (JSON has no NaN), recursively."""
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (sorted keys, numpy scalars converted)."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+    """Write JSON atomically (sorted keys, numpy scalars converted, NaN/inf written as null)."""
+    text = json.dumps(
+        _finite(_to_plain(data)), indent=2, sort_keys=True, allow_nan=False, default=_to_builtin
+    )
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -96,6 +84,16 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray) or (hasattr(value, "item") and not isinstance(value, str)):
+        return _to_builtin(value)
+    return value
 
 
 def _to_builtin(value: Any) -> Any:
@@ -109,14 +107,11 @@ def _to_builtin(value: Any) -> Any:
 
 
 class Experiment:
-    """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage."""
+    """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage (``Stage.folder``)."""
 
-    def __init__(
-        self, root: str | Path, runs: str | Path | None = None, command_prefix: str = "python train.py"
-    ) -> None:
+    def __init__(self, root: str | Path, runs: str | Path | None = None) -> None:
         self.root = Path(root)
         self.runs = Path(runs) if runs is not None else self.root.parent
-        self.command_prefix = command_prefix
 
     @property
     def name(self) -> str:
@@ -127,42 +122,41 @@ class Experiment:
             return self.root.name
 
     def stage_dir(self, stage: str) -> Path:
-        """Folder of a pipeline stage (see ``STAGE_DIRS``)."""
-        if stage not in STAGE_DIRS:
-            raise KeyError(f"unknown stage {stage!r}; known stages: {', '.join(STAGE_DIRS)}")
-        return self.root / STAGE_DIRS[stage]
+        """Folder of a pipeline stage (its ``Stage.folder``)."""
+        from wsss.stages.registry import stage as declaration
+
+        return self.root / declaration(stage).folder
 
     def is_complete(self, stage: str) -> bool:
         return (self.stage_dir(stage) / COMPLETE).is_file()
 
-    def producer_command(self, stage: str) -> str:
-        return f"{self.command_prefix} {PRODUCER_ARGS[stage]} exp={self.name} paths.runs={self.runs}"
-
-    def require(self, stage: str) -> Path:
-        """Return the folder of a finished upstream stage, or raise naming the command that makes it."""
-        folder = self.stage_dir(stage)
-        if not (folder / COMPLETE).is_file():
-            state = "is unfinished (no .complete marker)" if folder.exists() else "does not exist"
-            raise MissingArtifactError(
-                f"Upstream artifact {folder} {state}. Produce it first with:\n"
-                f"    {self.producer_command(stage)}"
-            )
-        return folder
-
-    def begin(self, stage: str) -> Path:
-        """Create a stage folder for (re)writing and drop any stale ``.complete`` marker."""
-        folder = self.stage_dir(stage)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / COMPLETE).unlink(missing_ok=True)
-        return folder
-
-    def finish(self, stage: str, metrics: dict[str, Any]) -> Path:
-        """Write ``metrics.json`` then the ``.complete`` marker (the marker is always last)."""
-        folder = self.stage_dir(stage)
-        write_json(folder / METRICS, metrics)
-        write_text(folder / COMPLETE, "")
-        return folder
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """The ``identity.json`` of a stage folder, or None."""
+        path = self.stage_dir(stage) / RECORD
+        return read_json(path) if path.is_file() else None
 
     def metrics(self, stage: str) -> dict[str, Any]:
         path = self.stage_dir(stage) / METRICS
         return read_json(path) if path.is_file() else {}
+
+    def begin(self, stage: str, record: dict[str, Any] | None = None) -> Path:
+        """Create a stage folder for (re)writing, drop any stale ``.complete``, record what it makes."""
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE).unlink(missing_ok=True)
+        if record is not None:
+            write_json(folder / RECORD, record)
+        return folder
+
+    def finish(self, stage: str, metrics: dict[str, Any], record: dict[str, Any] | None = None) -> Path:
+        """Write ``metrics.json`` (and the record), then the ``.complete`` marker (always last)."""
+        folder = self.stage_dir(stage)
+        write_json(folder / METRICS, metrics)
+        if record is not None:
+            write_json(folder / RECORD, record)
+        write_text(folder / COMPLETE, "")
+        return folder
+
+    def clear(self, stage: str) -> None:
+        """Remove a stage's folder and everything in it."""
+        shutil.rmtree(self.stage_dir(stage), ignore_errors=True)

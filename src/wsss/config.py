@@ -1,4 +1,7 @@
-"""Config helpers: custom resolvers, validation of choices, and the rank-0 config printout."""
+"""Config helpers: custom resolvers, validation of values up front, and the rank-0 config printout.
+
+Nothing here imports torch: a bad value or a broken plan is reported in about a second.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,15 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-PROTOCOLS = ("paper", "release")
-DRS_MODES = ("learnable", "fixed", "off")
-DRS_LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6")
+from wsss.constants import DRS_LAYERS, DRS_MODES
+from wsss.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
 MAP_SOURCES = ("cls", "refine")
 
-
-class ConfigError(ValueError):
-    """A config value outside what wsss supports."""
+__all__ = ["ConfigError", "print_config", "register_resolvers", "run_id", "validate"]
 
 
 def run_id() -> str:
@@ -42,33 +43,55 @@ def _check(value: object, allowed: Sequence[object], key: str) -> None:
         raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}")
 
 
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values early, naming the key and the allowed choices."""
-    _check(cfg.protocol, PROTOCOLS, "protocol")
+    _check(cfg.protocol, ("paper", "release"), "protocol")
     _check(cfg.drs.mode, DRS_MODES, "drs.mode")
-    bad_layers = [layer for layer in cfg.drs.placement if layer not in DRS_LAYERS]
+    placement = cfg.drs.placement
+    if not OmegaConf.is_list(placement):
+        raise ConfigError(
+            f"drs.placement={placement!r} must be a list of blocks, e.g. drs.placement=[{placement}] "
+            f"or drs.placement=[layer4,layer5,layer6]; blocks: {list(DRS_LAYERS)}"
+        )
+    bad_layers = [layer for layer in placement if layer not in DRS_LAYERS]
     if bad_layers:
         raise ConfigError(
             f"drs.placement has unknown layers {bad_layers}; use a list drawn from {list(DRS_LAYERS)}"
         )
-    if not 0.0 < float(cfg.drs.delta) <= 1.0:
+    if not 0.0 < _number(cfg, "drs.delta") <= 1.0:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")
-    from wsss.tasks.classifier import OPTIMIZERS
-
-    _check(cfg.cls.get("optimizer", "sgd"), OPTIMIZERS, "cls.optimizer")
+    _check(cfg.cls.optimizer, OPTIMIZERS, "cls.optimizer")
     if int(cfg.data.num_classes) != 20:
         raise ConfigError(
             f"data.num_classes={cfg.data.num_classes}: wsss targets PASCAL VOC (20 foreground classes); "
             "the toy dataset uses the same 20 classes"
         )
-    if "/" in str(cfg.exp).strip("/") and ".." in str(cfg.exp).split("/"):
-        raise ConfigError(f"exp={cfg.exp!r} must not climb out of paths.runs")
+    if int(cfg.data.seg_classes) != int(cfg.data.num_classes) + 1:
+        raise ConfigError(
+            f"data.seg_classes={cfg.data.seg_classes} must be data.num_classes + 1 (background)"
+        )
+    parts = str(cfg.exp).replace("\\", "/").split("/")
+    if ".." in parts or str(cfg.exp).startswith("/"):
+        raise ConfigError(f"exp={cfg.exp!r} must be a folder name under paths.runs (no '..', not absolute)")
 
 
-@rank_zero_only
+def _is_rank_zero() -> bool:
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def print_config(cfg: DictConfig) -> None:
     """Print the composed config as a tree (rank 0 only)."""
+    if not _is_rank_zero():
+        return
     from rich import print as rprint
     from rich.syntax import Syntax
     from rich.tree import Tree

@@ -17,15 +17,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from wsss.errors import MissingCRFError
+
 INSTALL_HINT = "pip install 'wsss[crf]'   (or directly: pip install pydensecrf2)"
 PROB_EPS = 1e-8
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class MissingCRFError(ImportError):
-    """pydensecrf is not installed but a dense CRF was asked for."""
 
 
 def require_pydensecrf() -> ModuleType:
@@ -98,6 +96,20 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = N
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
+def crf_labels(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
+    """Labels (H, W) uint8: each pixel's most probable channel of the dense-CRF marginals of ``probs``.
+
+    Channels that are zero everywhere can never win and are left out of the CRF (for pseudo labels
+    only background and the image's classes take part); a single remaining channel needs no CRF.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    channels = np.flatnonzero(probs.reshape(probs.shape[0], -1).max(axis=1) > 0)
+    if channels.size <= 1:
+        return np.full(probs.shape[1:], channels[0] if channels.size else 0, np.uint8)
+    q = dense_crf(image, probs[channels], params)
+    return channels[q.argmax(axis=0)].astype(np.uint8)
+
+
 def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
     """Worker start: one thread per process (the pool is the parallelism), then the caller's initializer."""
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -156,4 +168,12 @@ def crf_map(
         return list(_progress(mapper(fn, items, chunksize=chunksize), len(items), desc, progress))
 
 
-__all__ = ["CRFParams", "INSTALL_HINT", "MissingCRFError", "crf_map", "dense_crf", "require_pydensecrf"]
+__all__ = [
+    "CRFParams",
+    "INSTALL_HINT",
+    "MissingCRFError",
+    "crf_labels",
+    "crf_map",
+    "dense_crf",
+    "require_pydensecrf",
+]

@@ -164,7 +164,7 @@ def print_table(rows: list[dict]) -> None:
 def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
     """Image | CAM | DRS | DRS† for the first toy train images with masks."""
     from wsss.data.voc import VOCDataset
-    from wsss.maps import figure1
+    from wsss.figures import figure1
 
     dataset = VOCDataset(data_root, "train")
     map_dirs = {

@@ -7,9 +7,10 @@ On a feature map X = ReLU(x) of shape (B, K, H, W):
   (initialised N(0, 0.01), so G starts near 0.5), or a constant ``G = delta``;
 - suppressor: ``out = min(X, X_max * G)``.
 
-Nothing is detached: gradients flow through ``X_max`` and ``G``. Backbones ask ``make_activation``
-for the module that follows each conv, by block name (``layer1`` .. ``layer6``, layer6 being the
-classifier head), so the placement is configuration, not code.
+Nothing is detached: gradients flow through ``X_max`` and ``G``. Backbones ask the factory that
+``make_activation`` returns (the ``_target_`` of the ``drs`` config group) for the module that follows
+each conv, by block name (``layer1`` .. ``layer6``, layer6 being the classifier head), so the placement
+is configuration, not code.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6")
-"""Block names DRS can be placed on: the five backbone blocks and the classifier head (layer6)."""
+from wsss.constants import DRS_LAYERS, DRS_MODES
 
-MODES: tuple[str, ...] = ("learnable", "fixed", "off")
+LAYERS = DRS_LAYERS
+MODES = DRS_MODES
 
 FC_INIT_STD = 0.01
 """Standard deviation of the controller's initial weights (the authors' release)."""
@@ -102,14 +103,6 @@ def make_activation(mode: str, delta: float = 0.55, placement: Sequence[str] = L
         return nn.ReLU(inplace=False)
 
     return activation
-
-
-def activation_from_config(drs_cfg) -> Activation:
-    """``make_activation`` from the ``drs`` config group (mode, delta, placement)."""
-    placement = drs_cfg.get("placement")
-    return make_activation(
-        str(drs_cfg.mode), float(drs_cfg.get("delta", 0.55)), LAYERS if placement is None else list(placement)
-    )
 
 
 def count_drs(module: nn.Module) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wsss.artifacts import atomic_path
+from wsss.data.maps_io import dense_maps, load_maps
 
 
 def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -51,3 +53,52 @@ def save_grid(
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
+
+
+def _heat(maps_dir: Path, image_id: str) -> np.ndarray | None:
+    path = Path(maps_dir) / f"{image_id}.npz"
+    if not path.is_file():
+        return None
+    classes, maps = load_maps(path)
+    if maps.shape[0] == 0:
+        return np.zeros(maps.shape[1:], dtype=np.float32)
+    return dense_maps(classes, maps).max(axis=0)
+
+
+def figure1(
+    image_ids: Sequence[str],
+    voc_dataset: Any,
+    map_dirs: Mapping[str, str | Path],
+    out_path: str | Path,
+    cell: int = 160,
+) -> Path:
+    """A Figure-1-style grid: one row per image, columns image | one heat map per map set.
+
+    ``map_dirs`` maps a column title (e.g. "CAM", "DRS", "DRS†") to a folder of ``<id>.npz``; folders
+    that do not exist are left out, and an image missing from a folder gets a grey panel. The heat map
+    is the max over the image's present classes, resized to the image.
+    """
+    columns = {title: Path(d) for title, d in map_dirs.items() if Path(d).is_dir()}
+    index = {image_id: i for i, image_id in enumerate(voc_dataset.ids)}
+    rows = []
+    for image_id in image_ids:
+        if image_id not in index:
+            raise KeyError(f"figure1: image {image_id!r} is not in the dataset's split")
+        image = np.asarray(voc_dataset.image(index[image_id]), dtype=np.uint8)
+        row = [image]
+        for folder in columns.values():
+            heat = _heat(folder, image_id)
+            row.append(np.full_like(image, 128) if heat is None else overlay_heatmap(image, heat))
+        rows.append(row)
+    if not rows:
+        raise ValueError("figure1: no image ids given")
+    rows = [[_fit(panel, cell) for panel in row] for row in rows]
+    return save_grid(rows, out_path, titles=["image", *columns], cell=cell)
+
+
+def _fit(panel: np.ndarray, cell: int) -> np.ndarray:
+    """Scale a panel so its longer side fills the cell (small toy images are enlarged too)."""
+    h, w = panel.shape[:2]
+    scale = cell / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(panel).resize(size, Image.BILINEAR))

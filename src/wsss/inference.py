@@ -14,20 +14,17 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.crf import CRFParams, dense_crf
+from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
+from wsss.crf import CRFParams, crf_labels
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SplitImages(Protocol):
@@ -116,11 +113,6 @@ def predict_probs(
     return total / n_views
 
 
-def crf_label(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Label (H, W) uint8 = argmax of the dense-CRF marginals of ``probs`` (C, H, W)."""
-    return dense_crf(image, probs, params).argmax(axis=0).astype(np.uint8)
-
-
 def _crf_executor(workers: int) -> Executor | None:
     if workers <= 1:
         return None
@@ -156,9 +148,9 @@ def segment_images(
             if crf is None:
                 result: Future | np.ndarray = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
             elif executor is None:
-                result = crf_label(image, probs.cpu().numpy(), crf)
+                result = crf_labels(image, probs.cpu().numpy(), crf)
             else:
-                result = executor.submit(crf_label, image, probs.cpu().numpy(), crf)
+                result = executor.submit(crf_labels, image, probs.cpu().numpy(), crf)
             pending.append((index, result))
             while pending and (len(pending) > limit or _ready(pending[0][1])):
                 yield _resolve(pending.popleft())
@@ -176,32 +168,6 @@ def _ready(result: Future | np.ndarray) -> bool:
 def _resolve(item: tuple[int, Future | np.ndarray]) -> tuple[int, np.ndarray]:
     index, result = item
     return index, result.result() if isinstance(result, Future) else result
-
-
-def load_segmenter(checkpoint: str | Path, segmenter_cfg: Any = None, num_classes: int = 21) -> nn.Module:
-    """The network of a ``stage=seg`` checkpoint, built from the settings saved in it.
-
-    ``segmenter_cfg`` is used only for checkpoints that carry no settings. No init weights are read.
-    """
-    from wsss.models.deeplab import build_segmenter
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(
-            f"segmenter checkpoint {checkpoint} not found; run stage=seg for this experiment"
-        )
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hparams = ckpt.get("hyper_parameters", {})
-    settings = dict(hparams.get("segmenter") or {}) or dict(segmenter_cfg or {})
-    if not settings:
-        raise ValueError(
-            f"{checkpoint} holds no segmenter settings; pass the segmenter config it was trained with"
-        )
-    settings["weights"] = None
-    model = build_segmenter(settings, int(hparams.get("num_classes", num_classes)))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def pick_device(accelerator: str | None) -> torch.device:

@@ -1,37 +1,58 @@
-"""Segmentation and multi-label scores computed from a confusion matrix.
+"""The one segmentation scorer of wsss, and the multi-label exact-match accuracy.
 
-mIoU follows the VOC convention: a (C, C) confusion matrix (rows = ground truth, columns =
-prediction) accumulated over a whole split from pixels whose ground truth is a valid class
-(255 ignored); IoU_c = TP / (TP + FP + FN). A class absent from both the ground truth and the
-prediction of the whole split has an undefined IoU (0/0) and is left out of the mean, as are its
-precision and recall.
+Every stage that scores a segmentation (seed maps, pseudo labels, the segmenter's validation, eval,
+predict, the classifier's validation map mIoU) counts pixels with ``confusion_counts`` and scores them
+with ``scores_from_confusion``; ``ConfusionMatrix`` accumulates the counts over a split (a torchmetrics
+``Metric``, so DDP ranks are summed).
+
+The counting rule: a (C, C) matrix, rows = ground truth, columns = prediction, from the pixels whose
+ground truth AND prediction are both a class 0..C-1. A ground-truth 255 (VOC boundary) is not scored;
+a predicted 255 (an ignored pseudo-label pixel) is not scored either. (A stage that wants to count an
+ignored prediction as background, as the WSSS convention does for pseudo labels, maps it to 0 first.)
+mIoU follows VOC: IoU_c = TP / (TP + FP + FN) over the whole split; a class absent from both the truth
+and the prediction has an undefined IoU and is left out of the mean, as are its precision and recall.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from torchmetrics import Metric
 
-from wsss.data.palette import IGNORE_INDEX, VOC_CLASSES
+from wsss.constants import SEG_CLASSES
 
-SEG_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
-
-
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = 21) -> np.ndarray:
-    """(num_classes, num_classes) int64 counts; pixels with gt outside 0..C-1 (e.g. 255) are ignored.
-
-    Predicted values outside 0..C-1 (e.g. an ignore label in a pseudo label) are ignored too.
-    """
-    pred = np.asarray(pred, dtype=np.int64).ravel()
-    gt = np.asarray(gt, dtype=np.int64).ravel()
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction has {pred.size} pixels but ground truth has {gt.size}")
-    keep = (gt >= 0) & (gt < num_classes) & (pred >= 0) & (pred < num_classes)
-    flat = gt[keep] * num_classes + pred[keep]
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+__all__ = [
+    "ConfusionMatrix",
+    "SEG_CLASSES",
+    "confusion_counts",
+    "exact_match_accuracy",
+    "scores_from_confusion",
+]
 
 
-def scores_from_confusion(cm: np.ndarray | torch.Tensor, class_names: tuple[str, ...] = SEG_CLASSES) -> dict:
+def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.reshape(-1).long()
+    return torch.from_numpy(np.ascontiguousarray(values).reshape(-1).astype(np.int64, copy=False))
+
+
+def confusion_counts(
+    pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, num_classes: int = 21
+) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts of the pixels whose truth and prediction are both classes."""
+    p, g = _as_tensor(pred), _as_tensor(gt)
+    if p.numel() != g.numel():
+        raise ValueError(f"prediction has {p.numel()} pixels but ground truth has {g.numel()}")
+    keep = (g >= 0) & (g < num_classes) & (p >= 0) & (p < num_classes)
+    flat = g[keep] * num_classes + p[keep]
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(
+    cm: np.ndarray | torch.Tensor, class_names: tuple[str, ...] = SEG_CLASSES
+) -> dict[str, Any]:
     """mIoU, mean precision, mean recall, pixel accuracy and per-class IoU from a confusion matrix."""
     cm = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else np.asarray(cm)
     cm = cm.astype(np.float64)
@@ -42,34 +63,41 @@ def scores_from_confusion(cm: np.ndarray | torch.Tensor, class_names: tuple[str,
         iou = tp / (gt_total + pred_total - tp)
         precision = tp / pred_total
         recall = tp / gt_total
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
     total = cm.sum()
     return {
-        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-        "precision": float(np.nanmean(precision)) if np.isfinite(precision).any() else float("nan"),
-        "recall": float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan"),
+        "miou": mean(iou),
+        "precision": mean(precision),
+        "recall": mean(recall),
         "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+        "pixels": int(total),
         "per_class_iou": {name: float(v) for name, v in zip(class_names, iou, strict=False)},
     }
 
 
-class ConfusionAccumulator:
-    """Accumulate a confusion matrix over many (prediction, ground truth) pairs."""
+class ConfusionMatrix(Metric):
+    """Confusion counts accumulated over a split (numpy or torch inputs; summed over DDP ranks)."""
 
-    def __init__(self, num_classes: int = 21) -> None:
-        self.num_classes = num_classes
-        self.cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    full_state_update = False
 
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        self.cm += confusion_matrix(pred, gt, self.num_classes)
+    def __init__(self, num_classes: int = 21, class_names: tuple[str, ...] = SEG_CLASSES) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.class_names = class_names[: self.num_classes]
+        self.add_state("counts", torch.zeros(self.num_classes, self.num_classes, dtype=torch.long), "sum")
 
-    def compute(self) -> dict:
-        return scores_from_confusion(self.cm)
+    def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> None:
+        if tuple(np.shape(pred)) != tuple(np.shape(gt)):
+            raise ValueError(
+                f"prediction {tuple(np.shape(pred))} and ground truth {tuple(np.shape(gt))} differ"
+            )
+        self.counts += confusion_counts(pred, gt, self.num_classes).to(self.counts.device)
 
-
-def ignore_ratio(label: np.ndarray) -> float:
-    """Fraction of pixels of a (pseudo) label that carry the ignore index."""
-    label = np.asarray(label)
-    return float((label == IGNORE_INDEX).mean()) if label.size else 0.0
+    def compute(self) -> dict[str, Any]:
+        return scores_from_confusion(self.counts, self.class_names)
 
 
 def exact_match_accuracy(logits: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

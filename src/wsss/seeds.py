@@ -13,26 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from wsss.data.maps_io import load_maps
-from wsss.metrics import confusion_matrix, scores_from_confusion
+from wsss.localization import resize_maps
+from wsss.metrics import confusion_counts, scores_from_confusion
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 13))
 """0.05, 0.10, ..., 0.60."""
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (K, h, w) maps to ``size`` (H, W) (half-pixel centres, like the pipeline)."""
-    if maps.shape[0] == 0:
-        return np.zeros((0, *size), np.float32)
-    if tuple(maps.shape[1:]) == tuple(size):
-        return maps
-    out = F.interpolate(torch.from_numpy(maps)[None], size=tuple(size), mode="bilinear", align_corners=False)
-    return out[0].numpy()
 
 
 class SeedSweep:
@@ -57,7 +46,7 @@ class SeedSweep:
             top = np.zeros(gt.shape, np.float32)
             top_class = np.zeros(gt.shape, np.int64)
         for k, t in enumerate(self.thresholds):
-            self.cms[k] += confusion_matrix(np.where(top > t, top_class, 0), gt, self.num_classes)
+            self.cms[k] += confusion_counts(np.where(top > t, top_class, 0), gt, self.num_classes).numpy()
         self.images += 1
 
     def curve(self) -> list[dict[str, float]]:

@@ -1,4 +1,9 @@
-"""Trainer, logger and callbacks built from the config; helpers to log figures, tables and metrics."""
+"""Trainer, logger and callbacks built from the config; helpers to log figures, tables and metrics.
+
+Loggers and callbacks are ``_target_`` nodes (``conf/logger``, ``conf/callbacks``) built with
+``hydra.utils.instantiate``; the stage supplies what only it knows (the checkpoint folder, the metric
+to select on). Checkpoints are written atomically and carry the stage's provenance record.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,41 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from wsss.ddp import ReleaseSpawnedProcessGroup
+from wsss.artifacts import atomic_path
+from wsss.ddp.sync import ReleaseSpawnedProcessGroup
 
 log = logging.getLogger(__name__)
 
-LOGGERS = ("wandb", "csv", "tensorboard", "none")
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written under a temporary name and renamed: a crash or a full disk never leaves a
+    half-written ``.ckpt`` behind."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class RecordProvenance(Callback):
+    """Stores the stage's provenance record (``wsss.provenance``) in every checkpoint it saves."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        checkpoint["provenance"] = self.record
 
 
 def _overrides_text() -> str:
@@ -29,61 +59,41 @@ def _overrides_text() -> str:
 
 
 def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
-    """The experiment logger for one stage (a W&B run per stage, grouped by experiment)."""
-    lcfg = cfg.logger
-    name = lcfg.get("name", "none")
-    if name not in LOGGERS:
-        raise ValueError(
-            f"logger.name={name!r} is not one of {LOGGERS}; pick logger=wandb|csv|tensorboard|none"
-        )
-    if name == "none":
+    """The experiment logger of one stage (``cfg.logger``; null: none). W&B runs get the whole config."""
+    node = cfg.get("logger")
+    if not node:
         return None
-    save_dir = Path(lcfg.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    if name == "csv":
-        return CSVLogger(save_dir=str(save_dir / "logs"), name=stage)
-    if name == "tensorboard":
-        return TensorBoardLogger(save_dir=str(save_dir), name=stage)
-    return WandbLogger(
-        project=lcfg.project,
-        entity=lcfg.get("entity"),
-        group=lcfg.get("group") or str(cfg.exp),
-        job_type=stage,
-        name=f"{cfg.exp}/{stage}",
-        notes=_overrides_text() or None,
-        tags=list(lcfg.get("tags") or []),
-        save_dir=str(save_dir),
-        mode=lcfg.get("mode", "offline"),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    target = str(node.get("_target_", ""))
+    extra: dict[str, Any] = {}
+    if target.endswith("WandbLogger"):
+        extra = {"config": OmegaConf.to_container(cfg, resolve=True), "notes": _overrides_text() or None}
+    save_dir = node.get("save_dir")
+    if save_dir:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return instantiate(node, **extra, _convert_="all")
 
 
 def build_callbacks(
     cfg: DictConfig, out_dir: Path, monitor: str | None, mode: str, has_logger: bool, checkpoint: bool = True
 ) -> list[Callback]:
-    ccfg = cfg.callbacks
+    """The callbacks of ``cfg.callbacks`` (``_target_`` nodes; null entries are off) for one stage."""
     callbacks: list[Callback] = []
-    if checkpoint:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(out_dir / "checkpoints"),
-                filename="best",
-                monitor=monitor,
-                mode=mode,
-                save_last=bool(ccfg.checkpoint.save_last),
-                save_top_k=int(ccfg.checkpoint.save_top_k),
-                enable_version_counter=False,
-                auto_insert_metric_name=False,
-            )
-        )
-    if ccfg.get("early_stopping") and monitor:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, **ccfg.early_stopping))
-    if ccfg.get("lr_monitor") and has_logger:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if ccfg.get("rich_progress"):
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar())
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if not node:
+            continue
+        if key == "model_checkpoint":
+            if checkpoint:
+                callbacks.append(
+                    instantiate(node, dirpath=str(out_dir / "checkpoints"), monitor=monitor, mode=mode)
+                )
+        elif key == "early_stopping":
+            if monitor:
+                callbacks.append(instantiate(node, monitor=monitor, mode=mode))
+        elif key == "lr_monitor":
+            if has_logger:
+                callbacks.append(instantiate(node))
+        else:
+            callbacks.append(instantiate(node))
     return callbacks
 
 
@@ -96,13 +106,14 @@ def build_trainer(
     logger: Logger | None | bool = True,
     callbacks: list[Callback] | None = None,
     checkpoint: bool = True,
+    record: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with the stage's logger and checkpoints in ``out_dir/checkpoints``.
 
     ``overrides`` (e.g. ``max_epochs=15``) fill in what the stage decides; a non-null value in
     ``cfg.trainer`` for the same key wins, so ``trainer.max_epochs=1`` shortens any stage.
-    ``checkpoint=False`` for stages that only run inference.
+    ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint.
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
@@ -114,11 +125,14 @@ def build_trainer(
         cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint
     )
     all_callbacks += [*(callbacks or []), ReleaseSpawnedProcessGroup()]
+    if record is not None:
+        all_callbacks.append(RecordProvenance(record))
     return pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger or False,
         callbacks=all_callbacks,
         enable_checkpointing=checkpoint,
+        plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
 

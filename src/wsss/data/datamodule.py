@@ -30,26 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.artifacts import MissingArtifactError
+from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import dense_maps, load_maps
+from wsss.data.palette import read_index_png
 from wsss.data.transforms import JITTER, build_transforms
-from wsss.data.voc import NUM_CLASSES, MaskSizeError, VOCDataset, check_mask, preview_ids, read_index_png
+from wsss.data.voc import VOCDataset, check_mask, preview_ids
+from wsss.errors import MaskSizeError, MissingArtifactError
+from wsss.localization import resize_maps
 
-STAGES = ("cls", "refine", "seg", "infer", "eval", "predict")
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) maps -> (H, W, C) float32 at ``size`` = (H, W), bilinear (the albumentations layout)."""
-    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0), dtype=np.float32)
-    if hwc.shape[:2] != tuple(size):
-        hwc = cv2.resize(hwc, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return hwc.reshape(size[0], size[1], maps.shape[0])
+KINDS = ("cls", "refine", "seg", "infer", "eval", "predict")
+"""What a stage needs from the data (``Stage.data`` in ``wsss.stages.registry``)."""
 
 
 class StageDataset(Dataset):
@@ -107,7 +102,10 @@ class StageDataset(Dataset):
         if self.kind == "refine":
             assert self.maps_dir is not None
             classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz")
-            inputs["maps"] = resize_maps(dense_maps(classes, maps, NUM_CLASSES), size)
+            maps = dense_maps(classes, resize_maps(maps, size), NUM_CLASSES)
+            inputs["maps"] = np.ascontiguousarray(
+                maps.transpose(1, 2, 0)
+            )  # (H, W, C): albumentations' layout
         if self.kind == "seg" and self.pseudo_dir is not None:
             path = self.pseudo_dir / f"{self.ids[i]}.png"
             label = read_index_png(path)
@@ -152,8 +150,9 @@ class WSSSDataModule(pl.LightningDataModule):
 
     Args:
         data_cfg: the ``data`` config group.
-        stage: cls, refine, seg, infer, eval or predict.
-        protocol: paper or release (the cls/refine augmentation).
+        stage: what the stage needs (``KINDS``): cls, refine, seg, infer, eval or predict.
+        crop_size: training crop of cls/refine/seg (default ``data.crop_size``).
+        squash_size: cls/refine training: squash to this square side before the crop (None: no squash).
         maps_dir: ``refine``: the maps folder (``<exp>/maps/cls``).
         pseudo_dir: ``seg``: the pseudo-label folder (``<exp>/pseudo``).
         infer_size: ``infer``: square side to squash images to (None: original size, batch 1).
@@ -165,7 +164,8 @@ class WSSSDataModule(pl.LightningDataModule):
         self,
         data_cfg: Any,
         stage: str,
-        protocol: str = "paper",
+        crop_size: int | None = None,
+        squash_size: int | None = None,
         maps_dir: str | Path | None = None,
         pseudo_dir: str | Path | None = None,
         infer_size: int | None = None,
@@ -173,15 +173,16 @@ class WSSSDataModule(pl.LightningDataModule):
         split: str | None = None,
     ) -> None:
         super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"WSSSDataModule stage={stage!r}; choose one of {', '.join(STAGES)}")
+        if stage not in KINDS:
+            raise ValueError(f"WSSSDataModule stage={stage!r}; choose one of {', '.join(KINDS)}")
         if stage == "refine" and maps_dir is None:
             raise ValueError("the refine stage needs maps_dir (the <exp>/maps/cls folder)")
         if stage == "seg" and pseudo_dir is None:
             raise ValueError("the seg stage needs pseudo_dir (the <exp>/pseudo folder)")
         self.cfg = data_cfg
         self.stage = stage
-        self.protocol = str(protocol)
+        self.crop_size = None if crop_size is None else int(crop_size)
+        self.squash_size = None if squash_size is None else int(squash_size)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.pseudo_dir = None if pseudo_dir is None else Path(pseudo_dir)
         self.infer_size = None if infer_size is None else int(infer_size)
@@ -207,18 +208,12 @@ class WSSSDataModule(pl.LightningDataModule):
             cache_dir=self._get("cache_dir"),
         )
 
-    def _transforms(self, stage: str, train: bool, crop: int | None = None) -> A.Compose:
-        release = self._get("release", {}) or {}
-        if self.protocol == "release" and stage in ("cls", "refine"):
-            crop = crop or int(release.get("crop_size", 320))
-            squash = release.get("squash_size", 384)
-        else:
-            crop = crop or int(self.cfg.crop_size)
-            squash = None
+    def _transforms(self, stage: str, train: bool) -> A.Compose:
+        crop = self.crop_size or int(self.cfg.crop_size)
+        squash = self.squash_size if stage in ("cls", "refine") else None
         jitter = self.cfg.get("color_jitter", JITTER)  # absent: the release's; null: none
         return build_transforms(
             stage,
-            self.protocol,
             crop,
             train,
             list(self.cfg.mean),
@@ -283,7 +278,7 @@ class WSSSDataModule(pl.LightningDataModule):
             voc = self._voc(self.split or self.cfg.maps_split)
             voc.labels()
             transform = build_transforms(
-                "infer", self.protocol, self.infer_size, False, list(self.cfg.mean), list(self.cfg.std)
+                "infer", self.infer_size, False, list(self.cfg.mean), list(self.cfg.std)
             )
             self.predict_set = StageDataset(voc, "infer", transform, with_size=True)
         else:

@@ -1,39 +1,21 @@
-"""VOC class names, the VOC colour palette, and index-PNG reading/writing."""
+"""The VOC colour palette and index-PNG reading/writing (masks, pseudo labels, predictions).
+
+``read_index_png`` is the one reader of class-id PNGs in wsss: it accepts palette (``P``) and
+grayscale (``L``) PNGs and raises a named error for anything else or for a file that cannot be decoded.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from wsss.artifacts import atomic_path
+from wsss.constants import IGNORE_INDEX, VOC_CLASSES
+from wsss.errors import CorruptImageError, MaskValueError
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-"""The 20 foreground classes in VOC order (class id = index + 1; 0 is background)."""
-
-IGNORE_INDEX = 255
+__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "colorize", "read_index_png", "save_mask", "voc_palette"]
 
 
 def voc_palette() -> np.ndarray:
@@ -51,15 +33,21 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read an index PNG (palette or grayscale) as a (H, W) uint8 array of class ids."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ValueError(
-                f"{path}: mask PNG has mode {img.mode!r}; expected an index PNG (mode 'P' or 'L') "
-                "holding class ids 0..20 and 255."
-            )
-        return np.array(img, dtype=np.uint8)
+def read_index_png(path: str | Path) -> np.ndarray:
+    """An index PNG (palette or grayscale) as a (H, W) uint8 array of class ids."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise MaskValueError(
+                    f"{path}: PNG mode {img.mode!r}; expected an index PNG (mode P or L) of class ids "
+                    "0..20 and 255 - convert it (colour masks: map the VOC palette colours to ids)"
+                )
+            return np.array(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise CorruptImageError(
+            f"{path}: cannot be decoded ({err}); re-extract or regenerate this file"
+        ) from err
 
 
 def save_mask(path: str | Path, mask: np.ndarray) -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from wsss.artifacts import atomic_path, write_text
-from wsss.data.palette import read_mask, save_mask
-from wsss.data.voc import LIST_DIR, DatasetLayoutError, MissingFolderError, MissingListError, check_mask
+from wsss.data.palette import read_index_png, save_mask
+from wsss.data.voc import LIST_DIR, check_mask
+from wsss.errors import DatasetLayoutError, MissingFolderError, MissingListError
 
 EXPECTED_TRAIN_AUG = 10_582
 
@@ -65,7 +66,7 @@ def _convert_one(image_id: str, voc: Path, sbd: Path, out_dir: Path, overwrite: 
         return "kept"
     official = voc / "SegmentationClass" / f"{image_id}.png"
     if official.is_file():
-        save_mask(target, check_mask(read_mask(official), official, None))
+        save_mask(target, check_mask(read_index_png(official), official, None))
         return "voc"
     mat = sbd / "dataset" / "cls" / f"{image_id}.mat"
     if mat.is_file():

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from wsss.data.palette import save_mask
-from wsss.data.voc import DatasetLayoutError
+from wsss.errors import DatasetLayoutError
 
 log = logging.getLogger(__name__)
 

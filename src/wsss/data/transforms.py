@@ -1,14 +1,14 @@
-"""albumentations pipelines per stage and protocol (SPEC.md "Classifier", "Segmentation").
+"""albumentations pipelines per stage (SPEC.md "Classifier", "Segmentation").
 
 Every pipeline takes an RGB uint8 image and returns it ImageNet-normalised (float32, H x W x 3).
 Photometric steps run first (on uint8), then ``Normalize``, then the geometry, so padding with
 ``fill=0`` pads with the mean colour ("0 after mean subtraction", as DeepLab pads); masks are
 padded with 255 (ignore).
 
-- ``cls`` / ``refine`` training. paper: colour jitter, pad to ``crop_size`` as needed, random crop
-  ``crop_size`` (321), horizontal flip. release: squash to ``squash_size`` (384), colour jitter
-  (0.3, 0.3, 0.3, 0.1), random crop ``crop_size`` (320), flip. The paper names colour jitter without
-  values; both protocols use (0.3, 0.3, 0.3, 0.1).
+- ``cls`` / ``refine`` training: with a ``squash_size`` (the release: 384 for the classifier), first a
+  squash to ``squash_size`` x ``squash_size``; then colour jitter, pad to ``crop_size`` as needed, random
+  crop ``crop_size`` (paper 321, release 320), horizontal flip. The paper names colour jitter without
+  values; both protocols use the release's (0.3, 0.3, 0.3, 0.1). ``conf/protocol/`` sets the sizes.
   ``refine`` carries the stored maps as the extra target ``maps`` (H x W x 20 float): it gets the
   image's geometry exactly, is resized bilinearly, and is padded with 0 (no map evidence), not 255.
 - ``seg`` training (both protocols): random scale from {0.5, 0.75, 1, 1.25, 1.5}, pad to
@@ -29,7 +29,6 @@ import cv2
 from wsss.data.palette import IGNORE_INDEX
 
 STAGES = ("cls", "refine", "seg", "eval", "infer")
-PROTOCOLS = ("paper", "release")
 JITTER = (0.3, 0.3, 0.3, 0.1)
 """Colour jitter (brightness, contrast, saturation, hue) of the authors' release."""
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -76,7 +75,6 @@ def random_scale(scales: Sequence[float] = SEG_SCALES) -> A.BasicTransform:
 
 def build_transforms(
     stage: str,
-    protocol: str,
     crop_size: int | None,
     train: bool,
     mean: Sequence[float],
@@ -89,18 +87,15 @@ def build_transforms(
 
     Args:
         stage: cls, refine, seg, eval or infer.
-        protocol: paper or release (only cls/refine training differ).
         crop_size: training crop side; for ``infer`` the square side to squash to (None: original size).
         train: augment (True) or only normalise (False; ``infer`` still squashes).
         mean, std: per-channel normalisation in [0, 1] units (ImageNet).
-        squash_size: release cls/refine: square side before the crop (default 1.2 x crop_size).
+        squash_size: cls/refine training: square side to squash to before the crop; None: no squash.
         seg_scales: the random scales of ``seg`` training.
         color_jitter: cls/refine training: (brightness, contrast, saturation, hue); None: no jitter.
     """
     if stage not in STAGES:
         raise ValueError(f"transforms stage={stage!r}; choose one of {', '.join(STAGES)}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r}; choose paper or release")
     targets = {"maps": "mask"} if stage == "refine" else {}
     normalize = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
     steps: list[A.BasicTransform]
@@ -121,8 +116,8 @@ def build_transforms(
             fill_mask = 0 if stage == "refine" else IGNORE_INDEX
             mask_interp = cv2.INTER_LINEAR if stage == "refine" else cv2.INTER_NEAREST
             steps = []
-            if protocol == "release":
-                side = int(squash_size) if squash_size else round(crop * 1.2)
+            if squash_size:
+                side = int(squash_size)
                 steps.append(
                     A.Resize(side, side, interpolation=cv2.INTER_LINEAR, mask_interpolation=mask_interp)
                 )

@@ -25,52 +25,36 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from wsss.data.palette import IGNORE_INDEX, VOC_CLASSES
+from wsss.constants import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from wsss.data.palette import read_index_png
+from wsss.errors import (
+    CorruptImageError,
+    DatasetLayoutError,
+    MaskSizeError,
+    MaskValueError,
+    MissingFolderError,
+    MissingImageError,
+    MissingLabelsError,
+    MissingListError,
+    MissingRootError,
+    MissingSaliencyError,
+)
 
-NUM_CLASSES = len(VOC_CLASSES)
+__all__ = [
+    "DatasetLayoutError",
+    "NUM_CLASSES",
+    "VOCDataset",
+    "check_mask",
+    "label_from_mask",
+    "read_index_png",
+    "read_labels_file",
+    "read_saliency",
+    "read_split",
+    "resolve_voc_root",
+]
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 """Mask folders in order of preference."""
 LIST_DIR = Path("ImageSets") / "Segmentation"
-
-
-class DatasetLayoutError(ValueError):
-    """The dataset folder does not have the layout or content wsss expects."""
-
-
-class MissingRootError(DatasetLayoutError):
-    """``data.root`` is absent or holds no VOC2012 folder."""
-
-
-class MissingFolderError(DatasetLayoutError):
-    """A required sub-folder (JPEGImages, a mask or saliency folder) is absent."""
-
-
-class MissingListError(DatasetLayoutError):
-    """The split's list file ``ImageSets/Segmentation/<split>.txt`` is absent or empty."""
-
-
-class MissingImageError(DatasetLayoutError):
-    """A split list names images (or required masks) that are not on disk."""
-
-
-class MaskSizeError(DatasetLayoutError):
-    """A mask (or saliency map) does not have its image's size."""
-
-
-class MaskValueError(DatasetLayoutError):
-    """A mask holds values other than 0..20 and 255."""
-
-
-class MissingSaliencyError(DatasetLayoutError):
-    """Saliency is required but a map is missing."""
-
-
-class CorruptImageError(DatasetLayoutError):
-    """An image, mask or saliency file cannot be decoded."""
-
-
-class MissingLabelsError(DatasetLayoutError):
-    """Image-level labels were asked for an image that has neither a mask nor a labels-file entry."""
 
 
 def resolve_voc_root(root: str | Path) -> Path:
@@ -163,18 +147,14 @@ def check_mask(mask: np.ndarray, path: Path, image_size: tuple[int, int] | None)
     return mask
 
 
-def read_index_png(path: Path) -> np.ndarray:
+def read_saliency(path: str | Path) -> np.ndarray:
+    """A saliency PNG as (H, W) uint8 0..255 (colour PNGs are converted to grayscale)."""
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise MaskValueError(
-                    f"{path}: PNG mode {img.mode!r}; expected an index PNG (mode P or L) of class ids / "
-                    "grey levels - convert it (colour masks: map the VOC palette colours to ids)"
-                )
-            return np.array(img, dtype=np.uint8)
+            return np.asarray(img.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise CorruptImageError(
-            f"{path}: cannot be decoded ({err}); re-extract or regenerate this file"
+            f"{path}: saliency map cannot be decoded ({err}); recompute it with your saliency detector"
         ) from err
 
 
@@ -334,7 +314,7 @@ class VOCDataset:
                 f"{path}: saliency map of image {self.ids[i]!r} is missing; compute it with your saliency "
                 "detector or set data.saliency_dir to the folder that holds it"
             )
-        sal = read_index_png(path)
+        sal = read_saliency(path)
         size = self.image_size(i)
         if sal.shape != size:
             raise MaskSizeError(

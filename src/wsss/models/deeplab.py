@@ -1,6 +1,7 @@
 """DeepLab segmentation networks (paper Table 4): LargeFOV (v1) and ASPP (v2) heads on VGG-16 or ResNet.
 
-``DeepLab(backbone, head)`` returns class logits at output stride 8 (not upsampled).
+``DeepLab(backbone, num_classes, rates, ...)`` returns class logits at output stride 8 (not upsampled);
+the ``segmenter`` config group builds it by ``_target_`` (``wsss.models.networks``).
 
 - DeepLab-LargeFOV, VGG-16 (DeepLab v1): DeepLab-style VGG-16 conv1-conv5 (pool4 stride 1, conv5
   dilation 2), pool5 = 3x3 max-pool stride 1 pad 1, then (``pool5_avg``) the 3x3 stride-1 average
@@ -61,23 +62,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from wsss.constants import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+from wsss.errors import WeightsError
 from wsss.models.resnet import ResNetBackbone
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG_CAFFE_NAMES = tuple(
     f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True) for i in range(1, n + 1)
 )
-HEAD_RATES = {"largefov": (12,), "aspp": (6, 12, 18, 24)}
-BACKBONES = ("vgg16", "resnet50", "resnet101", "tiny")
 
 
 class Branch(nn.Sequential):
@@ -147,9 +144,28 @@ class DeepLabHead(nn.Module):
 
 
 class DeepLab(nn.Module):
-    """Backbone (output stride 8) -> optional pool5 -> DeepLab head; ``forward`` gives (B, C, H/8, W/8)."""
+    """Backbone (output stride 8) -> optional pool5 -> DeepLab head; ``forward`` gives (B, C, H/8, W/8).
 
-    def __init__(self, backbone: nn.Module, head: DeepLabHead, pool5: bool = False, pool5_avg: bool = True):
+    Args:
+        backbone: a module with ``out_channels`` (``VGG16Backbone``, ``ResNetBackbone``, ``TinyBackbone``).
+        num_classes: 21 on VOC (background + 20).
+        rates: one head branch per dilation rate: LargeFOV ``[12]``, ASPP ``[6, 12, 18, 24]``.
+        hidden: fc6/fc7 width of each branch (VGG LargeFOV: 1024); None: one 3x3 conv per branch.
+        dropout: after fc6 and fc7.
+        pool5: DeepLab v1's pool5 (3x3 max, stride 1) after the backbone (VGG-style backbones).
+        pool5_avg: then the 3x3 stride-1 average pool of DeepLab v2's VGG-16 prototxts ("pool5a").
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 21,
+        rates: Sequence[int] = (12,),
+        hidden: int | None = None,
+        dropout: float = 0.5,
+        pool5: bool = False,
+        pool5_avg: bool = True,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         layers: list[nn.Module] = []
@@ -158,7 +174,9 @@ class DeepLab(nn.Module):
             if pool5_avg:
                 layers.append(nn.AvgPool2d(3, stride=1, padding=1))
         self.pool5 = nn.Sequential(*layers)
-        self.head = head
+        self.head = DeepLabHead(
+            backbone.out_channels, int(num_classes), [int(r) for r in rates], hidden, dropout
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool5(self.backbone(x)))
@@ -193,96 +211,7 @@ class DeepLab(nn.Module):
         ]
 
 
-def _relu(name: str, channels: int) -> nn.Module:
-    return nn.ReLU(inplace=True)
-
-
-def build_segmenter(segmenter_cfg: Mapping[str, Any], num_classes: int = 21) -> DeepLab:
-    """A DeepLab from ``cfg.segmenter`` (conf/segmenter/*.yaml), with ``weights`` loaded when set.
-
-    Keys: ``backbone`` (vgg16 | resnet50 | resnet101 | tiny), ``head`` (largefov | aspp), ``weights``
-    (file or null), ``frozen_bn``, ``output_stride`` (8; 16 for ResNets only); optional ``rates``
-    (default: largefov [12], aspp [6, 12, 18, 24]), ``hidden`` (fc6/fc7 width; default 1024 for
-    vgg16, none for ResNets), ``dropout`` (0.5), ``pool5_avg`` (true), ``caffe_style`` (false),
-    ``width`` (tiny backbone width).
-    """
-    cfg = dict(segmenter_cfg)
-    name = str(cfg.get("backbone"))
-    head_type = str(cfg.get("head", "largefov"))
-    if name not in BACKBONES:
-        raise ValueError(f"segmenter.backbone={name!r}; choose one of {', '.join(BACKBONES)}")
-    if head_type not in HEAD_RATES:
-        raise ValueError(f"segmenter.head={head_type!r}; choose largefov or aspp")
-    output_stride = int(cfg.get("output_stride") or 8)
-    frozen_bn = bool(cfg.get("frozen_bn", False))
-    rates = [int(r) for r in (cfg.get("rates") or HEAD_RATES[head_type])]
-    is_resnet = name.startswith("resnet")
-    if not is_resnet and output_stride != 8:
-        raise ValueError(
-            f"segmenter.output_stride={output_stride}: the {name} backbone has output stride 8 only"
-        )
-    backbone: nn.Module
-    if is_resnet:
-        backbone = ResNetBackbone(
-            int(name.removeprefix("resnet")),
-            output_stride=output_stride,
-            frozen_bn=frozen_bn,
-            caffe_style=bool(cfg.get("caffe_style", False)),
-        )
-        default_hidden = None
-    elif name == "vgg16":
-        from wsss.models.vgg import VGG16Backbone
-
-        backbone = VGG16Backbone(_relu)
-        default_hidden = 1024
-    else:
-        from wsss.models.tiny import TinyBackbone
-
-        width = cfg.get("width")
-        backbone = TinyBackbone(_relu, int(width)) if width else TinyBackbone(_relu)
-        default_hidden = None
-    hidden = cfg.get("hidden", default_hidden)
-    head = DeepLabHead(
-        backbone.out_channels,
-        num_classes,
-        rates,
-        hidden=int(hidden) if hidden else None,
-        dropout=float(cfg.get("dropout", 0.5)),
-    )
-    model = DeepLab(backbone, head, pool5=not is_resnet, pool5_avg=bool(cfg.get("pool5_avg", True)))
-    if cfg.get("weights"):
-        load_weights(model, cfg["weights"])
-    return model
-
-
 # ---------------------------------------------------------------------------------------------- weights
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: a state dict, a Lightning checkpoint (``state_dict``) or a caffe blob dump."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"segmenter weights {path} not found; set segmenter.weights=<file> (torchvision or caffe-converted "
-            "DeepLab weights, see wsss.models.deeplab) or segmenter.weights=null to start from random weights"
-        )
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            raw: Any = {k: data[k] for k in data.files}
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            raw = raw[key]
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} holds a {type(raw).__name__}, not a dict of tensors")
-    out = {}
-    for key, value in raw.items():
-        key = key.removeprefix("module.")
-        out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    if all(k.startswith("model.") for k in out):  # a SegmenterTask checkpoint
-        out = {k.removeprefix("model."): v for k, v in out.items()}
-    return out
 
 
 def weights_format(state: Mapping[str, torch.Tensor]) -> str:
@@ -301,21 +230,25 @@ def weights_format(state: Mapping[str, torch.Tensor]) -> str:
         return "caffe_vgg"
     if "res2a_branch2a.0" in keys:
         return "caffe_resnet"
-    raise ValueError(
+    raise WeightsError(
         "cannot tell the layout of these weights (first keys: "
         f"{sorted(keys)[:5]}); expected this project's segmenter, torchvision vgg16/resnet, or a caffe blob dump "
         "(keys like conv1_1.0 or res2a_branch2a.0; see wsss.models.deeplab)"
     )
 
 
-def load_weights(model: DeepLab, path: str | Path) -> str:
+def load_weights(model: DeepLab, path: str | Path, config_key: str = "segmenter.weights") -> str:
     """Load a weights file into ``model`` (any layout in the module docstring); returns the layout found."""
-    state = read_state_dict(path)
+    from wsss.models.weights import read_state_dict
+
+    state = read_state_dict(path, config_key)
     fmt = weights_format(state)
     is_resnet = isinstance(model.backbone, ResNetBackbone)
     if fmt.startswith(("torchvision", "caffe")) and fmt.endswith("vgg") == is_resnet:
         kind = "ResNet" if is_resnet else "VGG-16"
-        raise ValueError(f"{path}: {fmt} weights do not fit a {kind} segmenter; pick the matching segmenter")
+        raise WeightsError(
+            f"{path}: {fmt} weights do not fit a {kind} segmenter; pick the matching segmenter"
+        )
     if fmt == "segmenter":
         model.load_state_dict(state)
     elif fmt == "wsss_classifier":  # the backbone convs of a stage=cls / refine checkpoint (no DRS, no head)
@@ -324,7 +257,7 @@ def load_weights(model: DeepLab, path: str | Path) -> str:
         picked = {k: v for k, v in picked.items() if k in own and own[k].shape == v.shape}
         convs = [k for k, v in own.items() if v.ndim == 4]
         if not all(k in picked for k in convs):
-            raise ValueError(
+            raise WeightsError(
                 f"{path}: a classifier whose backbone does not match segmenter.backbone "
                 f"(e.g. {next(k for k in convs if k not in picked)} missing or of another shape)"
             )
@@ -336,8 +269,8 @@ def load_weights(model: DeepLab, path: str | Path) -> str:
         _load_vgg_fc(model, state)
     else:
         if is_resnet and not model.backbone.maxpool.ceil_mode:
-            raise ValueError(
-                f"{path}: caffe ResNet weights need the caffe block layout; set segmenter.caffe_style=true"
+            raise WeightsError(
+                f"{path}: caffe ResNet weights need the caffe block layout; set segmenter.backbone.caffe_style=true"
             )
         mapped = caffe_to_segmenter(state, model)
         _fold_caffe_input(mapped, "backbone.conv1.weight" if is_resnet else "backbone.features.0.weight")
@@ -351,12 +284,12 @@ def _load_partial(module: nn.Module, state: dict[str, torch.Tensor], path: str |
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         k = bad[0]
-        raise ValueError(
+        raise WeightsError(
             f"{path}: {k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
         )
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: {len(unexpected)} tensors fit no layer of the model (e.g. {unexpected[:3]})"
         )
     module.load_state_dict(state, strict=False)
@@ -432,7 +365,7 @@ def caffe_to_segmenter(blobs: Mapping[str, torch.Tensor], model: DeepLab) -> dic
     for layer, b in layers.items():
         target = mapping.get(layer) or _caffe_head_target(layer, model)
         if target is None:
-            raise ValueError(f"caffe layer {layer} fits no layer of a {_describe(model)}")
+            raise WeightsError(f"caffe layer {layer} fits no layer of a {_describe(model)}")
         if layer.startswith("bn"):
             factor = float(b[2].reshape(-1)[0]) if 2 in b else 1.0
             factor = 1.0 / factor if factor != 0 else 0.0

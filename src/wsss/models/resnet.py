@@ -13,9 +13,9 @@ weights are the same either way.
 weights were trained with: the stride of a downsampling block sits on its first 1x1 conv instead
 of the 3x3 conv, and the stem's max-pool rounds up (``ceil_mode``).
 
-``post_stage(name, channels)`` may return a module inserted after ``layer1`` .. ``layer4``
-(``name`` is the layer name, ``channels`` its output width); the classifier plugs DRS there.
-Those modules live in ``self.post[name]``.
+``activation(name, channels)`` (``wsss.drs.make_activation``) is asked for a module after each of
+``layer1`` .. ``layer4``; a DRS module is inserted there (``self.post[name]``), a plain ReLU is not
+(every stage already ends in one). This is how the classifier places DRS on a ResNet.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ RATES: dict[int, tuple[int, int]] = {8: (2, 4), 16: (1, 2), 32: (1, 1)}
 
 STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 EXPANSION = 4
-
-PostStage = Callable[[str, int], nn.Module | None]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -126,8 +124,8 @@ class ResNetBackbone(nn.Module):
     Args:
         depth: 50, 101 or 152.
         output_stride: 8 or 16 (32 gives the undilated network).
-        post_stage: optional factory ``(layer_name, channels) -> nn.Module`` applied after each of
-            layer1..layer4 (returning ``None`` inserts nothing).
+        activation: optional ``(layer_name, channels) -> nn.Module`` asked after each of layer1..layer4;
+            modules other than a plain ReLU are inserted there.
         frozen_bn: use ``FrozenBatchNorm2d`` (fixed statistics and affine values) everywhere.
         caffe_style: stride on the first 1x1 conv of a block and a ceil-mode stem pool (DeepLab caffe).
     """
@@ -136,7 +134,7 @@ class ResNetBackbone(nn.Module):
         self,
         depth: int = 101,
         output_stride: int = 8,
-        post_stage: PostStage | None = None,
+        activation: Callable[[str, int], nn.Module] | None = None,
         frozen_bn: bool = False,
         caffe_style: bool = False,
     ) -> None:
@@ -171,10 +169,11 @@ class ResNetBackbone(nn.Module):
             ]
             setattr(self, name, nn.Sequential(*blocks))
             self.stage_channels[name] = in_channels
-            extra = post_stage(name, in_channels) if post_stage is not None else None
-            if extra is not None:
+            extra = activation(name, in_channels) if activation is not None else None
+            if extra is not None and not isinstance(extra, nn.ReLU):
                 self.post[name] = extra
         self.out_channels = in_channels
+        self.head_channels = 512
         self._init_weights()
 
     def _init_weights(self) -> None:

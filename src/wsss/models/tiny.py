@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wsss.drs import Activation
+from wsss.drs import Activation, make_activation
 from wsss.models.vgg import conv_indices, init_convs, make_features
 
 
@@ -29,19 +29,20 @@ class TinyBackbone(nn.Module):
     """(B, 3, H, W) -> (B, 8 * width, H/s, W/s), one 3x3 conv + activation per block.
 
     Args:
-        activation: ``(block name, channels) -> module`` (``wsss.drs.make_activation``).
+        activation: ``(block name, channels) -> module`` (``wsss.drs.make_activation``); None: ReLU.
         width: channels of layer1; later blocks use 2x, 4x, 8x and 8x.
         output_stride: s, 8 (VGG-16's) or 4 (layer3's pool keeps the resolution: on small images,
             a score map as fine relative to the objects as VGG-16's on 321 px ones).
     """
 
-    def __init__(self, activation: Activation, width: int = 8, output_stride: int = 8) -> None:
+    def __init__(self, activation: Activation | None = None, width: int = 8, output_stride: int = 8) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"backbone.width={width} must be a positive channel count (e.g. 8)")
         self.output_stride = int(output_stride)
         plan = tiny_plan(int(width), self.output_stride)
-        self.features, self.out_channels = make_features(plan, activation)
+        self.features, self.out_channels = make_features(plan, activation or make_activation("off"))
+        self.head_channels = self.out_channels // 2  # the classifier head: half the backbone width
         self.conv_indices = conv_indices(plan)
         init_convs(self.features)
 

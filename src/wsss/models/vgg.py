@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wsss.drs import Activation
+from wsss.drs import Activation, make_activation
 
 # (block name, layer spec) in torchvision order: an int is a 3x3 conv to that many channels, "M" the
 # 2x2 max-pool, "N" DeepLab's 3x3 stride-1 pool4.
@@ -79,14 +79,16 @@ class VGG16Backbone(nn.Module):
 
     Args:
         activation: ``(block name, channels) -> module`` called after every conv with its block
-            name ``layer1`` .. ``layer5`` (``wsss.drs.make_activation``: DRS or ReLU).
+            name ``layer1`` .. ``layer5`` (``wsss.drs.make_activation``: DRS or ReLU); None: ReLU.
     """
 
     output_stride = 8
+    head_channels = 512
+    """Width of the classifier head's three convs on this backbone (the paper's 512)."""
 
-    def __init__(self, activation: Activation) -> None:
+    def __init__(self, activation: Activation | None = None) -> None:
         super().__init__()
-        self.features, self.out_channels = make_features(PLAN, activation)
+        self.features, self.out_channels = make_features(PLAN, activation or make_activation("off"))
         self.conv_indices = conv_indices()
         init_convs(self.features)
 

@@ -23,10 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from wsss.drs import DRS
+from wsss.errors import MissingWeightsError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ _RELEASE_KEY = re.compile(r"^(layer\d+_(conv|relu)\d+|extra_(conv|relu)\d+)\.")
 _RELEASE_BLOCK = re.compile(r"^layer(\d+)_(conv|relu)(\d+)\.(.+)$")
 _RELEASE_EXTRA = re.compile(r"^extra_(conv|relu)(\d+)\.(.+)$")
 _ALIAS = re.compile(r"^features\.\d+\.")
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used as asked (unknown format, shape mismatch, missing keys)."""
 
 
 @dataclass
@@ -68,23 +66,35 @@ class LoadReport:
         return text
 
 
+WRAPPERS = ("state_dict", "model", "model_state", "model_state_dict")
+"""Keys under which checkpoint files keep their state dict (Lightning, the DRS release, VainF's DeepLab-V3+)."""
+
+
 def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
-    """The tensors of a weights file, unwrapped from Lightning (``state_dict``) or release (``model``) dicts."""
+    """The tensors of a weights file (the one reader of weights files in wsss).
+
+    Accepts a state dict, a checkpoint wrapping one (``WRAPPERS``), or a caffe blob dump saved as
+    ``.npz``; strips a ``module.`` (DataParallel) and a ``model.`` (Lightning) prefix.
+    """
     path = Path(str(path)).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"{config_key}={path}: no such file. Set {config_key}=<path to a weights file> "
             f"(weights are never downloaded) or {config_key}=null."
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                obj: object = {k: torch.from_numpy(np.asarray(data[k])) for k in data.files}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types
         raise WeightsError(
             f"{config_key}={path}: could not be read as a weights file with torch.load(weights_only=True) "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Save plain state dicts "
             "(tensors only)."
         ) from err
-    for wrapper in ("state_dict", "model", "model_state_dict"):
+    for wrapper in WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
@@ -250,3 +260,21 @@ def load_classifier_weights(
         )
     log.info("%s: %s", config_key, report.summary())
     return report
+
+
+def init_score_network(
+    net: nn.Module, backbone_weights: str | None, model_weights: str | None = None, backbone_name: str = ""
+) -> None:
+    """Initialise a classifier or refiner: a whole-network file (``model.weights``) wins over the
+    backbone's ImageNet file (``backbone.weights``); without either a real backbone starts random (warned)."""
+    if model_weights:
+        load_classifier_weights(net, model_weights)
+    elif backbone_weights:
+        load_backbone_weights(net.backbone, backbone_weights)
+    elif backbone_name and backbone_name != "tiny":
+        log.warning(
+            "backbone.weights is null: the %s backbone starts from random weights. The paper initialises "
+            "it from ImageNet; set backbone.weights=<torchvision %s .pth file>.",
+            backbone_name,
+            backbone_name,
+        )

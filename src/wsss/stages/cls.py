@@ -1,11 +1,12 @@
 """``stage=cls``: train the DRS classifier on image-level labels.
 
-Builds the classifier from ``backbone``/``drs``/``model`` (``model.weights`` continues from a whole
-classifier file, else ``backbone.weights`` gives the ImageNet init), trains it with the settings of
-``cls`` (conf/settings/cls.yaml) on ``data``'s classification split, validates every epoch and writes
-``<exp>/cls/checkpoints/{best,last}.ckpt`` and ``metrics.json``. ``best.ckpt`` is the last epoch,
-unless ``cls.select_on_map_miou`` keeps the epoch with the best validation map mIoU (the release's
-model selection, which uses ground-truth masks: ``metrics.json`` says so).
+Builds the classifier from ``model``/``backbone``/``drs`` (``_target_`` specs; ``model.weights``
+continues from a whole classifier file, else ``backbone.weights`` gives the ImageNet init), trains it
+with the settings of ``cls`` (conf/settings/cls.yaml; the protocol group sets augmentation sizes and
+optimiser groups) on ``data``'s classification split, validates every epoch and writes
+``checkpoints/{best,last}.ckpt``. ``best.ckpt`` is the last epoch, unless ``cls.select_on_map_miou``
+keeps the epoch with the best validation map mIoU (the release's model selection, which uses
+ground-truth masks: ``metrics.json`` says so).
 """
 
 from __future__ import annotations
@@ -16,42 +17,45 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from wsss.artifacts import Experiment
-from wsss.maps import barrier
-from wsss.models.classifier import build_classifier
-from wsss.tasks.classifier import IMAGENET_MEAN, IMAGENET_STD, ClassifierTask
-from wsss.training import build_trainer
+from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
 
 def map_miou_settings(ccfg: DictConfig) -> tuple[bool, bool]:
     """(compute val/map_miou, select the checkpoint on it) from ``cls.map_miou`` and ``cls.select_on_map_miou``."""
+    from wsss.errors import ConfigError
+
     select = bool(ccfg.get("select_on_map_miou", False))
     compute = ccfg.get("map_miou")
     compute = select if compute is None else bool(compute)
     if select and not compute:
-        raise ValueError("cls.select_on_map_miou=true needs the metric: set cls.map_miou=true (or null)")
+        raise ConfigError("cls.select_on_map_miou=true needs the metric: set cls.map_miou=true (or null)")
     return compute, select
 
 
-def build_task(cfg: DictConfig) -> ClassifierTask:
+def build_task(cfg: DictConfig) -> Any:
     """The classifier (weights from files) wrapped in its LightningModule, per ``cfg.cls``."""
+    from wsss.models.networks import build, classifier_spec
+    from wsss.models.weights import init_score_network
+    from wsss.tasks.classification import ClassifierTask
+
     ccfg = cfg.cls
     compute_miou, _ = map_miou_settings(ccfg)
-    model = build_classifier(
-        cfg.backbone,
-        cfg.drs,
-        int(cfg.data.num_classes),
-        head_channels=cfg.model.get("head_channels"),
-        weights=cfg.model.get("weights"),
+    spec = classifier_spec(cfg)
+    model = build(spec)
+    init_score_network(
+        model, cfg.backbone.get("weights"), cfg.model.get("weights"), str(cfg.backbone.get("name", ""))
     )
     if bool(ccfg.get("compile", False)):
         model.compile()  # in place: parameter names (and checkpoint keys) stay the same
     return ClassifierTask(
         model,
-        protocol=str(cfg.protocol),
-        optimizer=str(ccfg.get("optimizer", "sgd")),
+        network=spec,
+        optimizer=str(ccfg.optimizer),
+        lr_groups=str(ccfg.lr_groups),
+        nesterov=bool(ccfg.nesterov),
+        lr_step_offset=int(ccfg.lr_step_offset),
         lr=float(ccfg.lr),
         momentum=float(ccfg.momentum),
         weight_decay=float(ccfg.weight_decay),
@@ -59,11 +63,11 @@ def build_task(cfg: DictConfig) -> ClassifierTask:
         lr_gamma=float(ccfg.lr_gamma),
         num_classes=int(cfg.data.num_classes),
         map_miou=compute_miou,
-        map_threshold=float(ccfg.get("map_threshold", 0.2)),
-        log_images=int(ccfg.get("log_images", 4)),
-        channels_last=bool(ccfg.get("channels_last", False)),
-        mean=tuple(cfg.data.get("mean") or IMAGENET_MEAN),  # to draw the validation images of the map grid
-        std=tuple(cfg.data.get("std") or IMAGENET_STD),
+        map_threshold=float(ccfg.map_threshold),
+        log_images=int(ccfg.log_images),
+        channels_last=bool(ccfg.channels_last),
+        mean=tuple(cfg.data.mean),  # to draw the validation images of the map grid
+        std=tuple(cfg.data.std),
     )
 
 
@@ -72,15 +76,18 @@ def _value(metrics: dict[str, Any], key: str) -> float:
     return float(value) if value is not None else math.nan
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.data.datamodule import WSSSDataModule
+    from wsss.training import build_trainer
 
+    cfg = ctx.cfg
     compute_miou, select = map_miou_settings(cfg.cls)
-    out = exp.begin("cls")
     task = build_task(cfg)
-    datamodule = WSSSDataModule(cfg.data, "cls", str(cfg.protocol))
+    datamodule = WSSSDataModule(cfg.data, "cls", crop_size=cfg.cls.crop_size, squash_size=cfg.cls.squash_size)
     monitor = "val/map_miou" if select else None
-    trainer = build_trainer(cfg, "cls", out, monitor=monitor, mode="max", max_epochs=int(cfg.cls.epochs))
+    trainer = build_trainer(
+        cfg, "cls", ctx.out, monitor=monitor, mode="max", record=ctx.record, max_epochs=int(cfg.cls.epochs)
+    )
     trainer.fit(task, datamodule=datamodule)
     logged = trainer.callback_metrics
     metrics: dict[str, Any] = {
@@ -98,6 +105,4 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         metrics["best_map_miou"] = float(checkpoint.best_model_score)
     if trainer.is_global_zero:
         log.info("cls: %s", metrics)
-        exp.finish("cls", metrics)
-    barrier()  # other ranks continue only once .complete exists
     return metrics

@@ -1,11 +1,11 @@
 """``stage=eval``: mIoU of the ``stage=seg`` network over a whole split (VOC val by default).
 
 Every image of ``eval.split`` is segmented at its original size (``eval.scales`` x ``eval.flip``
-views, softmax averaged; optional dense CRF with ``cfg.crf`` parameters), and a 21x21 torchmetrics
-confusion matrix (ground truth 255 ignored) accumulated over the split gives mIoU, mean precision,
-mean recall and pixel accuracy. Writes ``<exp>/eval/metrics.json``, ``per_class_iou.csv``,
+views, softmax averaged; optional dense CRF with ``cfg.crf`` parameters), and the one scorer
+(``wsss.metrics.ConfusionMatrix``, ground truth 255 ignored) accumulated over the split gives mIoU,
+mean precision, mean recall and pixel accuracy. Writes ``eval/metrics.json``, ``per_class_iou.csv``,
 ``predictions/<id>.png`` (VOC palette; ``eval.save_predictions``) and the figure
-``<exp>/figures/segmentation.png`` (image | ground truth | prediction); logs a per-class IoU table.
+``figures/segmentation.png`` (image | ground truth | prediction); logs a per-class IoU table.
 """
 
 from __future__ import annotations
@@ -16,35 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from wsss.artifacts import Experiment, atomic_path
+from wsss.artifacts import atomic_path
 from wsss.crf import CRFParams, require_pydensecrf
-from wsss.data.palette import IGNORE_INDEX, colorize, save_mask
-from wsss.inference import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SplitImages,
-    load_segmenter,
-    pick_device,
-    segment_images,
-)
-from wsss.metrics import SEG_CLASSES, scores_from_confusion
+from wsss.data.palette import colorize, save_mask
+from wsss.errors import MaskSizeError, MissingArtifactError
+from wsss.inference import SplitImages, pick_device, segment_images
+from wsss.metrics import ConfusionMatrix
+from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
 STAGE = "eval"
 
 
-def checkpoint_path(exp: Experiment) -> Path:
-    """``<exp>/seg/checkpoints/best.ckpt`` (``last.ckpt`` if there is no best) of a finished seg stage."""
-    folder = exp.require("seg") / "checkpoints"
+def checkpoint_path(seg_dir: Path) -> Path:
+    """``seg/checkpoints/best.ckpt`` (``last.ckpt`` if there is no best) of a finished seg stage."""
+    folder = seg_dir / "checkpoints"
     for name in ("best.ckpt", "last.ckpt"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder} holds no best.ckpt or last.ckpt; rerun {exp.producer_command('seg')}")
+    raise MissingArtifactError(f"{folder} holds no best.ckpt or last.ckpt; rerun stage=seg with force=true")
 
 
 def crf_settings(cfg: DictConfig, enabled: bool) -> CRFParams | None:
@@ -74,28 +67,9 @@ def inference_settings(cfg: DictConfig, section: DictConfig) -> dict[str, Any]:
         "tile": int(tile) if tile else None,
         "crf": crf_settings(cfg, bool(section.crf)),
         "crf_workers": int(cfg.crf.get("workers", 1)),
-        "mean": list(cfg.data.get("mean") or IMAGENET_MEAN),
-        "std": list(cfg.data.get("std") or IMAGENET_STD),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
     }
-
-
-class Scorer:
-    """Confusion matrix over a whole split (torchmetrics, ground truth 255 ignored) and its scores."""
-
-    def __init__(self, num_classes: int = 21) -> None:
-        self.num_classes = num_classes
-        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-
-    def update(self, label: np.ndarray, mask: np.ndarray, image_id: str = "") -> None:
-        if label.shape != mask.shape:
-            raise ValueError(
-                f"{image_id}: prediction {label.shape} and ground truth {mask.shape} differ in size"
-            )
-        self.confusion.update(torch.from_numpy(label).long().ravel(), torch.from_numpy(mask).long().ravel())
-
-    def compute(self) -> dict[str, Any]:
-        """``scores_from_confusion``: mIoU over the classes seen in truth or prediction, and more."""
-        return scores_from_confusion(self.confusion.compute(), SEG_CLASSES[: self.num_classes])
 
 
 def write_per_class(path: Path, per_class: dict[str, float]) -> None:
@@ -105,23 +79,23 @@ def write_per_class(path: Path, per_class: dict[str, float]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.figures import save_grid
+    from wsss.models.checkpoint import load_network
     from wsss.training import build_logger, finalize_logger, log_image, log_metrics, log_table
 
+    cfg, out = ctx.cfg, ctx.out
     ecfg = cfg.eval
     settings = inference_settings(cfg, ecfg)
-    checkpoint = checkpoint_path(exp)
-    num_classes = int(cfg.data.num_classes) + 1
-    model = load_segmenter(checkpoint, cfg.segmenter, num_classes)
+    checkpoint = checkpoint_path(ctx.input("seg"))
+    model = load_network(checkpoint)
     split = str(ecfg.split)
     dataset = split_dataset(cfg, split, require_masks=True)
-    out = exp.begin(STAGE)
     pred_dir = out / "predictions"
     save = bool(ecfg.save_predictions)
     shutil.rmtree(pred_dir, ignore_errors=True)  # every prediction is made again; none left from another run
     n_fig = int(ecfg.get("figure_images", 4))
-    scorer = Scorer(num_classes)
+    scorer = ConfusionMatrix(int(cfg.data.seg_classes))
     rows: list[list[np.ndarray]] = []
     log.info("eval on %s (%d images): %s", split, len(dataset.ids), {k: v for k, v in settings.items()})
     for index, label in segment_images(model, dataset, range(len(dataset.ids)), **settings):
@@ -131,7 +105,11 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
             raise ValueError(
                 f"{image_id} of eval.split={split} has no ground truth; use stage=predict for it"
             )
-        scorer.update(label, mask, image_id)
+        if label.shape != mask.shape:
+            raise MaskSizeError(
+                f"{image_id}: prediction {label.shape} and ground truth {mask.shape} differ in size"
+            )
+        scorer.update(label, mask)
         if save:
             save_mask(pred_dir / f"{image_id}.png", label)
         if len(rows) < n_fig:
@@ -158,7 +136,9 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     )
     if rows:
         png = save_grid(
-            rows, exp.root / "figures" / "segmentation.png", titles=["image", "ground truth", "prediction"]
+            rows,
+            ctx.exp.root / "figures" / "segmentation.png",
+            titles=["image", "ground truth", "prediction"],
         )
         log_image(logger, f"{STAGE}/figure", png)
     finalize_logger(logger)
@@ -170,5 +150,4 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         len(dataset.ids),
         split,
     )
-    exp.finish(STAGE, metrics)
     return metrics

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from wsss.artifacts import Experiment, atomic_path
-from wsss.data.palette import read_mask, save_mask
-from wsss.inference import load_segmenter, segment_images
-from wsss.metrics import ConfusionAccumulator
+from wsss.artifacts import atomic_path
+from wsss.data.palette import read_index_png, save_mask
+from wsss.errors import MissingArtifactError
+from wsss.inference import segment_images
+from wsss.metrics import ConfusionMatrix
 from wsss.stages.eval import checkpoint_path, inference_settings, split_dataset
+from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +36,23 @@ def write_archive(results_root: Path, ids: Sequence[str], archive: Path) -> Path
     folder = results_root / RESULTS
     missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} predictions missing in {folder} (e.g. {missing[0]}.png)")
+        raise MissingArtifactError(f"{len(missing)} predictions missing in {folder} (e.g. {missing[0]}.png)")
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for image_id in ids:
             tar.add(folder / f"{image_id}.png", arcname=(RESULTS / f"{image_id}.png").as_posix())
     return archive
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
+    from wsss.models.checkpoint import load_network
+
+    cfg, out = ctx.cfg, ctx.out
     pcfg = cfg.predict
     settings = inference_settings(cfg, pcfg)
-    checkpoint = checkpoint_path(exp)
-    model = load_segmenter(checkpoint, cfg.segmenter, int(cfg.data.num_classes) + 1)
+    model = load_network(checkpoint_path(ctx.input("seg")))
     split = str(pcfg.split)
     dataset = split_dataset(cfg, split, require_masks=False)
     ids = list(dataset.ids)
-    out = exp.begin(STAGE)
     folder = out / RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob(".tmp-*"):  # left by a run killed mid-write
@@ -73,10 +74,9 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         "archive": archive.name,
     }
     if getattr(dataset, "has_masks", False):  # a split with ground truth: score the written PNGs
-        acc = ConfusionAccumulator(int(cfg.data.num_classes) + 1)
+        acc = ConfusionMatrix(int(cfg.data.seg_classes))
         for k, image_id in enumerate(ids):
-            acc.update(read_mask(folder / f"{image_id}.png"), dataset.mask(k))
+            acc.update(read_index_png(folder / f"{image_id}.png"), dataset.mask(k))
         metrics |= {k: v for k, v in acc.compute().items() if k != "per_class_iou"}
     log.info("predict: %d PNGs in %s, archive %s", len(ids), folder, archive)
-    exp.finish(STAGE, metrics)
     return metrics

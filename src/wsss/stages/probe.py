@@ -11,11 +11,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from wsss.artifacts import Experiment
+from wsss.stages.runner import StageContext
 from wsss.training import build_trainer
 
 
@@ -36,8 +35,8 @@ class _ProbeModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
-    out = exp.begin("probe")
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg, out = ctx.cfg, ctx.out
     generator = torch.Generator().manual_seed(int(cfg.seed))
     x = torch.randn(32, 4, generator=generator)
     data = DataLoader(TensorDataset(x, x.sum(1)), batch_size=4)
@@ -52,6 +51,4 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         "samples_per_rank": [int(s) for s in gathered[:, 1].tolist()],
         "loss": float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))),
     }
-    if trainer.is_global_zero:
-        exp.finish("probe", metrics)
     return metrics

@@ -1,12 +1,12 @@
 """``stage=pseudo``: stored maps (+ saliency, + optional dense CRF) -> pseudo segmentation labels.
 
-Reads ``<exp>/maps/<pseudo.source>/<id>.npz`` for every image of ``data.maps_split`` and, with
-``pseudo.background=saliency``, ``<data.saliency_dir>/<id>.png``; writes ``<exp>/pseudo/<id>.png``
+Reads ``maps/<pseudo.source>/<id>.npz`` for every image of ``data.maps_split`` and, with
+``pseudo.background=saliency``, ``<data.saliency_dir>/<id>.png``; writes ``pseudo/<id>.png``
 (VOC palette, original image size, 0..20 and 255) in a pool of ``pseudo.workers`` processes, skipping
 labels already written unless ``pseudo.overwrite``. Then scores the labels against the ground truth of
 ``data.eval_split`` (mIoU, precision, recall, pixel accuracy, ignore ratio), writes ``metrics.json``,
 ``per_class_iou.csv``, the figure ``<exp>/figures/pseudo.png`` (image | ground truth | pseudo label) and
-``.complete``. The rules are in ``wsss.pseudo``.
+``.complete``. The rules (``pseudo.rule``: paper or release) are in ``wsss.stages.pseudo_rules``.
 """
 
 from __future__ import annotations
@@ -18,26 +18,25 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import Experiment, atomic_path
+from wsss.artifacts import atomic_path
+from wsss.constants import IGNORE_INDEX
 from wsss.crf import CRFParams, crf_map, require_pydensecrf
-from wsss.data.palette import IGNORE_INDEX, colorize, read_mask
-from wsss.pseudo import LabelJob, PseudoRule, label_image, set_job
+from wsss.data.palette import colorize, read_index_png
+from wsss.errors import MaskSizeError, MissingArtifactError, MissingSaliencyError
+from wsss.hints import command
+from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
+from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"refine": "maps_refine", "cls": "maps_cls"}
 STAGE = "pseudo"
 
 
-class MissingSaliencyError(FileNotFoundError):
-    """Saliency maps are asked for (``pseudo.background=saliency``) but absent."""
-
-
 def rule_from_config(cfg: DictConfig) -> PseudoRule:
-    """The labeling rule of ``cfg.protocol`` and ``cfg.pseudo``."""
+    """The labeling rule of ``cfg.pseudo``."""
     p = cfg.pseudo
     return PseudoRule(
-        protocol=str(cfg.protocol),
+        rule=str(p.rule),
         background=str(p.background),
         alpha=float(p.alpha),
         beta=float(p.beta),
@@ -74,9 +73,9 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     miss), the ``*_labeled`` ones leave 255 pixels out (the quality of what is labelled, which a label
     that marks almost everything 255 can max out). ``ignore_ratio`` is the share of 255 pixels.
     """
-    from wsss.metrics import SEG_CLASSES, ConfusionAccumulator
+    from wsss.metrics import ConfusionMatrix
 
-    dense, labeled = ConfusionAccumulator(len(SEG_CLASSES)), ConfusionAccumulator(len(SEG_CLASSES))
+    dense, labeled = ConfusionMatrix(), ConfusionMatrix()
     ignored = total = scored = missing = 0
     for i, image_id in enumerate(gt.ids):
         path = out / f"{image_id}.png"
@@ -86,9 +85,9 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
         if not path.is_file():
             missing += 1
             continue
-        label = read_mask(path)
+        label = read_index_png(path)
         if label.shape != mask.shape:
-            raise ValueError(f"{path}: pseudo label is {label.shape} but its ground truth is {mask.shape}")
+            raise MaskSizeError(f"{path}: pseudo label is {label.shape} but its ground truth is {mask.shape}")
         labeled.update(label, mask)
         unlabeled = label == IGNORE_INDEX
         dense.update(np.where(unlabeled, 0, label), mask)
@@ -126,7 +125,7 @@ def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | Non
         mask = gt.mask(i)
         if mask is None or not (out / f"{image_id}.png").is_file():
             continue
-        rows.append([gt.image(i), colorize(mask), colorize(read_mask(out / f"{image_id}.png"))])
+        rows.append([gt.image(i), colorize(mask), colorize(read_index_png(out / f"{image_id}.png"))])
     if not rows:
         return None
     return save_grid(rows, path, titles=["image", "ground truth", f"pseudo label ({rule_name})"])
@@ -139,41 +138,39 @@ def voc_dataset(cfg: DictConfig, split: str) -> Any:
     return VOCDataset(cfg.data.root, split)
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.training import build_logger, finalize_logger, log_image, log_metrics
 
+    cfg, out = ctx.cfg, ctx.out
     pcfg = cfg.pseudo
     source = str(pcfg.source)
-    if source not in SOURCES:
-        raise ValueError(f"pseudo.source={source!r}; choose refine (refined maps) or cls (classifier maps)")
     rule = rule_from_config(cfg)
     crf_params = None
     if bool(pcfg.crf):
         require_pydensecrf()  # fail now, not after the first image
         crf_params = CRFParams.from_config(cfg.crf)
-    maps_dir = exp.require(SOURCES[source])
+    maps_dir = ctx.input(f"maps_{source}")
 
     dataset = voc_dataset(cfg, str(cfg.data.maps_split))
     ids = list(dataset.ids)
     no_maps = [i for i in ids if not (maps_dir / f"{i}.npz").is_file()]
     if no_maps:
-        raise FileNotFoundError(
+        raise MissingArtifactError(
             f"{len(no_maps)} of {len(ids)} images of data.maps_split={cfg.data.maps_split} have no maps in "
-            f"{maps_dir} (e.g. {no_maps[0]}); rerun {exp.producer_command(SOURCES[source])} "
-            f"maps.split={cfg.data.maps_split} maps.overwrite=true"
+            f"{maps_dir} (e.g. {no_maps[0]}); make them with:\n    "
+            + command(cfg, [f"maps_{source}"], (f"maps.split={cfg.data.maps_split}", "force=true"))
         )
     saliency_dir = (
         check_saliency(cfg.data.get("saliency_dir"), ids) if rule.background == "saliency" else None
     )
 
-    out = exp.begin(STAGE)
     for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write
         tmp.unlink(missing_ok=True)
     overwrite = bool(pcfg.overwrite)
     todo = [k for k, i in enumerate(ids) if overwrite or not (out / f"{i}.png").is_file()]
     log.info(
         "pseudo labels (%s rule, background=%s, crf=%s): %d to write, %d already written, %d workers",
-        rule.protocol,
+        rule.rule,
         rule.background,
         crf_params is not None,
         len(todo),
@@ -200,7 +197,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         "images": len(ids),
         "written": len(counts),
         "skipped": len(ids) - len(todo),
-        "protocol": rule.protocol,
+        "rule": rule.rule,
         "background": rule.background,
         "crf": crf_params is not None,
         "source": source,
@@ -213,7 +210,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
     logger = build_logger(cfg, STAGE)
     log_metrics(logger, metrics, prefix=STAGE)
     n_fig = int(pcfg.get("figure_images", 4))
-    png = figure(gt, out, exp.root / "figures" / "pseudo.png", n_fig, rule.name) if n_fig > 0 else None
+    png = figure(gt, out, ctx.exp.root / "figures" / "pseudo.png", n_fig, rule.name) if n_fig > 0 else None
     if png is not None:
         log_image(logger, f"{STAGE}/figure", png)
     finalize_logger(logger)
@@ -226,5 +223,4 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         metrics["eval_images"],
         cfg.data.eval_split,
     )
-    exp.finish(STAGE, metrics)
     return metrics

@@ -1,8 +1,8 @@
-"""``stage=seg``: train a DeepLab segmenter (``cfg.segmenter``) on the pseudo labels of ``<exp>/pseudo``.
+"""``stage=seg``: train a DeepLab segmenter (``cfg.segmenter``, a ``_target_`` spec) on the pseudo labels.
 
 Iteration-based (``seg.max_steps`` optimizer steps, ``seg.accumulate`` batches each), poly learning
 rate, validation mIoU on ``data.val_split`` every ``seg.val_every_n_steps`` steps. Writes
-``<exp>/seg/checkpoints/{best,last}.ckpt`` and ``metrics.json``. ``best.ckpt`` is the final network
+``checkpoints/{best,last}.ckpt`` and ``metrics.json``. ``best.ckpt`` is the final network
 unless ``seg.monitor=val/miou`` asks to select on validation ground truth (the paper trains a fixed
 number of iterations and selects nothing; a selected checkpoint is reported as such in metrics.json).
 """
@@ -15,11 +15,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from wsss.artifacts import Experiment
-from wsss.tasks.segmenter import SegmenterTask
-from wsss.training import build_trainer
+from wsss.errors import ConfigError
+from wsss.stages.runner import StageContext
 
 STAGE = "seg"
 
@@ -62,18 +61,23 @@ def build_datamodule(cfg: DictConfig, pseudo_dir: Path) -> pl.LightningDataModul
     """Train batches of pseudo labels (crops), validation images with ground truth at original size."""
     from wsss.data.datamodule import WSSSDataModule
 
-    return WSSSDataModule(cfg.data, STAGE, str(cfg.protocol), pseudo_dir=pseudo_dir)
+    return WSSSDataModule(cfg.data, STAGE, pseudo_dir=pseudo_dir)
 
 
-def build_task(cfg: DictConfig) -> SegmenterTask:
-    from wsss.models.deeplab import build_segmenter
+def build_task(cfg: DictConfig) -> Any:
+    from wsss.models.deeplab import load_weights
+    from wsss.models.networks import build, segmenter_spec
+    from wsss.tasks.segmentation import SegmenterTask
 
     scfg = cfg.seg
-    settings: dict[str, Any] = OmegaConf.to_container(cfg.segmenter, resolve=True)  # type: ignore[assignment]
-    num_classes = int(cfg.data.num_classes) + 1
+    spec = segmenter_spec(cfg)
+    model = build(spec)
+    if cfg.segmenter.get("weights"):
+        load_weights(model, cfg.segmenter.weights)
     return SegmenterTask(
-        build_segmenter(settings, num_classes),
-        num_classes=num_classes,
+        model,
+        network=spec,
+        num_classes=int(cfg.data.seg_classes),
         lr=float(scfg.lr),
         momentum=float(scfg.momentum),
         weight_decay=float(scfg.weight_decay),
@@ -81,21 +85,20 @@ def build_task(cfg: DictConfig) -> SegmenterTask:
         max_steps=int(scfg.max_steps),
         multi_scale_inputs=bool(scfg.multi_scale_inputs),
         input_scales=[float(s) for s in scfg.input_scales],
-        model_config={**settings, "weights": None},
     )
 
 
-def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
-    from wsss.maps import barrier
+def run(ctx: StageContext) -> dict[str, Any]:
+    from wsss.training import build_trainer
 
+    cfg, out = ctx.cfg, ctx.out
     scfg = cfg.seg
     if int(scfg.accumulate) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"seg.accumulate={scfg.accumulate}; give 1 (no accumulation) or more batches per step"
         )
-    pseudo_dir = exp.require("pseudo")
+    pseudo_dir = ctx.input("pseudo")
     task = build_task(cfg)
-    out = exp.begin(STAGE)
     monitor = scfg.get("monitor") or None
     datamodule = build_datamodule(cfg, pseudo_dir)
     trainer_cfg, validation = step_validation(cfg)
@@ -106,6 +109,7 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         monitor=monitor,
         mode="max",
         callbacks=[FinalCheckpoint(out / "checkpoints", as_best=monitor is None)],
+        record=ctx.record,
         max_steps=int(scfg.max_steps),
         max_epochs=-1,
         accumulate_grad_batches=int(scfg.accumulate),
@@ -129,7 +133,4 @@ def run(cfg: DictConfig, exp: Experiment) -> dict[str, Any]:
         ckpt = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == monitor), None)
         if ckpt is not None and ckpt.best_model_score is not None:
             metrics["best_" + monitor.replace("/", "_")] = float(ckpt.best_model_score)
-    if trainer.is_global_zero:
-        exp.finish(STAGE, metrics)
-    barrier()  # other ranks continue only once .complete exists
     return metrics

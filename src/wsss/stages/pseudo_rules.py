@@ -29,8 +29,7 @@ takes the CRF's most probable class. Ignore regions are kept: a pixel the rule m
 CRF sharpens boundaries between the cues, it never turns an uncertain pixel into a label).
 
 ``label_image`` does one image from files (maps .npz, saliency PNG) to a palette PNG; it runs in the
-worker processes of ``stage=pseudo``, so this module imports no torch (workers start in a fraction of
-a second).
+worker processes of ``stage=pseudo``.
 """
 
 from __future__ import annotations
@@ -39,17 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
-from PIL import Image
 
+from wsss.constants import IGNORE_INDEX
 from wsss.data.maps_io import dense_maps, load_maps
-from wsss.data.palette import IGNORE_INDEX, save_mask
+from wsss.data.palette import save_mask
+from wsss.data.voc import read_saliency
+from wsss.errors import ConfigError, MaskSizeError, MissingSaliencyError
+from wsss.localization import resize_maps
 
 if TYPE_CHECKING:
     from wsss.crf import CRFParams
 
-PROTOCOLS = ("paper", "release")
+RULES = ("paper", "release")
 BACKGROUNDS = ("saliency", "fallback")
 CONFLICTS = ("background", "object", "ignore")
 
@@ -61,26 +62,10 @@ RELEASE_MAX_CONFIDENT = 2
 """... and a pixel with more confident channels than this is ignored."""
 
 
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (K, h, w) maps to ``size`` = (H, W), half-pixel centres (as torch's
-    ``align_corners=False``); returns float32 (K, H, W)."""
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (K, H, W), got shape {maps.shape}")
-    height, width = int(size[0]), int(size[1])
-    if maps.shape[1:] == (height, width):
-        return maps
-    if maps.shape[0] == 0:
-        return np.zeros((0, height, width), np.float32)
-    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0))
-    resized = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(resized.reshape(height, width, -1).transpose(2, 0, 1))
-
-
-def _saliency(saliency: np.ndarray | None, protocol: str) -> np.ndarray:
+def _saliency(saliency: np.ndarray | None, rule: str) -> np.ndarray:
     if saliency is None:
-        raise ValueError(
-            f"the {protocol} pseudo-label rule needs a saliency map; set data.saliency_dir=<folder of "
+        raise MissingSaliencyError(
+            f"the {rule} pseudo-label rule needs a saliency map; set data.saliency_dir=<folder of "
             "saliency PNGs> or use the no-saliency rule (pseudo.background=fallback)"
         )
     saliency = np.asarray(saliency)
@@ -197,9 +182,9 @@ def fallback_label(
 
 @dataclass(frozen=True)
 class PseudoRule:
-    """Which rule makes the labels and its parameters (``cfg.protocol`` + ``cfg.pseudo``)."""
+    """Which rule makes the labels and its parameters (``cfg.pseudo``)."""
 
-    protocol: str = "paper"
+    rule: str = "paper"
     background: str = "saliency"
     alpha: float = 0.2
     beta: float = 0.06
@@ -207,50 +192,31 @@ class PseudoRule:
     fallback_threshold: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol={self.protocol!r}; choose one of {PROTOCOLS}")
+        if self.rule not in RULES:
+            raise ConfigError(f"pseudo.rule={self.rule!r}; choose one of {', '.join(RULES)}")
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"pseudo.background={self.background!r}; choose saliency or fallback")
+            raise ConfigError(f"pseudo.background={self.background!r}; choose saliency or fallback")
         if self.conflict not in CONFLICTS:
-            raise ValueError(f"pseudo.conflict={self.conflict!r}; choose one of {CONFLICTS}")
+            raise ConfigError(f"pseudo.conflict={self.conflict!r}; choose one of {', '.join(CONFLICTS)}")
 
     @property
     def name(self) -> str:
         """``paper`` / ``release`` with saliency, ``fallback`` without."""
-        return self.protocol if self.background == "saliency" else "fallback"
+        return self.rule if self.background == "saliency" else "fallback"
 
     def label(self, maps: np.ndarray, saliency: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
         if self.background == "fallback":
             return fallback_label(maps, self.fallback_threshold, size)
-        if self.protocol == "paper":
+        if self.rule == "paper":
             return paper_label(maps, saliency, self.alpha, self.beta, self.conflict)
         return release_label(maps, saliency, self.alpha)
 
     def scores(self, maps: np.ndarray, saliency: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
         if self.background == "fallback":
             return fallback_scores(maps, self.fallback_threshold, size)
-        if self.protocol == "paper":
+        if self.rule == "paper":
             return paper_scores(maps, saliency)
         return release_scores(maps, saliency, self.alpha)
-
-
-def crf_label(
-    image: np.ndarray, scores: np.ndarray, label: np.ndarray, params: CRFParams | None = None
-) -> np.ndarray:
-    """Relabel the non-ignored pixels of ``label`` with the dense-CRF argmax of ``scores`` (21, H, W).
-
-    Only background and the channels that are non-zero somewhere take part (absent classes can never
-    win); pixels that are 255 in ``label`` stay 255.
-    """
-    from wsss.crf import dense_crf
-
-    channels = np.flatnonzero(scores.reshape(scores.shape[0], -1).max(axis=1) > 0)
-    channels = np.union1d([0], channels)
-    if channels.size == 1:
-        return label.copy()
-    q = dense_crf(image, scores[channels], params)
-    refined = channels[q.argmax(axis=0)].astype(np.uint8)
-    return np.where(label == IGNORE_INDEX, np.uint8(IGNORE_INDEX), refined)
 
 
 def make_label(
@@ -263,7 +229,7 @@ def make_label(
 ) -> np.ndarray:
     """The pseudo label of one image: the rule, then (when ``crf_params`` is given) the dense CRF."""
     if saliency is not None and np.shape(saliency) != tuple(size):
-        raise ValueError(
+        raise MaskSizeError(
             f"saliency map is {np.shape(saliency)} but the image is {tuple(size)}; saliency PNGs must have "
             "the image's size (is data.saliency_dir the right folder?)"
         )
@@ -273,16 +239,13 @@ def make_label(
         return label
     if image is None:
         raise ValueError("the dense CRF needs the RGB image")
-    return crf_label(image, rule.scores(maps, saliency, size), label, crf_params)
+    from wsss.crf import crf_labels
+
+    refined = crf_labels(image, rule.scores(maps, saliency, size), crf_params)
+    return np.where(label == IGNORE_INDEX, np.uint8(IGNORE_INDEX), refined)
 
 
 # --- one image from files to a label PNG (runs in worker processes: no torch imports here) ---
-
-
-def read_saliency(path: str | Path) -> np.ndarray:
-    """A saliency PNG as (H, W) uint8 0..255 (colour PNGs are converted to grayscale)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -316,18 +279,12 @@ def label_image(index: int) -> tuple[int, int]:
     classes, maps = load_maps(job.maps_dir / f"{image_id}.npz")
     saliency = read_saliency(job.saliency_dir / f"{image_id}.png") if job.saliency_dir else None
     image = job.dataset.image(index) if job.crf is not None else None
-    if saliency is not None:
-        size = saliency.shape
-    elif image is not None:
-        size = image.shape[:2]
-    elif hasattr(job.dataset, "image_size"):  # from the JPEG header, no decoding
-        size = tuple(job.dataset.image_size(index))
-    else:
-        size = job.dataset.image(index).shape[:2]
-    if image is not None and saliency is not None and image.shape[:2] != saliency.shape:
-        raise ValueError(
-            f"{image_id}: saliency map is {saliency.shape} but the image is {image.shape[:2]}; saliency PNGs "
-            "must have the image's size (is data.saliency_dir the right folder?)"
+    size = tuple(image.shape[:2]) if image is not None else tuple(job.dataset.image_size(index))
+    if saliency is not None and saliency.shape != size:
+        raise MaskSizeError(
+            f"{job.saliency_dir / (image_id + '.png')}: saliency map is {saliency.shape[1]}x{saliency.shape[0]} "
+            f"(WxH) but its image is {size[1]}x{size[0]}; saliency maps must have their image's size "
+            "(is data.saliency_dir the right folder?)"
         )
     # resize only the present classes, then expand to the 20 channels the rules take
     maps = dense_maps(classes, resize_maps(maps, size), job.num_classes)
@@ -339,16 +296,13 @@ def label_image(index: int) -> tuple[int, int]:
 __all__ = [
     "BACKGROUNDS",
     "CONFLICTS",
+    "RULES",
     "LabelJob",
-    "PROTOCOLS",
     "PseudoRule",
-    "crf_label",
     "fallback_label",
     "label_image",
     "make_label",
     "paper_label",
-    "read_saliency",
     "release_label",
-    "resize_maps",
     "set_job",
 ]

@@ -26,6 +26,7 @@ class RefinerTask(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
+        network: dict[str, Any] | None = None,
         lr: float = 1e-4,
         lr_steps: Sequence[int] = (5, 10),
         lr_gamma: float = 0.1,
@@ -39,6 +40,7 @@ class RefinerTask(pl.LightningModule):
         self.top_class_only = bool(top_class_only)
         self.save_hyperparameters(
             {
+                "network": dict(network or {}),
                 "lr": self.lr,
                 "lr_steps": self.lr_steps,
                 "lr_gamma": self.lr_gamma,

@@ -1,10 +1,10 @@
-"""Make Lightning's script-relaunching DDP work inside Hydra multirun sweeps.
+"""Script-relaunching DDP inside Hydra sweeps (imports no torch: it runs before the plan check).
 
 Lightning's ``strategy=ddp`` starts ranks 1..N-1 by re-executing ``sys.argv``. In a Hydra
 multirun job ``sys.argv`` still holds ``-m`` and the whole sweep, and the DDP environment
 variables of the previous job are still set, so the second job would either relaunch the sweep
 or join a dead process group. ``prepare_job`` fixes both before a job builds its first Trainer;
-``end_job`` tears the process group down afterwards.
+``wsss.ddp.sync.end_job`` tears the process group down afterwards.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from wsss.errors import UnsupportedLaunchError
 
 DDP_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "WSSS_RUN_ID")
 RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
 # Launchers that run several jobs inside worker processes, where relaunching the script cannot work.
 POOLED_LAUNCHERS = ("joblib", "ray", "rq")
-
-
-class UnsupportedLaunchError(RuntimeError):
-    """A launcher/strategy combination that cannot work."""
 
 
 def _hydra_config() -> DictConfig | None:
@@ -67,28 +63,3 @@ def prepare_job(cfg: DictConfig) -> None:
     OmegaConf.set_readonly(hc, False)
     hc.run.dir = hc.runtime.output_dir
     OmegaConf.set_readonly(hc, True)
-
-
-def end_job() -> None:
-    """Destroy the process group a job created, so the next job starts clean."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-class ReleaseSpawnedProcessGroup(Callback):
-    """In a worker Lightning spawned (``ddp_spawn``), destroy the process group when the Trainer is done.
-
-    Left to interpreter shutdown, gloo's threads can abort a worker whose work is finished ("terminate
-    called without an active exception"), which fails the run. Runs after the strategy's own teardown;
-    script-launched DDP (``ddp``) keeps its group for the next stage (``end_job`` ends it).
-    """
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-
-        launcher = getattr(trainer.strategy, "launcher", None)
-        if isinstance(launcher, _MultiProcessingLauncher) and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()

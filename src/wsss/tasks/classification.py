@@ -1,10 +1,10 @@
 """Training of the DRS classifier on image-level labels (stage ``cls``).
 
-Loss: multi-label soft margin on GAP(F). Optimizer per protocol: ``paper`` is plain SGD (momentum,
-weight decay); ``release`` is nesterov SGD with four lr groups (backbone weights x1, backbone biases
-x2, new conv weights and all DRS controllers x10, new conv biases x20). MultiStepLR per epoch:
-``lr_steps`` counts finished epochs in ``paper``; the release drops at the start of its (1-based)
-epochs 5 and 10, i.e. after 4 and 9 finished epochs, so ``release`` uses ``lr_steps - 1``.
+Loss: multi-label soft margin on GAP(F). Optimizer: SGD (momentum, weight decay; ``nesterov`` as the
+release) or Adam, with one lr group (``lr_groups="single"``, the paper) or the release's four
+(``"release"``: backbone weights x1, backbone biases x2, new conv weights and all DRS controllers x10,
+new conv biases x20). MultiStepLR per epoch at ``lr_steps + lr_step_offset`` finished epochs: the release
+drops at the start of its (1-based) epochs 5 and 10, i.e. after 4 and 9 finished epochs (offset -1).
 
 Validation metrics (torchmetrics, DDP-safe): ``val/loss``, ``val/accuracy`` (exact match of the whole
 label vector at sigmoid >= 0.5, the paper's "classification accuracy"), ``val/map`` (mean average
@@ -30,43 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import (
-    MulticlassConfusionMatrix,
-    MultilabelAveragePrecision,
-    MultilabelExactMatch,
-    MultilabelStatScores,
-)
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelExactMatch, MultilabelStatScores
 
-from wsss.data.palette import IGNORE_INDEX
-from wsss.metrics import exact_match_accuracy, scores_from_confusion
+from wsss.config import OPTIMIZERS
+from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
+from wsss.localization import class_maps, maps_to_segmentation
+from wsss.metrics import ConfusionMatrix, exact_match_accuracy
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("paper", "release")
+LR_GROUPS = ("single", "release")
 RELEASE_LR_MULT = {"backbone_weight": 1.0, "backbone_bias": 2.0, "new_weight": 10.0, "new_bias": 20.0}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EPS = 1e-5
-
-
-def localization_maps(scores: Tensor, labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """M = ReLU(F) / (max ReLU(F) + 1e-5), upsampled to ``size``, zero for classes not in ``labels``."""
-    maps = F.relu(F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False))
-    maps = maps / (maps.amax(dim=(2, 3), keepdim=True) + EPS)
-    return maps * (labels > 0).to(maps.dtype)[:, :, None, None]
-
-
-def maps_to_segmentation(maps: Tensor, threshold: float, saliency: Tensor | None = None) -> Tensor:
-    """(B, H, W) labels 0..C from (B, C, H, W) maps; background score = threshold or 1 - saliency.
-
-    Ties go to background. With saliency (B, H, W) in [0, 1], maps below ``threshold`` are zeroed first.
-    """
-    if saliency is None:
-        background = torch.full_like(maps[:, :1], float(threshold))
-    else:
-        maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
-        background = (1.0 - saliency.float())[:, None]
-    return torch.cat([background, maps], dim=1).argmax(dim=1)
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -75,10 +49,6 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     rgb = (images.float() * s + m).clamp(0, 1) * 255.0
     return rgb.round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-OPTIMIZERS = ("sgd", "adam")
-"""sgd: the paper's and the release's; adam: for small networks trained briefly (the toy recipe)."""
 
 
 class ClassifierTask(pl.LightningModule):
@@ -91,8 +61,11 @@ class ClassifierTask(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        protocol: str = "paper",
+        network: dict[str, Any] | None = None,
         optimizer: str = "sgd",
+        lr_groups: str = "single",
+        nesterov: bool = False,
+        lr_step_offset: int = 0,
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -107,13 +80,15 @@ class ClassifierTask(pl.LightningModule):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
         self.model = model
-        self.protocol = protocol
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"cls.optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+        if lr_groups not in LR_GROUPS:
+            raise ValueError(f"cls.lr_groups={lr_groups!r} is not one of {LR_GROUPS}")
         self.optimizer_name = optimizer
+        self.lr_groups = lr_groups
+        self.nesterov = bool(nesterov)
+        self.lr_step_offset = int(lr_step_offset)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.lr_steps = [int(s) for s in lr_steps]
         self.lr_gamma = float(lr_gamma)
@@ -129,7 +104,7 @@ class ClassifierTask(pl.LightningModule):
         self.val_accuracy = MultilabelExactMatch(num_labels=self.num_classes, threshold=0.5)
         self.val_ap = MultilabelAveragePrecision(num_labels=self.num_classes, average=None)
         self.val_support = MultilabelStatScores(num_labels=self.num_classes, average=None)
-        self.val_confusion = MulticlassConfusionMatrix(self.num_classes + 1, ignore_index=IGNORE_INDEX)
+        self.val_confusion = ConfusionMatrix(self.num_classes + 1)
         self._figure: list[tuple[np.ndarray, np.ndarray]] = []
         if self.map_miou:
             log.warning(
@@ -178,7 +153,7 @@ class ClassifierTask(pl.LightningModule):
         self.val_support.update(probs, targets)
         size = tuple(batch["image"].shape[-2:])
         want_figure = len(self._figure) < self.log_images and not self.trainer.sanity_checking
-        maps = localization_maps(scores, labels, size) if (want_figure or self.map_miou) else None
+        maps = class_maps(scores, labels, size) if (want_figure or self.map_miou) else None
         if self.map_miou and "mask" in batch:
             self._update_map_miou(maps, batch)
         if want_figure:
@@ -221,13 +196,13 @@ class ClassifierTask(pl.LightningModule):
         self.val_ap.reset()
         self.val_support.reset()
         if self.map_miou:
-            cm = self.val_confusion.compute()
-            if int(cm.sum()) == 0 and not self.trainer.sanity_checking:
+            scores = self.val_confusion.compute()
+            if scores["pixels"] == 0 and not self.trainer.sanity_checking:
                 raise RuntimeError(
                     "cls.map_miou is on but no validation batch carried a 'mask' with labelled pixels; "
                     "validate on a split with masks or set cls.map_miou=false cls.select_on_map_miou=false"
                 )
-            miou = scores_from_confusion(cm)["miou"] if int(cm.sum()) > 0 else float("nan")
+            miou = scores["miou"] if scores["pixels"] > 0 else float("nan")
             self.log("val/map_miou", torch.tensor(miou, dtype=torch.float32), prog_bar=True)
             self.val_confusion.reset()
         if self._figure and self.trainer.is_global_zero:
@@ -245,17 +220,16 @@ class ClassifierTask(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def milestones(self) -> list[int]:
-        """MultiStepLR milestones in finished epochs (``release`` drops one epoch earlier, see module doc)."""
-        shift = 1 if self.protocol == "release" else 0
-        return [max(0, s - shift) for s in self.lr_steps]
+        """MultiStepLR milestones in finished epochs: ``lr_steps + lr_step_offset`` (see module doc)."""
+        return [max(0, s + self.lr_step_offset) for s in self.lr_steps]
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """SGD parameter groups: one group (paper) or the release's four with lr multipliers."""
-        if self.protocol == "paper":
+        """Optimizer parameter groups: one group or the release's four with lr multipliers."""
+        if self.lr_groups == "single":
             return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.lr}]
         if not hasattr(self.model, "param_groups"):
             raise TypeError(
-                f"protocol=release needs a model with param_groups(); {type(self.model).__name__} has none"
+                f"cls.lr_groups=release needs a model with param_groups(); {type(self.model).__name__} has none"
             )
         groups = self.model.param_groups()
         return [
@@ -273,7 +247,7 @@ class ClassifierTask(pl.LightningModule):
                 lr=self.lr,
                 momentum=self.momentum,
                 weight_decay=self.weight_decay,
-                nesterov=self.protocol == "release",
+                nesterov=self.nesterov,
             )
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=self.milestones(), gamma=self.lr_gamma

@@ -15,10 +15,9 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from wsss.data.palette import IGNORE_INDEX
-from wsss.metrics import scores_from_confusion
+from wsss.constants import IGNORE_INDEX
+from wsss.metrics import ConfusionMatrix
 
 
 def poly_factor(max_steps: int, power: float = 0.9) -> Callable[[int], float]:
@@ -62,12 +61,13 @@ class SegmenterTask(pl.LightningModule):
     logits are upsampled to the mask, and a 21x21 confusion matrix (255 ignored) over the whole
     split gives ``val/miou`` (plus precision, recall, pixel accuracy).
     ``model`` must offer ``param_groups(lr, weight_decay)`` (``wsss.models.deeplab.DeepLab``).
-    ``model_config`` (the segmenter settings) is kept in the checkpoint so later stages rebuild it.
+    ``network`` (its ``_target_`` spec) is kept in the checkpoint so later stages rebuild it.
     """
 
     def __init__(
         self,
         model: nn.Module,
+        network: dict[str, Any] | None = None,
         num_classes: int = 21,
         lr: float = 2.5e-4,
         momentum: float = 0.9,
@@ -76,7 +76,6 @@ class SegmenterTask(pl.LightningModule):
         max_steps: int = 20000,
         multi_scale_inputs: bool = False,
         input_scales: Sequence[float] = (1.0, 0.75, 0.5),
-        model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -102,10 +101,10 @@ class SegmenterTask(pl.LightningModule):
                 "max_steps": self.max_steps,
                 "multi_scale_inputs": self.multi_scale_inputs,
                 "input_scales": self.input_scales,
-                "segmenter": dict(model_config or {}),
+                "network": dict(network or {}),
             }
         )
-        self.val_confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=IGNORE_INDEX)
+        self.val_confusion = ConfusionMatrix(self.num_classes)
         self.last_val_step = -1  # optimizer step of the latest full validation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,7 +135,7 @@ class SegmenterTask(pl.LightningModule):
         self.val_confusion.update(logits.argmax(dim=1), masks)
 
     def on_validation_epoch_end(self) -> None:
-        scores = scores_from_confusion(self.val_confusion.compute())
+        scores = self.val_confusion.compute()
         self.val_confusion.reset()
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step

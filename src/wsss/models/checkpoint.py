@@ -1,0 +1,67 @@
+"""Networks rebuilt from stage checkpoints: every ``best.ckpt`` carries the spec of its network.
+
+A task (``wsss.tasks``) stores ``hyper_parameters["network"]`` (the ``_target_`` spec, plain containers)
+and Lightning stores the weights under ``state_dict`` with the ``model.`` prefix. ``load_network`` reads
+the file with ``weights_only=True`` and rebuilds exactly that network: a later stage never rebuilds it
+from today's config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsss.errors import CorruptArtifactError, MissingArtifactError
+from wsss.models.networks import build
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtifactError(f"checkpoint {path} not found; run the stage that writes it first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle error, ...
+        raise CorruptArtifactError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "rerun the stage that wrote it with force=true"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CorruptArtifactError(f"{path}: not a Lightning checkpoint (no state_dict); rerun its stage")
+    return ckpt
+
+
+def network_state(
+    ckpt: dict[str, Any], path: str | Path = "checkpoint", prefix: str = "model."
+) -> dict[str, torch.Tensor]:
+    """The network's weights of a checkpoint (keys under ``prefix``, prefix removed)."""
+    state = ckpt["state_dict"]
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        raise CorruptArtifactError(
+            f"{path}: no weights under '{prefix}' (keys start with {sorted(state)[:3]})"
+        )
+    return picked
+
+
+def network_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """The ``_target_`` spec a checkpoint's network was built from."""
+    spec = (ckpt.get("hyper_parameters") or {}).get("network")
+    if not isinstance(spec, dict) or "_target_" not in spec:
+        raise CorruptArtifactError(
+            f"{path} records no network spec (hyper_parameters['network']): it was written by an older wsss; "
+            "rerun the stage that made it with force=true"
+        )
+    return spec
+
+
+def load_network(path: str | Path) -> nn.Module:
+    """The network of a stage checkpoint, rebuilt from its own spec, with its weights, in eval mode."""
+    ckpt = read_checkpoint(path)
+    net = build(network_spec(ckpt, path))
+    net.load_state_dict(network_state(ckpt, path))
+    return net.eval()

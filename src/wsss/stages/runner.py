@@ -1,0 +1,258 @@
+"""Run one stage or a pipeline of stages, after checking the whole plan.
+
+Before any work: every stage's inputs must be made by an earlier stage of the list or be complete in
+the experiment folder with a record that matches what the current config expects; a finished stage is
+skipped (pipeline) or refused (a stage run alone) unless ``force=true``, and one whose record
+contradicts the config is refused naming the keys. Then each stage runs with a ``StageContext``; the
+runner records what the stage makes (``identity.json``), saves its resolved config, and marks it
+complete. With ``force=true`` a stage is made anew and everything made from its old artifact in this
+experiment is removed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from wsss.artifacts import Experiment, write_text
+from wsss.errors import ArtifactMismatchError, MissingArtifactError, PlanError, StageCompleteError
+from wsss.hints import command
+from wsss.provenance import describe, differences, expected_record, staged_config, upstream_names
+from wsss.stages.registry import STAGES, Stage, stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``run`` gets: its config, folders, and the record of what it makes."""
+
+    cfg: DictConfig
+    exp: Experiment
+    stage: Stage
+    record: dict[str, Any]
+    inputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.exp.stage_dir(self.stage.name)
+
+    def input(self, name: str) -> Path:
+        """The folder of an upstream artifact this stage reads."""
+        return self.inputs[name]
+
+
+def auto_pipeline(pseudo_source: str) -> list[str]:
+    """The full method; refinement (DRS-dagger) only when pseudo labels come from refined maps."""
+    refinement = ["refine", "maps_refine"] if pseudo_source == "refine" else []
+    return ["cls", "maps_cls", *refinement, "pseudo", "seg", "eval"]
+
+
+def pipeline_names(cfg: DictConfig) -> list[str]:
+    """The pipeline stage names ``cfg.stage`` asks for, in order."""
+    if cfg.stage == "pipeline":
+        stages = cfg.pipeline.stages
+        names = auto_pipeline(str(cfg.pseudo.source)) if stages == "auto" else [str(s) for s in stages]
+    elif cfg.stage == "maps":
+        names = [f"maps_{cfg.maps.source}"]
+    else:
+        names = [str(cfg.stage)]
+    for name in names:
+        stage(name)  # unknown names fail here
+    if len(set(names)) != len(names):
+        raise PlanError(f"pipeline.stages={names} names a stage twice; list each stage once")
+    return names
+
+
+def _rank() -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+@dataclass
+class Step:
+    """One stage of the plan: what to do with it and why."""
+
+    name: str
+    action: str  # "run" | "skip"
+    record: dict[str, Any]
+    reason: str = ""
+
+
+def _missing_chain(cfg: DictConfig, exp: Experiment, name: str, planned: set[str]) -> list[str]:
+    """``name`` and every upstream of it that is neither planned nor complete and matching, in order."""
+    needed: set[str] = set()
+
+    def visit(current: str) -> None:
+        if current in needed or current in planned or _matches(exp, cfg, current):
+            return
+        needed.add(current)
+        for up in stage(current).upstream(staged_config(cfg, current)):
+            visit(up)
+
+    visit(name)
+    return [s for s in STAGES if s in needed]
+
+
+def _matches(exp: Experiment, cfg: DictConfig, name: str) -> bool:
+    record = exp.record(name)
+    return (
+        exp.is_complete(name)
+        and record is not None
+        and record["identity"] == expected_record(cfg, name)["identity"]
+    )
+
+
+def _mismatch(cfg: DictConfig, exp: Experiment, name: str, expected: dict, recorded: dict, what: str) -> str:
+    diffs = differences(expected, recorded)
+    return (
+        f"{what} {exp.stage_dir(name)} was made with settings that contradict the current config:\n"
+        f"{describe(diffs)}\n"
+        "Two ways out:\n"
+        f"  - keep it and make a new experiment: add exp=<new name> to your command;\n"
+        f"  - or make {name} again here (this removes everything made from the old one):\n"
+        f"    {command(cfg, [name], ('force=true',))}"
+    )
+
+
+def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]:
+    """Decide run/skip for every stage and check every input, before any work is done."""
+    force = bool(cfg.get("force", False))
+    is_pipeline = cfg.stage == "pipeline"
+    steps: list[Step] = []
+    planned: set[str] = set()
+    for name in names:
+        declared = stage(name)
+        expected = expected_record(cfg, name)
+        for up in declared.upstream(staged_config(cfg, name)):
+            if up in planned:
+                continue
+            up_expected = expected["upstream"][up]
+            recorded = exp.record(up)
+            if not exp.is_complete(up) or recorded is None:
+                state = "is unfinished" if exp.stage_dir(up).exists() else "does not exist"
+                chain = _missing_chain(cfg, exp, up, planned)
+                raise MissingArtifactError(
+                    f"stage {name} reads {up}, but {exp.stage_dir(up)} {state}. Produce it first with:\n"
+                    f"    {command(cfg, chain)}"
+                )
+            if recorded["identity"] != up_expected["identity"]:
+                raise ArtifactMismatchError(
+                    _mismatch(cfg, exp, up, up_expected, recorded, f"stage {name} reads {up}, but")
+                )
+        recorded = exp.record(name) if declared.artifact else None
+        complete = exp.is_complete(name)
+        if recorded is not None and not complete and not _has_outputs(exp.stage_dir(name)):
+            recorded = None  # a run that stopped before writing anything: nothing to resume or protect
+        action, reason = "run", ""
+        if recorded is not None and recorded["identity"] != expected["identity"] and not force:
+            what = f"stage {name}:" if complete else f"stage {name}: the unfinished run in"
+            raise ArtifactMismatchError(_mismatch(cfg, exp, name, expected, recorded, what))
+        if complete and declared.artifact and recorded is not None and not force:
+            if is_pipeline and cfg.pipeline.get("skip_complete", True):
+                action, reason = "skip", "already complete"
+            else:
+                raise StageCompleteError(
+                    f"stage {name} is already complete in {exp.stage_dir(name)} with these settings. To make it "
+                    f"again (and remove what was made from it), add force=true:\n    {command(cfg, [name], ('force=true',))}"
+                )
+        steps.append(Step(name, action, expected, reason))
+        planned.add(name)
+    return steps
+
+
+BOOKKEEPING = {"identity.json", "config.yaml", ".complete", "metrics.json"}
+
+
+def _has_outputs(folder: Path) -> bool:
+    """Whether a stage folder holds anything beyond the runner's own files."""
+    return folder.is_dir() and any(
+        p.name not in BOOKKEEPING and not p.name.startswith(".tmp-") for p in folder.iterdir()
+    )
+
+
+def _invalidate(exp: Experiment, name: str) -> list[str]:
+    """Remove stage ``name`` and every stage folder of the experiment made from it."""
+    removed = []
+    for other in STAGES:
+        record = exp.record(other)
+        made_from = other == name or (record is not None and name in upstream_names(record))
+        if made_from and exp.stage_dir(other).exists():
+            exp.clear(other)
+            removed.append(other)
+    return removed
+
+
+def _wait_for(exp: Experiment, name: str, poll_s: float = 2.0) -> None:
+    while not exp.is_complete(name):
+        time.sleep(poll_s)
+
+
+def run_stages(cfg: DictConfig) -> dict[str, Any]:
+    """Check the plan, then run ``cfg.stage`` (or the pipeline); returns ``{"<stage>/<metric>": value}``."""
+    exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
+    steps = check_plan(cfg, exp, pipeline_names(cfg))
+
+    from wsss.ddp.sync import barrier  # torch: only once the plan holds
+
+    force = bool(cfg.get("force", False))
+    results: dict[str, Any] = {}
+    for step in steps:
+        declared = stage(step.name)
+        if step.action == "skip":
+            log.info("stage %s %s in %s; skipping", step.name, step.reason, exp.stage_dir(step.name))
+            metrics = exp.metrics(step.name)
+        elif _rank() != 0 and declared.rank_zero_only:
+            _wait_for(exp, step.name)
+            metrics = exp.metrics(step.name)
+        else:
+            metrics = _run_one(cfg, exp, declared, step.record, force)
+            barrier()  # other ranks continue only once rank 0 has marked the stage complete
+            metrics = exp.metrics(step.name) or metrics
+        results.update({f"{step.name}/{k}": v for k, v in (metrics or {}).items()})
+    return results
+
+
+def _run_one(
+    cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any], force: bool
+) -> dict[str, Any]:
+    import importlib
+
+    from lightning.pytorch import seed_everything
+
+    from wsss.training import finish_wandb
+
+    staged = staged_config(cfg, declared.name)
+    if _rank() == 0:
+        folder = exp.stage_dir(declared.name)
+        if force and folder.exists():
+            removed = _invalidate(exp, declared.name)
+            log.warning(
+                "force=true: removed %s (made from the old %s) in %s",
+                ", ".join(removed),
+                declared.name,
+                exp.root,
+            )
+        elif folder.exists() and not _has_outputs(folder):
+            exp.clear(declared.name)  # a start that failed before writing anything
+        exp.begin(declared.name, record if declared.artifact else None)
+        job_keys = [k for k in staged if k != "hydra"]  # the hydra node is Hydra's, not the job's
+        write_text(
+            exp.stage_dir(declared.name) / "config.yaml",
+            OmegaConf.to_yaml(OmegaConf.masked_copy(staged, job_keys), resolve=True),
+        )
+    inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
+    ctx = StageContext(staged, exp, declared, record, inputs)
+    seed_everything(int(cfg.seed), workers=True)
+    log.info("running stage %s -> %s", declared.name, ctx.out)
+    metrics = importlib.import_module(f"wsss.stages.{declared.module}").run(ctx) or {}
+    if _rank() == 0:
+        exp.finish(declared.name, metrics, record if declared.artifact else None)
+    finish_wandb()
+    return metrics
