@@ -69,7 +69,8 @@ class LoadReport:
 
 
 def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
-    """The tensors of a weights file, unwrapped from Lightning (``state_dict``) or release (``model``) dicts."""
+    """The tensors of a weights file, unwrapped from Lightning (``state_dict``) or release (``model``,
+    DeepLab-V3+ ``model_state``) dicts."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -84,7 +85,7 @@ def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Save plain state dicts "
             "(tensors only)."
         ) from err
-    for wrapper in ("state_dict", "model", "model_state_dict"):
+    for wrapper in ("state_dict", "model", "model_state_dict", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
