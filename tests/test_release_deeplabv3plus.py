@@ -128,3 +128,24 @@ def test_param_groups_put_the_backbone_at_a_tenth(model: DeepLabV3Plus) -> None:
         ("classifier", 0.05, 1e-4),
     ]
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_one_sgd_step_moves_backbone_and_head_by_their_group_rates() -> None:
+    torch.manual_seed(1)
+    net = deeplabv3plus_resnet101().train()
+    x, y = torch.randn(2, 3, 65, 65), torch.randint(0, 21, (2, 65, 65))
+    F.cross_entropy(net(x), y, ignore_index=255).backward()
+    probes = {
+        "backbone": net.backbone.layer4[2].conv3.weight,
+        "classifier": net.classifier.classifier[3].weight,
+    }
+    before = {k: (p.detach().clone(), p.grad.clone()) for k, p in probes.items()}
+    torch.optim.SGD(net.param_groups(0.05, 0.0), lr=0.05).step()
+    for name, lr in (("backbone", 0.005), ("classifier", 0.05)):
+        weight, grad = before[name]
+        assert grad.abs().sum() > 0
+        assert torch.allclose(probes[name].detach(), weight - lr * grad, atol=1e-7)
+    with pytest.raises(
+        ValueError, match="Expected more than 1 value per channel"
+    ):  # as the release: batch >= 2
+        net(torch.randn(1, 3, 65, 65))
