@@ -6,8 +6,9 @@ Parameter and buffer names follow torchvision (``conv1``, ``bn1``, ``layer1.0.co
 
 Dilation follows DeepLab v2: a layer whose stride is removed uses the full rate in *every* block
 (output stride 8: layer3 rate 2, layer4 rate 4; output stride 16: layer4 rate 2). torchvision's
-``replace_stride_with_dilation`` instead keeps the previous rate in a layer's first block; the
-weights are the same either way.
+``replace_stride_with_dilation`` instead keeps the previous rate in a layer's first block
+(``dilate_first_block=False`` builds that variant, e.g. for DeepLab-V3+); the weights are the same
+either way, the outputs are not.
 
 ``caffe_style=True`` builds the MSRA/caffe variant that DeepLab's released (caffe-converted)
 weights were trained with: the stride of a downsampling block sits on its first 1x1 conv instead
@@ -128,6 +129,8 @@ class ResNetBackbone(nn.Module):
             modules other than a plain ReLU are inserted there.
         frozen_bn: use ``FrozenBatchNorm2d`` (fixed statistics and affine values) everywhere.
         caffe_style: stride on the first 1x1 conv of a block and a ceil-mode stem pool (DeepLab caffe).
+        dilate_first_block: a dilated layer's first block uses the layer's rate (DeepLab v2); false
+            keeps the previous layer's rate there (torchvision's ``replace_stride_with_dilation``).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class ResNetBackbone(nn.Module):
         activation: Callable[[str, int], nn.Module] | None = None,
         frozen_bn: bool = False,
         caffe_style: bool = False,
+        dilate_first_block: bool = True,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS:
@@ -161,8 +165,11 @@ class ResNetBackbone(nn.Module):
         in_channels = 64
         self.post = nn.ModuleDict()
         self.stage_channels: dict[str, int] = {}
+        previous_rate = 1
         for name, n_blocks, (width, stride, rate) in zip(STAGES, BLOCKS[depth], plan, strict=True):
-            blocks = [Bottleneck(in_channels, width, stride, rate, norm, caffe_style)]
+            first_rate = rate if dilate_first_block else previous_rate
+            previous_rate = rate
+            blocks = [Bottleneck(in_channels, width, stride, first_rate, norm, caffe_style)]
             in_channels = width * EXPANSION
             blocks += [
                 Bottleneck(in_channels, width, 1, rate, norm, caffe_style) for _ in range(n_blocks - 1)
@@ -186,10 +193,16 @@ class ResNetBackbone(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output of each of layer1 .. layer4 (after its ``post`` module), by layer name."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: dict[str, torch.Tensor] = {}
         for name in STAGES:
             x = getattr(self, name)(x)
             if name in self.post:
                 x = self.post[name](x)
-        return x
+            out[name] = x
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)["layer4"]

@@ -1,0 +1,152 @@
+"""DeepLab-V2 (ResNet-101 + ASPP) as the release's DeepLab-V2-PyTorch (kazuto1011's code base) computes it.
+
+The network itself is wsss's: ``ResNetBackbone(101, output_stride=8, caffe_style=True, frozen_bn=True)``
+with ``DeepLabHead(rates=(6, 12, 18, 24))`` computes the release's ``DeepLabV2`` function:
+
+- stem: 7x7/2 conv (pad 3, no bias), BN, ReLU, 3x3/2 max-pool with padding 1 and ``ceil_mode=True``;
+- bottleneck: 1x1 (the block's stride sits here), BN, ReLU; 3x3 (stride 1, padding = dilation), BN,
+  ReLU; 1x1, BN; plus the shortcut (1x1 conv with the block's stride + BN, first block of each layer
+  only, also in res2 where the stride is 1), then ReLU of the sum;
+- res4 (wsss ``layer3``) at stride 1 with dilation 2 and res5 (``layer4``) at stride 1 with dilation 4
+  in every block, the first included: output stride 8;
+- BN eps 1e-5, in eval mode throughout training (``freeze_bn``): ``FrozenBatchNorm2d`` is the same map;
+- ASPP: four 3x3 convs with bias (dilation = padding = 6, 12, 18, 24) from res5 to the classes, summed.
+
+Only two things are added here: the release's input convention (``CaffeInput``) and its multi-scale
+wrapper (``MultiScaleInputs``). Release files load with ``wsss.models.release_formats``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.constants import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+from wsss.models.deeplab import DeepLab
+from wsss.models.resnet import ResNetBackbone
+
+INPUT_FORMATS = ("caffe", "imagenet")
+RELEASE_RATES = (6, 12, 18, 24)
+RELEASE_SCALES = (0.5, 0.75)
+
+
+class CaffeInput(nn.Module):
+    """wsss's input (RGB, ``(x / 255 - mean) / std`` with ImageNet mean/std) -> the caffe input the
+    release's network takes (BGR, 0-255, minus (104.008, 116.669, 122.675), no std).
+
+    An exact per-channel affine map applied to the image itself (so zero padding inside the network
+    sees what it sees in the release); holds no state-dict entries.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        caffe_mean_rgb = torch.tensor(CAFFE_MEAN_BGR).flip(0)
+        self.register_buffer("scale", (255.0 * std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("offset", (255.0 * mean - caffe_mean_rgb).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"CaffeInput takes (B, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        return (x * self.scale.to(x.dtype) + self.offset.to(x.dtype)).flip(1)
+
+
+def input_adapter(input_format: str) -> nn.Module:
+    """The module in front of a network: ``caffe`` (``CaffeInput``) or ``imagenet`` (identity)."""
+    if input_format == "caffe":
+        return CaffeInput()
+    if input_format == "imagenet":
+        return nn.Identity()
+    raise ValueError(
+        f"input_format={input_format!r}; choose 'caffe' (caffe-trained weights such as the release's "
+        "DeepLab-V2 files) or 'imagenet' (wsss's RGB ImageNet-normalised input, unchanged)"
+    )
+
+
+class DeepLabV2(DeepLab):
+    """ResNet DeepLab-V2 (ASPP summed) at output stride 8 behind an input adapter: (B, 3, H, W) -> (B, C, h, w).
+
+    State-dict keys are ``DeepLab``'s (``backbone.*``, ``head.branches.{i}.fc8.*``); the adapter has none.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        depth: int = 101,
+        rates: Sequence[int] = RELEASE_RATES,
+        input_format: str = "caffe",
+        frozen_bn: bool = True,
+    ) -> None:
+        backbone = ResNetBackbone(depth, output_stride=8, frozen_bn=frozen_bn, caffe_style=True)
+        super().__init__(backbone, num_classes, [int(r) for r in rates], hidden=None, pool5=False)
+        self.input_format = input_format
+        self.input_adapter = input_adapter(input_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_adapter(x))
+
+
+class MultiScaleInputs(nn.Module):
+    """The release's multi-scale wrapper (``MSC``) around ``base``.
+
+    ``base`` runs on the input and on the input resized by each of ``scales`` (``F.interpolate`` with
+    ``scale_factor``, bilinear, ``align_corners=False``: the output size is ``floor(s * size)``, the
+    sampling grid uses ``s`` itself); the scaled logits are upsampled (bilinear, ``align_corners=False``)
+    to the full-scale logits' size and fused by element-wise max. Training returns
+    ``[full, scaled (at their own size)..., max]``; eval returns the max.
+    """
+
+    def __init__(self, base: nn.Module, scales: Sequence[float] = RELEASE_SCALES) -> None:
+        super().__init__()
+        if not scales or any(float(s) <= 0.0 for s in scales):
+            raise ValueError(
+                f"scales={list(scales)}: give one or more positive input scales, e.g. [0.5, 0.75]"
+            )
+        self.base = base
+        self.scales = [float(s) for s in scales]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        logits = self.base(x)
+        scaled = [
+            self.base(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False))
+            for s in self.scales
+        ]
+        size = logits.shape[-2:]
+        upsampled = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in scaled]
+        fused = torch.stack([logits, *upsampled]).max(dim=0).values
+        if self.training:
+            return [logits, *scaled, fused]
+        return fused
+
+    def classifier_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.base.classifier_parameters()
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """The base network's SGD groups (``DeepLab.param_groups``)."""
+        return self.base.param_groups(lr, weight_decay)
+
+
+def deeplabv2_resnet101(
+    num_classes: int = 21,
+    rates: Sequence[int] = RELEASE_RATES,
+    input_format: str = "caffe",
+    frozen_bn: bool = True,
+    msc_scales: Sequence[float] | None = RELEASE_SCALES,
+    weights: str | None = None,
+) -> nn.Module:
+    """The release's ``DeepLabV2_ResNet101_MSC`` (``MultiScaleInputs(DeepLabV2(...))``; no wrapper when
+    ``msc_scales`` is empty), with ``weights`` loaded when set: the release's trained checkpoint, its COCO
+    init or a wsss file (``wsss.models.release_formats.load_deeplabv2_weights``).
+    """
+    model: nn.Module = DeepLabV2(num_classes, 101, rates, input_format, frozen_bn)
+    if msc_scales:
+        model = MultiScaleInputs(model, msc_scales)
+    if weights:
+        from wsss.models.release_formats import load_deeplabv2_weights
+
+        load_deeplabv2_weights(model, weights)
+    return model
