@@ -106,6 +106,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return {}
     for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write; every rank has finished
         tmp.unlink(missing_ok=True)
+    missing = [i for i in dataset.ids if not (out / f"{i}.npz").is_file()]
+    if missing:
+        from wsss.errors import ConfigError
+
+        raise ConfigError(
+            f"{ctx.stage.name}: {len(missing)} of {len(dataset.ids)} images got no maps (e.g. {missing[0]}): "
+            f"trainer.limit_predict_batches={cfg.trainer.get('limit_predict_batches')} or "
+            f"fast_dev_run={cfg.trainer.get('fast_dev_run')} cut the run short (debug=limit / debug=fdr?). The maps "
+            "stage is not marked complete; rerun without them to finish it (written maps are kept)."
+        )
     metrics: dict[str, Any] = {"images": counts["images"], "skipped": counts["skipped"]}
     metrics |= evaluate(ctx, trainer.logger)
     log.info(

@@ -37,6 +37,8 @@ class StageContext:
     stage: Stage
     record: dict[str, Any]
     inputs: dict[str, Path] = field(default_factory=dict)
+    resuming: bool = False
+    """The folder holds an unfinished run of the same artifact: continue it (``last.ckpt``, kept files)."""
 
     @property
     def out(self) -> Path:
@@ -80,7 +82,7 @@ class Step:
     """One stage of the plan: what to do with it and why."""
 
     name: str
-    action: str  # "run" | "skip"
+    action: str  # "run" | "resume" | "skip"
     record: dict[str, Any]
     reason: str = ""
 
@@ -154,6 +156,8 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
         if recorded is not None and recorded["identity"] != expected["identity"] and not force:
             what = f"stage {name}:" if complete else f"stage {name}: the unfinished run in"
             raise ArtifactMismatchError(_mismatch(cfg, exp, name, expected, recorded, what))
+        if recorded is not None and not complete and not force and bool(cfg.get("resume", True)):
+            action, reason = "resume", "holds an unfinished run with the same settings"
         if complete and declared.artifact and recorded is not None and not force:
             if is_pipeline and cfg.pipeline.get("skip_complete", True):
                 action, reason = "skip", "already complete"
@@ -212,7 +216,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             _wait_for(exp, step.name)
             metrics = exp.metrics(step.name)
         else:
-            metrics = _run_one(cfg, exp, declared, step.record, force)
+            metrics = _run_one(cfg, exp, declared, step.record, force, resuming=step.action == "resume")
             barrier()  # other ranks continue only once rank 0 has marked the stage complete
             metrics = exp.metrics(step.name) or metrics
         results.update({f"{step.name}/{k}": v for k, v in (metrics or {}).items()})
@@ -239,8 +243,18 @@ def _run_one(
                 declared.name,
                 exp.root,
             )
-        elif folder.exists() and not _has_outputs(folder):
-            exp.clear(declared.name)  # a start that failed before writing anything
+        elif resuming:
+            log.warning(
+                "stage %s: resuming the unfinished run in %s (resume=false starts over)",
+                declared.name,
+                folder,
+            )
+        elif folder.exists():
+            if _has_outputs(folder):
+                log.warning(
+                    "stage %s: starting over in %s (removing its unfinished files)", declared.name, folder
+                )
+            exp.clear(declared.name)
         exp.begin(declared.name, record if declared.artifact else None)
         job_keys = [k for k in staged if k != "hydra"]  # the hydra node is Hydra's, not the job's
         write_text(
@@ -248,7 +262,7 @@ def _run_one(
             OmegaConf.to_yaml(OmegaConf.masked_copy(staged, job_keys), resolve=True),
         )
     inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
-    ctx = StageContext(staged, exp, declared, record, inputs)
+    ctx = StageContext(staged, exp, declared, record, inputs, resuming)
     seed_everything(int(cfg.seed), workers=True)
     log.info("running stage %s -> %s", declared.name, ctx.out)
     metrics = importlib.import_module(f"wsss.stages.{declared.module}").run(ctx) or {}
