@@ -63,14 +63,13 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
     node = cfg.get("logger")
     if not node:
         return None
-    target = str(node.get("_target_", ""))
-    extra: dict[str, Any] = {}
-    if target.endswith("WandbLogger"):
-        extra = {"config": OmegaConf.to_container(cfg, resolve=True), "notes": _overrides_text() or None}
-    save_dir = node.get("save_dir")
-    if save_dir:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return instantiate(node, **extra, _convert_="all")
+    spec = OmegaConf.to_container(node, resolve=True)
+    if str(spec.get("_target_", "")).endswith("WandbLogger"):
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        spec |= {"config": OmegaConf.to_container(job, resolve=True), "notes": _overrides_text() or None}
+    if spec.get("save_dir"):
+        Path(spec["save_dir"]).mkdir(parents=True, exist_ok=True)
+    return instantiate({**spec, "_recursive_": False})  # the run config it carries holds _target_ nodes
 
 
 def build_callbacks(

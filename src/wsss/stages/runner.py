@@ -224,7 +224,12 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_one(
-    cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any], force: bool
+    cfg: DictConfig,
+    exp: Experiment,
+    declared: Stage,
+    record: dict[str, Any],
+    force: bool,
+    resuming: bool = False,
 ) -> dict[str, Any]:
     import importlib
 

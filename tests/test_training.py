@@ -1,0 +1,64 @@
+"""Loggers and callbacks from their _target_ configs, atomic checkpoints, provenance in checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from conftest import compose_config
+from wsss.provenance import staged_config
+from wsss.training import AtomicCheckpointIO, build_callbacks, build_logger
+
+
+def _staged(tmp_path: Path, *overrides: str, stage: str = "cls"):
+    return staged_config(compose_config(["exp=group/e1", *overrides], runs=tmp_path / "runs"), stage)
+
+
+def test_loggers_come_from_their_config_and_name_the_stage(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb = build_logger(_staged(tmp_path, "logger=wandb", stage="maps_cls"), "maps_cls")
+    assert isinstance(wandb, WandbLogger)
+    init = wandb._wandb_init
+    assert (init["name"], init["job_type"], init["group"], init["mode"]) == (
+        "group/e1/maps_cls",
+        "maps_cls",
+        "group/e1",
+        "disabled",
+    )
+    assert init["config"]["drs"]["_target_"] == "wsss.drs.make_activation"  # the config, not networks
+    assert "hydra" not in init["config"]
+    csv = build_logger(_staged(tmp_path, "logger=csv"), "cls")
+    assert isinstance(csv, CSVLogger) and Path(csv.log_dir).parent == tmp_path / "runs/group/e1/logs/cls"
+    assert build_logger(_staged(tmp_path, "logger=none"), "cls") is None
+
+
+def test_callbacks_come_from_their_config_with_what_the_stage_knows(tmp_path: Path) -> None:
+    cfg = _staged(tmp_path, "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping")
+    found = build_callbacks(cfg, tmp_path / "cls", monitor="val/map_miou", mode="max", has_logger=True)
+    kinds = {type(c): c for c in found}
+    ckpt = kinds[ModelCheckpoint]
+    assert Path(ckpt.dirpath) == tmp_path / "cls" / "checkpoints" and ckpt.monitor == "val/map_miou"
+    assert kinds[EarlyStopping].monitor == "val/map_miou" and LearningRateMonitor in kinds
+    bare = build_callbacks(cfg, tmp_path, monitor=None, mode="max", has_logger=False, checkpoint=False)
+    assert bare == []  # no checkpoint, no monitor for early stopping, no logger for the lr monitor
+
+
+def test_a_checkpoint_that_fails_half_way_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "best.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert target.read_bytes() == before  # the previous checkpoint is intact
+    assert [p.name for p in target.parent.iterdir()] == ["best.ckpt"]  # no temporary file left
