@@ -42,9 +42,11 @@ from wsss.data.transforms import JITTER, build_transforms
 from wsss.data.voc import VOCDataset, check_mask, preview_ids
 from wsss.errors import MaskSizeError, MissingArtifactError
 from wsss.localization import resize_maps
+from wsss.stages.registry import STAGES
 
-KINDS = ("cls", "refine", "seg", "infer", "eval", "predict")
-"""What a stage needs from the data (``Stage.data`` in ``wsss.stages.registry``)."""
+KINDS = tuple(dict.fromkeys([s.data for s in STAGES.values() if s.data] + ["eval", "predict"]))
+"""What each stage needs from the data (``Stage.data`` in ``wsss.stages.registry``), plus whole-split
+loaders (``eval``, ``predict``: original-size images, batch 1) for tools and notebooks."""
 
 
 class StageDataset(Dataset):
