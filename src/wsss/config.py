@@ -13,12 +13,20 @@ from collections.abc import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.constants import DRS_LAYERS, DRS_MODES
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, UnknownKeyError, UnsupportedLaunchError
 
 OPTIMIZERS = ("sgd", "adam")
 MAP_SOURCES = ("cls", "refine")
 
-__all__ = ["ConfigError", "print_config", "register_resolvers", "run_id", "validate"]
+__all__ = [
+    "ConfigError",
+    "check_accelerator",
+    "check_added_keys",
+    "print_config",
+    "register_resolvers",
+    "run_id",
+    "validate",
+]
 
 
 def run_id() -> str:
@@ -49,6 +57,21 @@ def _number(cfg: DictConfig, key: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} is not a number") from None
+
+
+def _whole(cfg: DictConfig, key: str, minimum: int = 1, allow: tuple[int, ...] = ()) -> None:
+    """``key`` must be a whole number >= ``minimum`` (or one of ``allow``, e.g. -1 = no limit)."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be a whole number >= {minimum}")
+    if value < minimum and value not in allow:
+        extra = f" ({', '.join(map(str, allow))} = no limit)" if allow else ""
+        raise ConfigError(f"{key}={value} must be >= {minimum}{extra}: a run of no training makes no network")
+
+
+def _inside(child: str, parent: str) -> bool:
+    child_abs, parent_abs = os.path.abspath(child), os.path.abspath(parent)
+    return child_abs != parent_abs and os.path.commonpath([child_abs, parent_abs]) == parent_abs
 
 
 def validate(cfg: DictConfig) -> None:
@@ -82,6 +105,115 @@ def validate(cfg: DictConfig) -> None:
     parts = str(cfg.exp).replace("\\", "/").split("/")
     if ".." in parts or str(cfg.exp).startswith("/"):
         raise ConfigError(f"exp={cfg.exp!r} must be a folder name under paths.runs (no '..', not absolute)")
+    if not _inside(str(cfg.paths.exp_dir), str(cfg.paths.runs)):
+        raise ConfigError(
+            f"paths.exp_dir={cfg.paths.exp_dir} is not inside paths.runs={cfg.paths.runs}: wsss writes only "
+            "under paths.runs (and paths.data); choose the folder with exp=<name> and leave paths.exp_dir alone"
+        )
+    _whole(cfg, "cls.epochs")
+    _whole(cfg, "refine.epochs")
+    _whole(cfg, "seg.max_steps")
+    if OmegaConf.select(cfg, "trainer.max_epochs") is not None:
+        _whole(cfg, "trainer.max_epochs")
+    if OmegaConf.select(cfg, "trainer.max_steps") is not None:
+        _whole(cfg, "trainer.max_steps", allow=(-1,))
+
+
+RESUME_WORDS = ("ckpt_path", "ckpt", "resume_from_checkpoint", "checkpoint", "resume_from")
+"""Keys users try for resuming; wsss resumes by itself (``resume=true``)."""
+
+
+def _dotted_keys(node: object, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            out += [f"{prefix}{key}", *_dotted_keys(value, f"{prefix}{key}.")]
+        return out
+    return []
+
+
+def _is_group(key: str, config_dirs: Sequence[str]) -> bool:
+    from pathlib import Path
+
+    return "/" in key or any((Path(d) / key).is_dir() for d in config_dirs)
+
+
+def _passes_through(cfg: DictConfig, key: str) -> bool:
+    """Whether a new ``key`` lands in a node whose keys go straight to a constructor (which checks them):
+    ``trainer.*`` (Trainer arguments, checked by ``wsss.training.build_trainer``) or a ``_target_`` node."""
+    parts = key.split(".")
+    if parts[0] in ("trainer", "hydra"):
+        return True
+    for end in range(len(parts) - 1, 0, -1):
+        parent = OmegaConf.select(cfg, ".".join(parts[:end]), default=None, throw_on_missing=False)
+        if isinstance(parent, DictConfig) and "_target_" in parent:
+            return True
+    return False
+
+
+def check_added_keys(cfg: DictConfig, overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> None:
+    """Refuse ``+key=value`` overrides that add a key the config does not have (a typo such as
+    ``+cls.epoch=3`` would otherwise be silently ignored), naming the closest existing keys.
+
+    Hydra refuses ``+key`` on a key that exists, so every ``+key`` it accepted is new. Allowed: config
+    group choices (``+experiment=toy``), Hydra's own keys, keys under ``trainer`` and ``_target_`` nodes
+    (their constructor checks them), and ``++key=value`` (adding a key on purpose).
+    """
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    added = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.is_add()]
+    added = [o for o in added if not _is_group(o.key_or_group, config_dirs)]
+    added = [o for o in added if not _passes_through(cfg, o.key_or_group)]
+    if not added:
+        return
+    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False)
+    new = {o.key_or_group for o in added}
+    known = [k for k in _dotted_keys(job) if k not in new]
+    lines = []
+    for o in added:
+        key = o.key_or_group
+        if key.split(".")[-1] in RESUME_WORDS:
+            hint = (
+                "wsss resumes by itself: a stage folder holding an unfinished run with the same settings "
+                "continues from its checkpoints/last.ckpt; resume=false starts it over"
+            )
+        else:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+            hint = f"did you mean {' or '.join(close)}?" if close else "no similar key exists"
+        lines.append(f"  {o.input_line}: the config has no key {key!r}; {hint}")
+    raise UnknownKeyError(
+        "unknown key(s) added with '+' (a typo is otherwise silently ignored):\n"
+        + "\n".join(lines)
+        + "\nSet an existing key without '+' (key=value); add a new key on purpose with ++key=value."
+    )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU accelerator needs a usable CUDA GPU here (checked before any work; imports torch only then)."""
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    fix = (
+        "Run on the CPU with trainer=cpu (one process) or trainer=ddp_sim (DDP with CPU processes), or "
+        "install the GPU build on a GPU machine (make install picks requirements/gpu.lock there)"
+    )
+    if available == 0:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UnsupportedLaunchError(
+            f"trainer.accelerator={accelerator} (trainer=gpu / trainer=ddp) but this machine has no usable "
+            f"CUDA GPU (torch {torch.__version__}, {build}). {fix}"
+        )
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > available:
+        raise UnsupportedLaunchError(
+            f"trainer.devices={devices} but this machine has {available} CUDA GPU(s); set "
+            f"trainer.devices={available} (or fewer)"
+        )
 
 
 def _is_rank_zero() -> bool:

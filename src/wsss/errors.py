@@ -91,3 +91,16 @@ class CorruptImageError(DatasetLayoutError):
 
 class MissingLabelsError(DatasetLayoutError):
     """Image-level labels were asked for an image that has neither a mask nor a labels-file entry."""
+
+
+class UnknownKeyError(ConfigError):
+    """A ``+key=value`` override (or a Trainer argument) naming a key wsss does not have: usually a typo."""
+
+
+class TrainingError(WsssError, RuntimeError):
+    """Training ended without a network a later stage can use (no checkpoint kept)."""
+
+
+class DivergedTrainingError(TrainingError):
+    """The loss or the weights became NaN or infinite."""
+

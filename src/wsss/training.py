@@ -2,12 +2,17 @@
 
 Loggers and callbacks are ``_target_`` nodes (``conf/logger``, ``conf/callbacks``) built with
 ``hydra.utils.instantiate``; the stage supplies what only it knows (the checkpoint folder, the metric
-to select on). Checkpoints are written atomically and carry the stage's provenance record.
+to select on). Checkpoints are written atomically, carry the stage's provenance record, and are never
+written with non-finite weights; a non-finite loss stops training (``StopOnNonFiniteLoss``). A stage
+resumed by the runner continues from its ``last.ckpt`` (``resume_checkpoint``) and its W&B run.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +21,115 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from wsss.artifacts import atomic_path
+from wsss.artifacts import Experiment, atomic_path, write_text
 from wsss.ddp.sync import ReleaseSpawnedProcessGroup
+from wsss.errors import CorruptArtifactError, DivergedTrainingError, TrainingError, UnknownKeyError
 
 log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+WANDB_ID = "wandb_run_id"
+"""File in a stage folder holding its W&B run id, so a resumed stage continues the same run."""
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or infinite values."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _lr_key(stage: str) -> str:
+    return f"{stage}.lr" if stage in ("cls", "refine", "seg") else "the learning rate"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written under a temporary name and renamed: a crash or a full disk never leaves a
-    half-written ``.ckpt`` behind."""
+    half-written ``.ckpt`` behind. A checkpoint whose weights hold NaN or inf is refused (not written)."""
+
+    def __init__(self, stage: str = "this stage") -> None:
+        super().__init__()
+        self.stage = stage
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict") or {})
+        if bad:
+            raise DivergedTrainingError(
+                f"stage {self.stage}: training diverged: the weights hold NaN or infinite values "
+                f"({len(bad)} tensors, e.g. {bad[0]}) at step {checkpoint.get('global_step')}; refusing to "
+                f"write {path}. {_last_good(Path(path).parent)} Lower {_lr_key(self.stage)} (or check the "
+                "data), then start the stage again with force=true."
+            )
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+def _checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(epoch, global step) stored in a Lightning checkpoint, or None when it cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
+    except Exception:  # noqa: BLE001 - only used to describe the file in a message
+        return None
+
+
+def _last_good(folder: Path) -> str:
+    last = Path(folder) / LAST
+    if not last.is_file():
+        return "No checkpoint was saved before that."
+    where = _checkpoint_position(last)
+    at = f" (epoch {where[0]}, step {where[1]})" if where else ""
+    return f"The last checkpoint saved before that is {last}{at}; the stage is not marked complete."
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training with ``DivergedTrainingError`` at the first NaN or infinite training loss (before
+    its backward pass, so the weights stay those of the last good step) or validation loss (before the
+    epoch's checkpoint is saved: Lightning runs checkpoint callbacks last).
+
+    Under DDP the ranks agree first (one tiny all-reduce per step), so they stop together."""
+
+    def __init__(self, stage: str, checkpoint_dir: str | Path) -> None:
+        self.stage = stage
+        self.checkpoint_dir = Path(checkpoint_dir)
+
+    def _stop(self, trainer: pl.Trainer, what: str, value: float) -> None:
+        raise DivergedTrainingError(
+            f"stage {self.stage}: training diverged: the {what} is {value} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}). {_last_good(self.checkpoint_dir)} Lower "
+            f"{_lr_key(self.stage)} (or check the data), then start the stage again with force=true."
+        )
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self._stop(
+                trainer, "training loss", float(loss.detach().float().mean()) if loss.numel() else math.nan
+            )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for key, value in trainer.callback_metrics.items():  # already reduced over ranks
+            if (
+                key.endswith("loss")
+                and isinstance(value, torch.Tensor)
+                and not bool(torch.isfinite(value).all())
+            ):
+                self._stop(trainer, key, float(value))
 
 
 class RecordProvenance(Callback):
@@ -67,9 +161,29 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
     if str(spec.get("_target_", "")).endswith("WandbLogger"):
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         spec |= {"config": OmegaConf.to_container(job, resolve=True), "notes": _overrides_text() or None}
+        if not spec.get("id"):
+            spec["id"] = wandb_run_id(cfg, stage)
     if spec.get("save_dir"):
         Path(spec["save_dir"]).mkdir(parents=True, exist_ok=True)
     return instantiate({**spec, "_recursive_": False})  # the run config it carries holds _target_ nodes
+
+
+def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
+    """The W&B run id of a stage: read from ``<stage folder>/wandb_run_id`` when the folder holds one (a
+    resumed run continues the same W&B run), else a new id, stored there by rank 0."""
+    from wsss.stages.registry import STAGES
+
+    if stage not in STAGES:
+        return None
+    path = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs).stage_dir(stage) / WANDB_ID
+    if path.is_file() and path.read_text().strip():
+        run_id = path.read_text().strip()
+        log.info("stage %s: continuing W&B run %s", stage, run_id)
+        return run_id
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        write_text(path, run_id + "\n")
+    return run_id
 
 
 def build_callbacks(
@@ -116,6 +230,7 @@ def build_trainer(
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    check_trainer_arguments(list(kwargs))
     for key, value in overrides.items():
         kwargs.setdefault(key, value)
     if logger is True:
@@ -123,7 +238,11 @@ def build_trainer(
     all_callbacks = build_callbacks(
         cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint
     )
-    all_callbacks += [*(callbacks or []), ReleaseSpawnedProcessGroup()]
+    all_callbacks += [
+        *(callbacks or []),
+        ReleaseSpawnedProcessGroup(),
+        StopOnNonFiniteLoss(stage, out_dir / "checkpoints"),
+    ]
     if record is not None:
         all_callbacks.append(RecordProvenance(record))
     return pl.Trainer(
@@ -131,9 +250,82 @@ def build_trainer(
         logger=logger or False,
         callbacks=all_callbacks,
         enable_checkpointing=checkpoint,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(stage)],
         **kwargs,
     )
+
+
+def check_trainer_arguments(names: list[str]) -> None:
+    """Every ``trainer.*`` key must be a ``lightning.pytorch.Trainer`` argument (a typo is named)."""
+    import difflib
+
+    accepted = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    unknown = [n for n in names if n not in accepted]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, accepted, n=2, cutoff=0.7)
+            hints.append(
+                f"trainer.{name}"
+                + (f" (did you mean {' or '.join('trainer.' + c for c in close)}?)" if close else "")
+            )
+        raise UnknownKeyError(
+            f"{', '.join(hints)}: not an argument of lightning.pytorch.Trainer; the trainer node passes its keys "
+            "to the Trainer unchanged (see conf/trainer/default.yaml for the usual ones)"
+        )
+
+
+def resume_checkpoint(out_dir: str | Path, resuming: bool, stage: str) -> str | None:
+    """``ckpt_path`` for ``trainer.fit``: the stage's ``checkpoints/last.ckpt`` when the runner resumes an
+    unfinished run (``StageContext.resuming``) and the file is there, else None (train from the start).
+
+    The file is read first: a damaged one is named with the fix, and the epoch and step it continues
+    from are logged."""
+    if not resuming:
+        return None
+    path = Path(out_dir) / "checkpoints" / LAST
+    if not path.is_file():
+        log.warning(
+            "stage %s: resuming, but %s does not exist: training starts from the beginning", stage, path
+        )
+        return None
+    fix = "delete it to train from the beginning, or start the stage over with resume=false"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, pickle error, ...
+        raise CorruptArtifactError(f"{path}: cannot resume from it ({type(err).__name__}); {fix}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        raise CorruptArtifactError(f"{path}: not a full Lightning checkpoint to resume from; {fix}")
+    bad = non_finite_tensors(ckpt["state_dict"])
+    if bad:
+        raise DivergedTrainingError(f"{path}: its weights hold NaN or infinite values ({bad[0]}, ...); {fix}")
+    log.warning(
+        "stage %s: resuming training from %s: continues after step %s (epoch %s); resume=false starts over",
+        stage,
+        path,
+        ckpt.get("global_step"),
+        ckpt.get("epoch"),
+    )
+    return str(path)
+
+
+def require_checkpoint(trainer: pl.Trainer, out_dir: str | Path, stage: str) -> Path:
+    """The stage's ``checkpoints/best.ckpt`` after ``fit``; a run that kept none (or a debug run of one
+    batch, ``trainer.fast_dev_run``) is refused, so the runner does not mark the stage complete."""
+    path = Path(out_dir) / "checkpoints" / BEST
+    if trainer.fast_dev_run:
+        raise TrainingError(
+            f"stage {stage}: trainer.fast_dev_run (debug=fdr) ran one batch of each loop: the wiring works. "
+            "Such a run makes no usable network, so the stage is not marked complete; run without debug=fdr "
+            "(debug=limit makes a short real run)"
+        )
+    if trainer.is_global_zero and not path.is_file():
+        raise TrainingError(
+            f"stage {stage}: training ran {trainer.global_step} steps and kept no {path} "
+            f"(trainer.limit_train_batches={trainer.limit_train_batches}, callbacks.model_checkpoint="
+            f"{'on' if trainer.checkpoint_callback else 'off'}); the stage is not marked complete"
+        )
+    return path
 
 
 def log_metrics(logger: Logger | None, metrics: dict[str, Any], prefix: str, step: int | None = None) -> None:

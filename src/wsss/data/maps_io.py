@@ -9,6 +9,7 @@ which can be negative or above 1) are stored as float.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +41,57 @@ def save_maps(
     save_npz(path, classes=classes, maps=stored)
 
 
-def load_maps(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return (classes, maps) with maps as float32 (uint8 files divided by 255)."""
+def _fix(path: str | Path) -> str:
+    return (
+        f"remove it (and {Path(path).parent}/.complete if present), then rerun the maps stage: it resumes and "
+        "makes only the missing files"
+    )
+
+
+def load_maps(path: str | Path, num_classes: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Return (classes, maps) with maps as float32 (uint8 files divided by 255).
+
+    The file is checked on read: it must decode, hold ``classes`` (distinct ids 0..num_classes-1) and
+    ``maps`` (K, H, W) of a stored dtype with finite values; anything else is a ``CorruptArtifactError``
+    naming the file and the fix.
+    """
+    read = _read(path, num_classes)
+    if isinstance(read, str):
+        raise CorruptArtifactError(
+            f"{path}: {read}; remove it (and {Path(path).parent}/.complete if present), then rerun the maps "
+            "stage: it resumes and makes only the missing files"
+        )
+    classes, maps = read
+    maps = maps.astype(np.float32) / 255.0 if maps.dtype == np.uint8 else maps.astype(np.float32)
+    return classes.astype(np.int64), maps
+
+
+def maps_file_problem(path: str | Path, num_classes: int = 20) -> str | None:
+    """Why an existing maps file cannot be kept (a resumed run remakes it), or None when it is sound."""
+    read = _read(path, num_classes)
+    return read if isinstance(read, str) else None
+
+
+def _read(path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """The stored arrays, or what is wrong with the file."""
     try:
         with np.load(path) as data:
-            classes = data["classes"].astype(np.int64)
+            classes = data["classes"]
             maps = data["maps"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise CorruptArtifactError(
-            f"{path}: not a readable maps file ({type(err).__name__}: {err}); delete it and rerun the maps stage "
-            "(finished files are kept, only the missing ones are made)"
-        ) from err
-    if maps.ndim != 3 or maps.shape[0] != classes.size:
-        raise CorruptArtifactError(
-            f"{path}: maps of shape {maps.shape} for {classes.size} classes; delete it and rerun the maps stage"
-        )
-    maps = maps.astype(np.float32) / 255.0 if maps.dtype == np.uint8 else maps.astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        return f"not a readable maps file ({type(err).__name__}: {err})"
+    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer):
+        return f"classes must be a 1-d integer array, got {classes.dtype} {classes.shape}"
+    if maps.ndim != 3 or maps.shape[0] != classes.size or min(maps.shape[1:], default=0) < 1:
+        return f"maps of shape {maps.shape} for {classes.size} classes (expected (K={classes.size}, H, W))"
+    if maps.dtype.name not in MAP_DTYPES:
+        return f"maps stored as {maps.dtype}; wsss writes {', '.join(MAP_DTYPES)}"
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+        return f"class ids {classes.tolist()} outside 0..{num_classes - 1}"
+    if np.unique(classes).size != classes.size:
+        return f"class ids {classes.tolist()} repeat"
+    if maps.dtype != np.uint8 and not np.isfinite(maps).all():
+        return "maps hold NaN or infinite values (the network that made them diverged?)"
     return classes, maps
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "NUM_CLASSES",
     "VOCDataset",
     "check_mask",
+    "index_png_problem",
     "label_from_mask",
+    "pending_labels",
     "read_index_png",
     "read_labels_file",
     "read_saliency",
@@ -145,6 +147,35 @@ def check_mask(mask: np.ndarray, path: Path, image_size: tuple[int, int] | None)
             "convert it to class ids with the VOC palette"
         )
     return mask
+
+
+def index_png_problem(path: str | Path, image_size: tuple[int, int]) -> str | None:
+    """Why a written class-id PNG (pseudo label, prediction) cannot be kept, or None when it can: it must
+    decode, be an index PNG of ``image_size`` (H, W) and hold only 0..20 and 255."""
+    try:
+        check_mask(read_index_png(path), Path(path), image_size)
+    except DatasetLayoutError as err:
+        return str(err)
+    return None
+
+
+def pending_labels(folder: str | Path, dataset: VOCDataset, overwrite: bool = False) -> list[int]:
+    """Indices of ``dataset`` whose ``<folder>/<id>.png`` is missing or cannot be kept (checked with
+    ``index_png_problem`` against the image's size: a damaged file is made again, with a warning)."""
+    import logging
+
+    folder = Path(folder)
+    todo = []
+    for k, image_id in enumerate(dataset.ids):
+        path = folder / f"{image_id}.png"
+        if overwrite or not path.is_file():
+            todo.append(k)
+            continue
+        problem = index_png_problem(path, dataset.image_size(k))
+        if problem:
+            logging.getLogger(__name__).warning("%s; making it again", problem)
+            todo.append(k)
+    return todo
 
 
 def read_saliency(path: str | Path) -> np.ndarray:
@@ -340,7 +371,7 @@ class VOCDataset:
                 "data.labels_file=<file of '<id> <0-based class ids>' lines> (e.g. the authors' "
                 "train_aug list), or build SegmentationClassAug with python -m wsss.data.sbd"
             )
-        return label_from_mask(read_index_png(path))
+        return label_from_mask(check_mask(read_index_png(path), path, self.image_size(i)))
 
     def labels(self, threads: int = 4) -> np.ndarray:
         """All labels as float32 (N, 20): derived once (in threads), then kept in memory and ``cache_dir``."""

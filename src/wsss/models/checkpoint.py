@@ -62,6 +62,19 @@ def network_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[
 def load_network(path: str | Path) -> nn.Module:
     """The network of a stage checkpoint, rebuilt from its own spec, with its weights, in eval mode."""
     ckpt = read_checkpoint(path)
+    state = network_state(ckpt, path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CorruptArtifactError(
+            f"{path}: the network's weights hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]}): "
+            "its training diverged. Remake that stage with a lower learning rate and force=true"
+        )
     net = build(network_spec(ckpt, path))
-    net.load_state_dict(network_state(ckpt, path))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:  # missing/unexpected keys, shape mismatch
+        raise CorruptArtifactError(
+            f"{path}: its weights do not fit the network it records ({str(err).splitlines()[0]}); "
+            "rerun the stage that wrote it with force=true"
+        ) from err
     return net.eval()

@@ -78,7 +78,7 @@ def _value(metrics: dict[str, Any], key: str) -> float:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.data.datamodule import WSSSDataModule
-    from wsss.training import build_trainer
+    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg = ctx.cfg
     compute_miou, select = map_miou_settings(cfg.cls)
@@ -88,7 +88,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     trainer = build_trainer(
         cfg, "cls", ctx.out, monitor=monitor, mode="max", record=ctx.record, max_epochs=int(cfg.cls.epochs)
     )
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(ctx.out, ctx.resuming, "cls"))
+    require_checkpoint(trainer, ctx.out, "cls")
     logged = trainer.callback_metrics
     metrics: dict[str, Any] = {
         "accuracy": _value(logged, "val/accuracy"),

@@ -8,6 +8,7 @@ run resumes where it stopped. ``write_maps`` ties both together and shards the w
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,9 +23,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from wsss.data.maps_io import MAP_DTYPES, QUANTIZE, save_maps
+from wsss.data.maps_io import MAP_DTYPES, QUANTIZE, maps_file_problem, save_maps
 from wsss.ddp.sync import ShardSampler, barrier
 from wsss.localization import PAPER_MATHS, MapMaths, present_class_maps
+
+log = logging.getLogger(__name__)
 
 MAP_SIZES = ("input", "original")
 """Maps are made at the network input's size (after any squash) or at the original image size."""
@@ -159,9 +162,18 @@ class MapWriter(BasePredictionWriter):
 
 
 def pending_indices(ids: Sequence[str], out_dir: str | Path, overwrite: bool = False) -> list[int]:
-    """Dataset indices whose ``<id>.npz`` is missing from ``out_dir`` (all of them with ``overwrite``)."""
+    """Dataset indices whose ``<id>.npz`` is missing from ``out_dir`` or cannot be read back (a damaged
+    file is made again, with a warning); all of them with ``overwrite``."""
     out_dir = Path(out_dir)
-    return [i for i, image_id in enumerate(ids) if overwrite or not (out_dir / f"{image_id}.npz").is_file()]
+    todo = []
+    for i, image_id in enumerate(ids):
+        path = out_dir / f"{image_id}.npz"
+        problem = None if overwrite or not path.is_file() else maps_file_problem(path)
+        if problem:
+            log.warning("%s: %s; making it again", path, problem)
+        if overwrite or problem or not path.is_file():
+            todo.append(i)
+    return todo
 
 
 def write_maps(

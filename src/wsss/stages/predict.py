@@ -18,6 +18,7 @@ from typing import Any
 
 from wsss.artifacts import atomic_path
 from wsss.data.palette import read_index_png, save_mask
+from wsss.data.voc import pending_labels
 from wsss.errors import MissingArtifactError
 from wsss.inference import segment_images
 from wsss.metrics import ConfusionMatrix
@@ -58,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for tmp in folder.glob(".tmp-*"):  # left by a run killed mid-write
         tmp.unlink(missing_ok=True)
     overwrite = bool(pcfg.overwrite)
-    todo = [k for k, i in enumerate(ids) if overwrite or not (folder / f"{i}.png").is_file()]
+    todo = pending_labels(folder, dataset, overwrite)  # kept PNGs are checked: a damaged one is made again
     log.info("predict on %s: %d images to write, %d already written", split, len(todo), len(ids) - len(todo))
     for index, label in segment_images(model, dataset, todo, **settings):
         save_mask(folder / f"{ids[index]}.png", label)

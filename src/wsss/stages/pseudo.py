@@ -22,6 +22,7 @@ from wsss.artifacts import atomic_path
 from wsss.constants import IGNORE_INDEX
 from wsss.crf import CRFParams, crf_map, require_pydensecrf
 from wsss.data.palette import colorize, read_index_png
+from wsss.data.voc import pending_labels
 from wsss.errors import MaskSizeError, MissingArtifactError, MissingSaliencyError
 from wsss.hints import command
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
@@ -167,7 +168,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write
         tmp.unlink(missing_ok=True)
     overwrite = bool(pcfg.overwrite)
-    todo = [k for k, i in enumerate(ids) if overwrite or not (out / f"{i}.png").is_file()]
+    todo = pending_labels(out, dataset, overwrite)  # kept labels are checked: a damaged one is made again
     log.info(
         "pseudo labels (%s rule, background=%s, crf=%s): %d to write, %d already written, %d workers",
         rule.rule,

@@ -22,7 +22,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.models.networks import build, refiner_spec
     from wsss.models.weights import init_score_network
     from wsss.tasks.refinement import RefinerTask
-    from wsss.training import build_trainer
+    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg, rcfg = ctx.cfg, ctx.cfg.refine
     spec = refiner_spec(cfg)
@@ -46,7 +46,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     trainer = build_trainer(
         cfg, "refine", ctx.out, monitor=None, record=ctx.record, max_epochs=int(rcfg.epochs)
     )
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(ctx.out, ctx.resuming, "refine"))
+    require_checkpoint(trainer, ctx.out, "refine")
     loss = trainer.callback_metrics.get("train/loss_epoch")
     metrics: dict[str, Any] = {
         "loss": float(loss) if loss is not None else math.nan,

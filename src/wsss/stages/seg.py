@@ -89,7 +89,7 @@ def build_task(cfg: DictConfig) -> Any:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.training import build_trainer
+    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg, out = ctx.cfg, ctx.out
     scfg = cfg.seg
@@ -115,7 +115,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         accumulate_grad_batches=int(scfg.accumulate),
         **validation,
     )
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(out, ctx.resuming, STAGE))
+    require_checkpoint(trainer, out, STAGE)
     if task.last_val_step != trainer.global_step and trainer.limit_val_batches != 0:
         trainer.validate(task, datamodule=datamodule, verbose=False)  # the final network's val mIoU
     values = trainer.callback_metrics
