@@ -8,6 +8,8 @@ STAMP := $(VENV)/.wsss-installed
 # No NVIDIA GPU -> pin the CPU wheel of torch (an unpinned torch resolves to a multi-GB CUDA build).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PIP_PIN := $(if $(HAS_GPU),,-c constraints-cpu.txt)
+# Exact versions proven together (pyproject.toml keeps the ranges); `make lock` refreshes both files.
+LOCK := requirements/$(if $(HAS_GPU),gpu,cpu).lock
 ENV := WANDB_MODE=$${WANDB_MODE:-offline} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 TEST_ENV := WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1
 
@@ -16,7 +18,7 @@ sweep ?=
 exp ?=
 args ?=
 
-.PHONY: default help install test test-all demo bench lint report clean
+.PHONY: default help install lock test test-all demo bench lint report clean
 
 default:
 ifneq ($(stage),)
@@ -37,14 +39,18 @@ help: ## Show this help
 	@echo
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install wsss with dev + crf extras (CPU torch when no GPU)
+install: $(STAMP) ## Create .venv and install the locked versions (requirements/cpu.lock, gpu.lock with a GPU) + wsss
 
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(if $(HAS_GPU),,$(PY) -m pip install -q -c constraints-cpu.txt "torch==$$(sed -n 's/^torch==//p' constraints-cpu.txt)")
-	$(PY) -m pip install -q $(PIP_PIN) -e ".[dev,crf]"
+	$(PY) -m pip install -q $(PIP_PIN) -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+lock: ## Re-resolve pyproject.toml's ranges into requirements/{cpu,gpu}.lock (a scratch venv; ~2 min)
+	bash requirements/lock.sh
 
 test: install ## Run the test suite (every stage end to end at tiny scale; not the slow-marked tests)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
