@@ -149,9 +149,16 @@ class Experiment:
         return folder
 
     def finish(self, stage: str, metrics: dict[str, Any], record: dict[str, Any] | None = None) -> Path:
-        """Write ``metrics.json`` (and the record), then the ``.complete`` marker (always last)."""
+        """Write ``metrics.json`` (and the record), then the ``.complete`` marker (always last).
+
+        Non-finite values are written as null and listed under ``non_finite`` (JSON has no NaN)."""
         folder = self.stage_dir(stage)
-        write_json(folder / METRICS, metrics)
+        non_finite = sorted(
+            k
+            for k, v in metrics.items()
+            if isinstance(v, float | np.floating) and not math.isfinite(float(v))
+        )
+        write_json(folder / METRICS, {**metrics, "non_finite": non_finite} if non_finite else metrics)
         if record is not None:
             write_json(folder / RECORD, record)
         write_text(folder / COMPLETE, "")
