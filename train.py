@@ -43,17 +43,11 @@ class MetricNotFoundError(WsssError, KeyError):
 
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
-    from wsss.config import check_accelerator, print_config, validate
     from wsss.ddp import prepare_job
     from wsss.stages.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
-    validate(cfg)
-    _check_added_keys(cfg)
-    check_accelerator(cfg)
-    if cfg.get("print_config"):
-        print_config(cfg)
-    _check_plan_and_data(cfg)
+    preflight(cfg)
     try:
         metrics = run_stages(cfg)
         _record_job(cfg, metrics)
@@ -66,6 +60,19 @@ def task(cfg: DictConfig) -> dict[str, Any]:
             finish_wandb()
             end_job()
         log.info("experiment folder: %s", cfg.paths.exp_dir)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Everything checked before any work: values, ``+key`` typos, the accelerator, the plan of stages,
+    then (cached) every data split the stages that will run read."""
+    from wsss.config import check_accelerator, print_config, validate
+
+    validate(cfg)
+    _check_added_keys(cfg)
+    check_accelerator(cfg)
+    if cfg.get("print_config"):
+        print_config(cfg)
+    _check_plan_and_data(cfg)
 
 
 def _check_added_keys(cfg: DictConfig) -> None:

@@ -51,13 +51,18 @@ def compose_config(overrides: list[str], runs: Path | None = None):
     return cfg
 
 
-def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600):
-    """Run train.py in a subprocess; returns the CompletedProcess (stdout and stderr merged)."""
+def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600, tracebacks: bool = True):
+    """Run train.py in a subprocess; returns the CompletedProcess (stdout and stderr merged).
+
+    ``tracebacks=False`` runs it as a user would (no HYDRA_FULL_ERROR): user errors print one block."""
     import subprocess
     import sys
 
     env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "1"}
     env.pop("WSSS_RUN_ID", None)
+    env.pop("WSSS_TRACEBACKS", None)
+    if not tracebacks:
+        env.pop("HYDRA_FULL_ERROR")
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,
@@ -167,3 +172,38 @@ def finish_as_made(cfg, name: str, metrics: dict | None = None) -> None:
     record = expected_record(cfg, name)
     exp.begin(name, record)
     exp.finish(name, metrics or {}, record)
+
+
+TINY_TOY = [
+    "experiment=toy",
+    "data.toy.num_train=8",
+    "data.toy.num_val=2",
+    "data.toy.num_test=1",
+    "data.toy.size=48",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
+"""The toy recipe at the smallest size that runs every stage (seconds per stage)."""
+
+
+def copy_voc_sample(shared_data: Path, dest: Path, train: int = 3, val: int = 2) -> Path:
+    """A tiny VOC copy: the first ``train`` ids of voc_sample's train list (also as train_aug) and the
+    first ``val`` of val, with images, SegmentationClassAug masks and saliency maps; returns the VOC2012
+    folder (``dest`` is the ``data.root``; saliency in ``<VOC2012>/saliency``)."""
+    import shutil
+
+    src = shared_data / "voc_sample" / "VOCdevkit" / "VOC2012"
+    voc = dest / "VOCdevkit" / "VOC2012"
+    lists = {}
+    for split, n in (("train", train), ("val", val)):
+        lists[split] = (src / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[:n]
+    lists["train_aug"] = lists["train"]
+    for folder in ("JPEGImages", "SegmentationClassAug", "saliency", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    for image_id in lists["train"] + lists["val"]:
+        shutil.copy(src / "JPEGImages" / f"{image_id}.jpg", voc / "JPEGImages")
+        shutil.copy(src / "SegmentationClassAug" / f"{image_id}.png", voc / "SegmentationClassAug")
+        shutil.copy(src / "saliency_isnet_imgly" / f"{image_id}.png", voc / "saliency")
+    for split, ids in lists.items():
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return voc

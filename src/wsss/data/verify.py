@@ -155,6 +155,19 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
     from wsss.artifacts import write_json
     from wsss.data.toy import ensure_toy
 
+    stage_names = list(stage_names)
+    if (
+        "pseudo" in stage_names
+        and str(cfg.pseudo.background) == "saliency"
+        and not cfg.data.get("saliency_dir")
+    ):
+        from wsss.errors import MissingSaliencyError
+
+        raise MissingSaliencyError(
+            "stage pseudo with pseudo.background=saliency needs saliency maps but data.saliency_dir is not set: "
+            "point data.saliency_dir=<folder> at one grayscale PNG per image (same name as the JPEG), or make "
+            "labels without saliency with pseudo.background=fallback"
+        )
     checks = splits_read(cfg, stage_names)
     if not checks:
         return []
