@@ -80,3 +80,24 @@ def test_run_ids_are_unique_within_one_second(monkeypatch: pytest.MonkeyPatch) -
         ids.add(run_id())
     assert len(ids) == 50
     assert run_id() == run_id()  # stable within a process (DDP ranks inherit it)
+
+
+def test_a_figure_that_fails_half_way_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every figure (Figure 1, pseudo labels, segmentation, cls validation) is written by save_grid."""
+    import numpy as np
+    from PIL import Image
+
+    from wsss.figures import save_grid
+
+    target = tmp_path / "figures" / "figure1.png"
+    save_grid([[np.zeros((4, 4, 3), np.uint8)]], target)
+    before = target.read_bytes()
+
+    def disk_full(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_grid([[np.full((4, 4, 3), 255, np.uint8)]], target)
+    assert target.read_bytes() == before and [p.name for p in target.parent.iterdir()] == ["figure1.png"]

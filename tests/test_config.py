@@ -118,3 +118,61 @@ def test_protocol_release_switches_every_protocol_value(tmp_path: Path) -> None:
     assert (paper.maps.cls.quantize, release.maps.cls.quantize) == ("round", "truncate")
     assert (paper.pseudo.rule, release.pseudo.rule) == ("paper", "release")
     assert release.refine.epochs == 80  # the recipe (experiment=toy) still sets what it sets
+
+
+def _added(tmp_path: Path, *overrides: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from wsss.config import check_added_keys
+
+    cfg = compose_config(list(overrides), runs=tmp_path)
+    check_added_keys(cfg, list(HydraConfig.get().overrides.task), [str(REPO / "conf")])
+
+
+def test_a_plus_override_of_a_key_wsss_does_not_have_is_refused(tmp_path: Path) -> None:
+    """Finding 5: ``+cls.epoch=3`` (a typo) and ``+ckpt_path=last`` were silently ignored."""
+    from wsss.errors import UnknownKeyError
+
+    with pytest.raises(
+        UnknownKeyError,
+        match=r"\+cls\.epoch=3: the config has no key 'cls\.epoch'; did you mean cls\.epochs\?",
+    ):
+        _added(tmp_path, "+cls.epoch=3")
+    with pytest.raises(UnknownKeyError, match=r"\+ckpt_path=last: .*wsss resumes by itself.*resume=false"):
+        _added(tmp_path, "+ckpt_path=last")
+    # on purpose: ++ adds a key; Trainer arguments and constructor arguments are checked by their receiver
+    _added(tmp_path, "++cls.epoch=3")
+    _added(tmp_path, "+trainer.detect_anomaly=true")
+    _added(tmp_path, "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping")
+    _added(tmp_path, "+backbone.extra_arg=1")
+
+
+def test_trainer_arguments_are_checked_against_the_trainer(tmp_path: Path) -> None:
+    from wsss.errors import UnknownKeyError
+    from wsss.training import check_trainer_arguments
+
+    check_trainer_arguments(["max_epochs", "detect_anomaly", "accelerator"])
+    with pytest.raises(UnknownKeyError, match=r"trainer\.max_epoch \(did you mean trainer\.max_epochs"):
+        check_trainer_arguments(["max_epochs", "max_epoch"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("cls.epochs=-1", "cls.epochs=-1 must be >= 1"),
+        ("cls.epochs=2.5", "cls.epochs=2.5 must be a whole number"),
+        ("refine.epochs=0", "refine.epochs=0 must be >= 1"),
+        ("seg.max_steps=0", "seg.max_steps=0 must be >= 1"),
+        ("+trainer.max_epochs=0", "trainer.max_epochs=0 must be >= 1"),
+        ("paths.exp_dir=/somewhere/else", "is not inside paths.runs"),
+    ],
+)
+def test_training_lengths_must_be_positive_and_outputs_stay_under_runs(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    """Finding 3: cls.epochs=0 completed without a checkpoint, cls.epochs=-1 trained without end."""
+    cfg = compose_config([override], runs=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert message in str(err.value)
+    validate(compose_config(["+trainer.max_steps=-1"], runs=tmp_path))  # Lightning's "no step limit"

@@ -278,3 +278,16 @@ def test_all_12031_derived_labels_equal_the_authors_lists_and_spec_counts(shared
         [d.sum() for p, d in zip(paths, derived, strict=True) if p.stem in train_aug], dtype=int
     )
     assert {k: int((counts == k).sum()) for k in range(1, 6)} == {1: 6746, 2: 2894, 3: 774, 4: 141, 5: 27}
+
+
+def test_training_labels_are_read_from_checked_masks(tmp_path: Path) -> None:
+    """Finding 4: stage=cls derived labels from a mask of half the image size or with values outside 0..20/255."""
+    voc = make_voc(tmp_path, ["a", "b"])
+    save_mask(voc / "SegmentationClassAug" / "b.png", np.zeros((3, 4), np.uint8))
+    with pytest.raises(MaskSizeError, match=r"b\.png: mask is 4x3 .* image is 8x6"):
+        VOCDataset(tmp_path, "train").labels(threads=1)
+    bad = np.zeros((6, 8), np.uint8)
+    bad[0, 0] = 50
+    save_mask(voc / "SegmentationClassAug" / "b.png", bad)
+    with pytest.raises(MaskValueError, match=r"b\.png: mask holds values \[50\]"):
+        VOCDataset(tmp_path, "train").label(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -341,3 +342,69 @@ def test_maps_stage_writes_maps_metrics_figure_and_marker(stage_env) -> None:
         run_stage(cfg)
     cfg.force = True
     assert run_stage(cfg)["skipped"] == 0
+
+
+def _made_classifier(cfg, exp) -> None:
+    from conftest import finish_as_made
+
+    (exp.stage_dir("cls") / "checkpoints").mkdir(parents=True)
+    (exp.stage_dir("cls") / "checkpoints" / "best.ckpt").write_bytes(b"stand-in")
+    finish_as_made(cfg, "cls")
+
+
+def test_a_truncated_maps_file_is_named_and_remade_when_the_stage_resumes(stage_env) -> None:
+    """Finding 2: a maps file cut in half crashed its readers unnamed (zipfile.BadZipFile), and a rerun
+    of stage=maps kept it and marked the stage complete over it."""
+    from conftest import run_stage
+    from wsss.data.maps_io import maps_file_problem
+    from wsss.errors import CorruptArtifactError
+
+    cfg, exp, _ = stage_env
+    _made_classifier(cfg, exp)
+    first = run_stage(cfg)
+    out = exp.stage_dir("maps_cls")
+    cut = out / "img_002.npz"
+    good = cut.read_bytes()
+    cut.write_bytes(good[: len(good) // 2])
+    with pytest.raises(
+        CorruptArtifactError, match=r"img_002\.npz: not a readable maps file .*rerun the maps stage"
+    ):
+        load_maps(cut)
+    (out / ".complete").unlink()  # left by a killed run: the rerun resumes
+    again = run_stage(cfg)
+    assert again["skipped"] == 5  # the damaged file was made again, the five sound ones kept
+    assert maps_file_problem(cut) is None and cut.read_bytes() == good
+    assert again["miou"] == first["miou"] and exp.is_complete("maps_cls")
+
+
+@pytest.mark.parametrize(
+    ("classes", "maps", "problem"),
+    [
+        (np.array([3, 3], np.int16), np.zeros((2, 4, 4), np.uint8), "class ids [3, 3] repeat"),
+        (np.array([25], np.int16), np.zeros((1, 4, 4), np.uint8), "class ids [25] outside 0..19"),
+        (np.array([1], np.int16), np.full((1, 4, 4), np.nan, np.float32), "maps hold NaN or infinite values"),
+        (np.array([1], np.int16), np.zeros((1, 4, 4), np.int32), "maps stored as int32"),
+        (np.array([1, 2], np.int16), np.zeros((1, 4, 4), np.uint8), "maps of shape (1, 4, 4) for 2 classes"),
+    ],
+)
+def test_maps_files_are_checked_on_read(tmp_path: Path, classes, maps, problem: str) -> None:
+
+    from wsss.errors import CorruptArtifactError
+
+    path = tmp_path / "x.npz"
+    np.savez_compressed(path, classes=classes, maps=maps)
+    with pytest.raises(CorruptArtifactError, match=re.escape(f"x.npz: {problem}")):
+        load_maps(path)
+
+
+def test_a_prediction_limit_never_marks_the_maps_stage_complete(stage_env) -> None:
+    """Finding 6: debug=limit on stage=maps wrote .complete with 256 of 300 maps."""
+    from conftest import run_stage
+    from wsss.errors import ConfigError
+
+    cfg, exp, _ = stage_env
+    _made_classifier(cfg, exp)
+    cfg.trainer.limit_predict_batches = 1  # what debug=limit sets (8 batches there)
+    with pytest.raises(ConfigError, match=r"maps_cls: 4 of 6 images got no maps .*limit_predict_batches=1"):
+        run_stage(cfg)
+    assert not exp.is_complete("maps_cls") and len(list(exp.stage_dir("maps_cls").glob("*.npz"))) == 2

@@ -126,12 +126,14 @@ def test_fallback_from_exact_maps_scores_one_and_resumes(tmp_path: Path, voc) ->
     label = read_index_png(exp.stage_dir("pseudo") / f"{IDS[0]}.png")
     np.testing.assert_array_equal(label[gt != 255], gt[gt != 255])
 
-    first = exp.stage_dir("pseudo") / f"{EXTRA[0]}.png"  # not scored, so a stand-in file is fine
-    first.write_bytes(b"not a png")
+    first = exp.stage_dir("pseudo") / f"{EXTRA[0]}.png"
+    kept = exp.stage_dir("pseudo") / f"{IDS[0]}.png"
+    first.write_bytes(b"not a png")  # damaged after it was written
+    kept_at = kept.stat().st_mtime_ns
     (exp.stage_dir("pseudo") / ".complete").unlink()  # as if killed before the end: a rerun resumes ...
     metrics, _ = _run(cfg)
-    assert metrics["written"] == 0 and metrics["skipped"] == 4
-    assert first.read_bytes() == b"not a png"
+    assert metrics["written"] == 1 and metrics["skipped"] == 3  # ... checking what it keeps
+    assert read_index_png(first).shape == _gt(root, EXTRA[0]).shape and kept.stat().st_mtime_ns == kept_at
     cfg.force = True  # ... and force=true makes it anew
     metrics, _ = _run(cfg)
     assert metrics["written"] == 4 and read_index_png(first).shape == _gt(root, EXTRA[0]).shape

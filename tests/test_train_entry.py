@@ -72,3 +72,70 @@ def test_report_builds_paper_table(tmp_path: Path) -> None:
     assert "| drs.delta=0.55 | 40.0 | 50.0 | 62.8 |" in text
     assert "| drs.delta=0.9 | 50.0 | 50.0 | 51.9 |" in text
     assert (tmp_path / "report.csv").read_text().startswith("setting,seed mIoU (cls),seg mIoU,paper seg mIoU")
+
+
+def _cli_env(monkeypatch, full_error: str | None = None) -> None:
+    """A fresh decision on tracebacks; the variables cli() sets are restored after the test."""
+    monkeypatch.setenv("WSSS_TRACEBACKS", "x")
+    monkeypatch.delenv("WSSS_TRACEBACKS")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", full_error or "")
+    if full_error is None:
+        monkeypatch.delenv("HYDRA_FULL_ERROR")
+
+
+def test_user_errors_print_one_block_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
+    import train
+    from wsss.errors import ConfigError
+
+    def fails_with(err: Exception):
+        def main() -> None:
+            raise err
+
+        return main
+
+    _cli_env(monkeypatch)
+    monkeypatch.setattr(train, "main", fails_with(ConfigError("drs.delta=2 must be in (0, 1]")))
+    assert train.cli([]) == 2
+    err = capsys.readouterr().err
+    assert "Error (ConfigError):\n  drs.delta=2 must be in (0, 1]\n" in err and "Traceback" not in err
+    monkeypatch.setattr(train, "main", fails_with(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # unexpected: the traceback is kept
+        train.cli([])
+    for env, argv in (("1", []), (None, ["debug_errors=true"])):
+        _cli_env(monkeypatch, env)
+        monkeypatch.setattr(train, "main", fails_with(ConfigError("shown with its traceback")))
+        with pytest.raises(ConfigError):
+            train.cli(argv)
+
+
+def test_errors_from_constructors_and_data_loader_workers_read_as_their_message() -> None:
+    from hydra.errors import InstantiationException
+
+    from train import user_error
+    from wsss.errors import CorruptArtifactError
+
+    try:
+        try:
+            raise ValueError("backbone.width=0 must be a positive channel count")
+        except ValueError as cause:
+            raise InstantiationException(
+                "Error in call to target 'wsss.models.tiny.TinyBackbone':\nValueError(...)"
+            ) from cause
+    except InstantiationException as err:
+        assert user_error(err) == (
+            "ValueError",
+            "Error in call to target 'wsss.models.tiny.TinyBackbone':\nbackbone.width=0 must be a positive channel count",
+        )
+    try:
+        raise InstantiationException("Error in call to target 'x'") from RuntimeError("a bug")
+    except InstantiationException as err:
+        assert user_error(err) is None  # a bug inside a constructor keeps its traceback
+    # torch's DataLoader re-raises a worker's error with the worker's traceback prepended
+    text = (
+        "Caught CorruptArtifactError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\nwsss.errors.CorruptArtifactError: /m/a.npz: not a readable maps file; remove it'
+    )
+    assert user_error(CorruptArtifactError(text)) == (
+        "CorruptArtifactError",
+        "/m/a.npz: not a readable maps file; remove it",
+    )
