@@ -452,3 +452,26 @@ def test_data_is_verified_once_and_again_when_a_file_changes(tmp_path: Path, tin
     _half_size_mask(tiny_voc)
     with pytest.raises(MaskSizeError):
         verify_for_stages(cfg, ["cls"])
+
+
+def test_every_readme_troubleshooting_row_names_a_test_that_exists() -> None:
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Troubleshooting") : readme.index("## Design notes")]
+    rows = [line for line in section.splitlines() if line.startswith("| `") or line.startswith("| warning")]
+    assert len(rows) >= 30
+    defined = set(
+        re.findall(
+            r"^def (test_\w+)", "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py")), re.M
+        )
+    )
+    row_names = {r.name for r in CONFIG_ROWS + PLAN_ROWS + DATA_ROWS + SALIENCY_ROWS}
+    for row in rows:
+        tests = re.findall(r"\b(test_\w+)(?!\w|\.py)", row.split("|")[-2])
+        ids = re.findall(r"\[([^\]]+)\]", row.split("|")[-2])
+        assert tests or ids, row
+        assert set(tests) <= defined, (set(tests) - defined, row)
+        assert set(ids) <= row_names, (set(ids) - row_names, row)
