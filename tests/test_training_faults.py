@@ -82,7 +82,8 @@ def test_a_non_finite_loss_stops_at_its_step_and_names_the_last_checkpoint(tmp_p
         f"{tmp_path / 'stage' / 'checkpoints' / 'last.ckpt'} (epoch 0, step 2)" in text
         and "Lower refine.lr" in text
     )
-    assert math.isfinite(float(task.w.detach()))  # stopped before the NaN's backward pass: the weights stay finite
+    # stopped before the NaN's backward pass: the weights stay finite
+    assert math.isfinite(float(task.w.detach()))
     assert _finite(tmp_path / "stage" / "checkpoints" / "last.ckpt")
 
 
@@ -106,7 +107,8 @@ def test_a_stage_never_loads_a_network_with_nan_weights(tmp_path: Path) -> None:
     state["model.bias"] = torch.tensor([0.0, math.nan])
     torch.save({"state_dict": state, "hyper_parameters": {"network": spec}}, tmp_path / "best.ckpt")
     with pytest.raises(
-        CorruptArtifactError, match=r"best\.ckpt: the network's weights hold NaN or infinite values \(1 tensors, e\.g\. bias\)"
+        CorruptArtifactError,
+        match=r"best\.ckpt: the network's weights hold NaN or infinite values \(1 tensors, e\.g\. bias\)",
     ):
         load_network(tmp_path / "best.ckpt")
     state["model.bias"] = torch.zeros(3)  # the wrong shape for its network

@@ -103,4 +103,3 @@ class TrainingError(WsssError, RuntimeError):
 
 class DivergedTrainingError(TrainingError):
     """The loss or the weights became NaN or infinite."""
-
