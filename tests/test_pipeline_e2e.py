@@ -98,7 +98,15 @@ def test_a_pasted_hint_makes_the_missing_input_and_the_command_then_runs(
     import shlex
 
     root, _, _ = pipeline_run
-    original = ["stage=seg", "exp=fresh", f"paths.runs={root / 'runs'}", f"paths.data={root / 'data'}", *TINY]
+    # without the store (it would reuse the pseudo labels the pipeline above made with these settings)
+    original = [
+        "stage=seg",
+        "exp=fresh",
+        "store.enabled=false",
+        f"paths.runs={root / 'runs'}",
+        f"paths.data={root / 'data'}",
+        *TINY,
+    ]
     proc = run_train(original)
     assert proc.returncode != 0
     hint = next(
