@@ -37,13 +37,13 @@ help: ## Show this help
 	@echo
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install wsss with dev + crf extras (CPU torch when no GPU)
+install: $(STAMP) ## Create .venv and install wsss with dev + crf + sweep extras (CPU torch when no GPU)
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(HAS_GPU),,$(PY) -m pip install -q -c constraints-cpu.txt "torch==$$(sed -n 's/^torch==//p' constraints-cpu.txt)")
-	$(PY) -m pip install -q $(PIP_PIN) -e ".[dev,crf]"
+	$(PY) -m pip install -q $(PIP_PIN) -e ".[dev,crf,sweep]"
 	touch $(STAMP)
 
 test: install ## Run the test suite (every stage end to end at tiny scale; not the slow-marked tests)

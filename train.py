@@ -35,13 +35,17 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from wsss.stages.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
-    validate(cfg)
-    if cfg.get("print_config"):
-        print_config(cfg)
     try:
+        validate(cfg)
+        check_optimized_metric(cfg)
+        if cfg.get("print_config"):
+            print_config(cfg)
         metrics = run_stages(cfg)
         _record_job(cfg, metrics)
         return metrics
+    except BaseException as err:
+        _record_job(cfg, None, err)  # a sweep's report lists the failed job with its error
+        raise
     finally:
         if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
             from wsss.ddp.sync import end_job
@@ -52,14 +56,27 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         log.info("experiment folder: %s", cfg.paths.exp_dir)
 
 
-def _record_job(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.report import save_job_result
+    from wsss.report import record_job
 
     if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        save_job_result(hc.runtime.output_dir, list(hc.overrides.task), str(cfg.paths.exp_dir), metrics)
+        record_job(HydraConfig.get().runtime.output_dir, cfg, metrics, error)
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Before any work: ``optimized_metric`` must come from a stage this run makes."""
+    from wsss.errors import ConfigError
+    from wsss.stages.runner import pipeline_names
+
+    name = cfg.get("optimized_metric")
+    stages = pipeline_names(cfg)
+    if name and str(name).split("/", 1)[0] not in stages:
+        raise ConfigError(
+            f"optimized_metric={name!r} comes from a stage this run does not make (stages: {', '.join(stages)}); "
+            "add that stage to pipeline.stages or set optimized_metric=null"
+        )
 
 
 def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
