@@ -23,9 +23,9 @@ MAPS = np.array(
 )
 
 
-def test_default_thresholds_are_005_to_095_and_match_the_config() -> None:
-    assert DEFAULT_THRESHOLDS[:3] == (0.05, 0.1, 0.15) and DEFAULT_THRESHOLDS[-2:] == (0.9, 0.95)
-    assert len(DEFAULT_THRESHOLDS) == 19 and np.allclose(np.diff(DEFAULT_THRESHOLDS), 0.05)
+def test_default_thresholds_are_0_to_095_and_match_the_config() -> None:
+    assert DEFAULT_THRESHOLDS[:3] == (0.0, 0.05, 0.1) and DEFAULT_THRESHOLDS[-2:] == (0.9, 0.95)
+    assert len(DEFAULT_THRESHOLDS) == 20 and np.allclose(np.diff(DEFAULT_THRESHOLDS), 0.05)
     conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "settings" / "maps.yaml")
     assert tuple(conf.thresholds) == DEFAULT_THRESHOLDS
 
@@ -73,6 +73,19 @@ def test_edge_flag(thresholds: list[float], best: float, at_edge: bool) -> None:
     sweep.update(np.array([0]), maps, gt)
     metrics = sweep.compute()
     assert metrics["best_threshold"] == best and metrics["best_threshold_at_edge"] is at_edge
+
+
+def test_a_best_threshold_of_0_is_not_at_an_edge() -> None:
+    """Compact maps (CAM): positive on the object only, 0 elsewhere: t = 0 is best, and nothing lies below
+    (a lone 0 is still flagged: nothing above it was searched)."""
+    gt = np.array([[0, 0, 1, 1, 1, 0]])
+    maps = np.array([[[0.0, 0.0, 0.03, 0.5, 1.0, 0.0]]], np.float32)
+    for thresholds, at_edge in (([0.0, 0.05, 0.5], False), ([0.0], True), ([0.01, 0.05], True)):
+        sweep = SeedSweep(thresholds)
+        sweep.update(np.array([0]), maps, gt)
+        metrics = sweep.compute()
+        assert metrics["best_threshold"] == thresholds[0] and metrics["best_threshold_at_edge"] is at_edge
+        assert metrics["miou"] == pytest.approx(1.0)
 
 
 def test_evaluate_seeds_warns_when_the_best_threshold_is_at_an_edge(
