@@ -15,6 +15,7 @@ both object designs of the toy generator; stages cls, maps, pseudo), then measur
 - the classifier's validation exact-match accuracy and mAP, and the pseudo-label mIoU.
 
     python bench/analysis_drs_compact.py [--runs DIR] [--data DIR] [--threads 1] [--only KEY ...] [--no-train]
+                                         [--figure docs/figure_designs_toy.png]
 
 Runs share folder and names with ``bench/bench_demo_seeds.py`` (its seed 0 with ``--shared-pretrain``
 semantics: every run here starts from ``pretrain_seed0``). Results: bench/results/drs_compact.json.
@@ -237,6 +238,37 @@ def print_tables(results: list[dict]) -> None:
         print(f"{r['design']:10s} {r['variant']:24s} " + " ".join(f"{c:>13s}" for c in cells))
 
 
+FIGURE_VARIANTS = {
+    "CAM": "cam",
+    "DRS": "drs_learnable",
+    "DRS d=0.55": "drs_delta0.55",
+    "DRS d=0.8": "drs_delta0.8",
+}
+
+
+def figure(runs: Path, out: Path, n_images: int = 3) -> Path:
+    """image | CAM | DRS learnable | delta 0.55 | delta 0.8: the first train images of each design, stacked."""
+    from PIL import Image
+
+    from wsss.maps import figure1
+
+    grids = []
+    for design in DESIGNS:
+        data = VOCDataset(data_root(runs, design), "train")
+        dirs = {
+            t: Experiment(runs / exp_name(design, v, SEED)).stage_dir("maps_cls")
+            for t, v in FIGURE_VARIANTS.items()
+        }
+        part = figure1(
+            list(data.ids[:n_images]), data, dirs, out.with_name(f".{design}-{out.name}"), cell=128
+        )
+        grids.append(np.asarray(Image.open(part).convert("RGB")))
+        part.unlink()
+    grid = Image.fromarray(np.concatenate(grids, axis=0))
+    grid.save(out, optimize=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,6 +279,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="design/variant keys, e.g. compact/cam")
     parser.add_argument("--no-train", action="store_true", help="analyse finished runs only")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "drs_compact.json")
+    parser.add_argument("--figure", type=Path, default=None, help="also write the maps grid PNG here")
     args = parser.parse_args()
     runs = [(d, v) for d, v in RUNS if args.only is None or f"{d}/{v}" in args.only]
     extra = [f"paths.data={args.data}"] if args.data else []
@@ -275,6 +308,8 @@ def main() -> None:
         + "\n"
     )
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
+    if args.figure:
+        print(f"wrote {figure(args.runs, args.figure)}")
 
 
 if __name__ == "__main__":
