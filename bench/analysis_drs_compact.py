@@ -1,4 +1,4 @@
-"""Why does DRS lose to CAM on compact objects? Spread of the maps, the controller per layer, placement, delta.
+"""Why does DRS lose to CAM on compact objects? Spread of maps, controller per layer, placement, delta.
 
 Trains what is missing of ``RUNS`` (toy classifier, ``experiment=toy``, from one toy pre-training, on
 both object designs of the toy generator; stages cls, maps, pseudo), then measures on toy train:
@@ -56,7 +56,7 @@ RUNS: list[tuple[str, str]] = [(d, v) for d in DESIGNS for v in VARIANTS]
 SEED = 0
 STAGES = ["cls", "maps_cls", "pseudo"]
 NEAR_PX = 6
-"""Background pixels within this distance (px) of an object count as 'near' (1.5 score-map cells at stride 4)."""
+"""Background pixels within this distance (px) of an object are 'near' (1.5 score-map cells at stride 4)."""
 OLD_START, OLD_END = 0.05, 0.6
 """The first and last background thresholds of the sweep before issue 15."""
 
@@ -132,7 +132,7 @@ def tagged_classifier(cfg) -> DRSClassifier:
 
 @torch.no_grad()
 def controller(exp: Experiment, data: VOCDataset, batch: int = 32) -> dict:
-    """Per DRS module (in network order) and per block: mean G and the share of positive activations clipped."""
+    """Per DRS module (network order) and per block: mean G and the share of positive activations clipped."""
     cfg = OmegaConf.load(exp.stage_dir("cls") / "config.yaml")
     net = tagged_classifier(cfg)
     net.load_state_dict(load_state(exp.stage_dir("cls") / "checkpoints" / "best.ckpt"))
@@ -247,7 +247,7 @@ FIGURE_VARIANTS = {
 
 
 def figure(runs: Path, out: Path, n_images: int = 3) -> Path:
-    """image | CAM | DRS learnable | delta 0.55 | delta 0.8: the first train images of each design, stacked."""
+    """image | CAM | DRS learnable | delta 0.55 | delta 0.8: first train images of each design, stacked."""
     from PIL import Image
 
     from wsss.maps import figure1

@@ -11,7 +11,8 @@ the segmentation mIoU on toy val (segmenter from the same backbone; skipped with
 per-seed difference DRS - CAM, per design and variant.
 
     python bench/bench_demo_seeds.py [--seeds 0 1 2] [--designs elongated compact] [--variants ...]
-        [--no-seg] [--shared-pretrain] [--jobs 2] [--threads N] [--runs DIR] [--data DIR] [--out FILE] [hydra overrides]
+        [--no-seg] [--shared-pretrain] [--jobs 2] [--threads N] [--runs DIR] [--data DIR] [--out FILE]
+        [hydra overrides]
 
 A finished experiment folder is reused (the pipeline skips complete stages), so an interrupted run
 resumes and ``bench/analysis_drs_compact.py`` shares its runs (same folder, same names).

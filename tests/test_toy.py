@@ -184,7 +184,7 @@ def test_default_design_is_byte_identical_to_generator_version_4() -> None:
     """The design axis must not move make demo's numbers: same arrays as before it existed.
 
     Digests made with the generator at commit d08a560 (version 4, before ``design``) by hashing
-    image, mask and saliency bytes of make_sample(default_rng([7, n]), size) for n < 24 (96 px), n < 8 (48 px).
+    image, mask and saliency bytes of make_sample(default_rng([7, n]), size), n < 24 at 96 px, n < 8 at 48 px.
     """
     golden = {
         (96, 24): "8dfca2a7724d02325cdcb7bbe80be6fdaf77e8b6c3b88c1fb0a6f6fff93c7fc5",

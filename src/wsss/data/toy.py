@@ -26,13 +26,15 @@ In the ``elongated`` design each object of class ``c`` (the 20 VOC classes) has
 A classifier can name the class from the part alone, so a plain CAM peaks on the part; suppressing
 the part's peak activations (DRS) pushes the network toward the body. Images hold one to three objects
 of distinct classes (fewer when they do not fit without overlap) over a smooth random background with
-a few muted distractor shapes (discs or squares, no stripes). Saliency maps are a noisy, blurred, sometimes slightly too large or too
-small foreground estimate with the odd false blob, as a real detector gives.
+a few muted distractor shapes (discs or squares, no stripes). Saliency maps are a noisy, blurred,
+sometimes slightly too large or too small foreground estimate with the odd false blob, as a real
+detector gives.
 
 Written to ``<out>/VOCdevkit/VOC2012/``: ``JPEGImages/``, ``SegmentationClassAug/`` (VOC palette),
 ``ImageSets/Segmentation/{train,train_aug,val,test}.txt`` (train_aug = train; test has no masks),
-``saliency/`` and ``toy.json`` (the parameters, the design's knobs resolved). Everything follows from the seed; every image has its
-own random stream, so changing one split's size leaves the other splits unchanged.
+``saliency/`` and ``toy.json`` (the parameters, the design's knobs resolved). Everything follows from
+the seed; every image has its own random stream, so changing one split's size leaves the other splits
+unchanged.
 """
 
 from __future__ import annotations
@@ -214,8 +216,10 @@ def _draw_object(
     py = int(np.clip(ys[far] - side // 2, 0, size - side))
     px = int(np.clip(xs[far] - side // 2, 0, size - side))
     colour = PART_COLOURS[c] + rng.normal(0, 8, 3)
-    ring = shape["part_ring"]  # drawn only when it is a probability strictly inside (0, 1): the
-    if ring >= 1.0 or (ring > 0.0 and rng.random() < ring):  # designs without rings keep their stream
+    # A ring or a square: the coin is tossed only for 0 < part_ring < 1, so designs without rings (the
+    # default) keep their random stream.
+    ring = shape["part_ring"]
+    if ring >= 1.0 or (ring > 0.0 and rng.random() < ring):
         _paint_ring(img, mask, py, px, side, colour)
         return mask
     img[py : py + side, px : px + side] = 20.0
