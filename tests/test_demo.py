@@ -14,7 +14,8 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
     for k, v in enumerate(VARIANTS):
         exp = Experiment(tmp_path / v.key)
         write_json(
-            exp.stage_dir(v.maps_stage) / "metrics.json", {"miou": 0.30 + k / 100, "best_threshold": 0.25}
+            exp.stage_dir(v.maps_stage) / "metrics.json",
+            {"miou": 0.30 + k / 100, "best_threshold": 0.25 + k / 10, "best_threshold_at_edge": k == 2},
         )
         write_json(
             exp.stage_dir("pseudo") / "metrics.json",
@@ -29,3 +30,5 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
     print_table(rows)
     out = capsys.readouterr().out
     assert "30.0" in out and "53.0" in out and "20.0" in out and "DRS† (learnable + refine)" in out
+    assert rows[2]["best_threshold_at_edge"] is True and rows[1]["best_threshold_at_edge"] is False
+    assert "0.45!" in out and "0.35 " in out and "0.35!" not in out  # the edge flag marks 0.45 only

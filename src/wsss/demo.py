@@ -117,6 +117,7 @@ def collect(runs: Path) -> list[dict]:
                 "variant": v.title,
                 "seed_miou": maps.get("miou"),
                 "best_threshold": maps.get("best_threshold"),
+                "best_threshold_at_edge": maps.get("best_threshold_at_edge"),
                 "pseudo_miou": pseudo.get("miou"),
                 "pseudo_precision": pseudo.get("precision"),
                 "pseudo_recall": pseudo.get("recall"),
@@ -127,13 +128,19 @@ def collect(runs: Path) -> list[dict]:
     return rows
 
 
+def threshold_cell(row: dict) -> str:
+    """The best background threshold, marked ``!`` when it is an end of the sweep (optimum maybe outside)."""
+    return f"{row['best_threshold']:.2f}" + ("!" if row.get("best_threshold_at_edge") else "")
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
         title="DRS on the toy data (in %; maps and pseudo labels on toy train, segmentation on toy val;\n"
-        "pseudo scores count unlabelled (255) pixels as background, 'ignored' is their share)"
+        "pseudo scores count unlabelled (255) pixels as background, 'ignored' is their share;\n"
+        "bg thr: the seed mIoU's best background threshold, '!' when at an end of maps.thresholds)"
     )
     columns = [
         ("variant", "variant"),
@@ -156,7 +163,7 @@ def print_table(rows: list[dict]) -> None:
             elif value is None:
                 cells.append("-")
             else:
-                cells.append(f"{value:.2f}" if key == "best_threshold" else f"{100 * value:.1f}")
+                cells.append(threshold_cell(row) if key == "best_threshold" else f"{100 * value:.1f}")
         table.add_row(*cells)
     Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
 
