@@ -187,14 +187,22 @@ def test_caffe_input_segmenter_takes_caffe_weights_unfolded_and_refuses_torchvis
     assert load_weights(model, tmp_path / "deeplab_caffe.npz") == "caffe_resnet"
     np.testing.assert_array_equal(model.backbone.conv1.weight.detach().numpy(), blobs["conv1.0"])
     rgb = torch.rand(1, 3, 17, 19, generator=torch.Generator().manual_seed(0))
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     caffe = rgb.flip(1) * 255 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
     with torch.no_grad():
         got = model.backbone.conv1(model.input_adapter((rgb - mean) / std))
         want = torch.nn.functional.conv2d(caffe, torch.from_numpy(blobs["conv1.0"]), stride=2, padding=3)
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-5)
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "tv.pth")
-    with pytest.raises(WeightsError, match="segmenter.input_format=imagenet segmenter.backbone.caffe_style=false"):
+    torch.save(
+        {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)},
+        tmp_path / "tv.pth",
+    )
+    with pytest.raises(
+        WeightsError, match="segmenter.input_format=imagenet segmenter.backbone.caffe_style=false"
+    ):
         load_weights(model, tmp_path / "tv.pth")
 
 

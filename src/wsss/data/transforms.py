@@ -32,7 +32,6 @@ Targets: ``image`` and ``mask`` (class ids: nearest, padded with 255) everywhere
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import Any
 
 import albumentations as A

@@ -316,7 +316,9 @@ def load_weights(model: nn.Module, path: str | Path, config_key: str = "segmente
             "torchvision resnet101 weights (its backbone's ImageNet init)"
         )
     if release == "deeplabv3plus":
-        raise WeightsError(f"{config_key}={path} is a DeepLab-V3+ checkpoint; use segmenter=deeplabv3plus_r101")
+        raise WeightsError(
+            f"{config_key}={path} is a DeepLab-V3+ checkpoint; use segmenter=deeplabv3plus_r101"
+        )
     if release is not None:  # the release's DeepLab-V2 checkpoint or COCO init
         load_deeplabv2_state(model, state, path, config_key)
         return release

@@ -54,7 +54,12 @@ class DeepLabV2(DeepLab):
             input_adapter(input_format)  # raises, naming the choices
         backbone = ResNetBackbone(depth, output_stride=8, frozen_bn=frozen_bn, caffe_style=True)
         super().__init__(
-            backbone, num_classes, [int(r) for r in rates], hidden=None, pool5=False, input_format=input_format
+            backbone,
+            num_classes,
+            [int(r) for r in rates],
+            hidden=None,
+            pool5=False,
+            input_format=input_format,
         )
 
 
