@@ -265,3 +265,23 @@ def test_refinement_targets_equal_the_release_s(cfg, voc: VOCDataset, tmp_path: 
             assert torch.equal(target, release_refine_target(stored[image_id], flipped))
             flips.add(flipped)
     assert flips == {True, False}
+
+
+def test_refinement_loss_is_the_release_s_mse_on_the_aligned_corner_upsampling(cfg) -> None:
+    """train_refine.py: MSE(model(img), target), the model upsampling its scores with aligned corners."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(2)
+    net = make_classifier("tiny", refiner=True)
+    task = RefinerTask(net, top_class_only=True, align_corners=bool(cfg.refine.align_corners))
+    task.log = lambda *a, **k: None  # no trainer attached
+    images = torch.randn(2, 3, 40, 40)
+    maps = torch.rand(2, 20, 40, 40)
+    loss = task.training_step({"image": images, "maps": maps}, 0)
+    up = F.interpolate(net(images), size=(40, 40), mode="bilinear", align_corners=True)
+    expected = torch.nn.MSELoss()(up, maps * (maps == maps.max(1, keepdim=True)[0]).float())
+    assert abs(float(loss.detach()) - float(expected.detach())) <= 1e-6 * float(expected.detach())
+    half_pixel = RefinerTask(net, top_class_only=True)  # the paper protocol's grid
+    half_pixel.log = lambda *a, **k: None
+    other = half_pixel.training_step({"image": images, "maps": maps}, 0)
+    assert abs(float(other.detach()) - float(expected.detach())) > 1e-6
