@@ -201,3 +201,27 @@ def test_the_release_network_is_wsss_s_caffe_resnet() -> None:
     assert [(b.fc8.dilation, b.fc8.padding, b.fc8.bias is not None) for b in net.head.branches] == [
         ((r, r), (r, r), True) for r in (6, 12, 18, 24)
     ]
+
+
+def test_segmenter_aspp_r101_under_protocol_release_is_the_release_s_network(
+    tmp_path: Path, release_state: dict[str, torch.Tensor]
+) -> None:
+    """The seg stage's own build (segmenter=aspp_r101, seg.multi_scale_inputs, segmenter.weights=the
+    release's checkpoint_final.pth) computes the reference's logits."""
+    from conftest import compose_config
+    from wsss.stages.seg import build_task
+
+    path = save(release_state, tmp_path / "checkpoint_final.pth")
+    cfg = compose_config(
+        ["protocol=release", "segmenter=aspp_r101", f"segmenter.weights={path}"], runs=tmp_path / "runs"
+    )
+    model = build_task(cfg).model
+    assert isinstance(model, MultiScaleInputs) and model.scales == [0.5, 0.75]
+    reference = ReferenceMSC(ReferenceDeepLabV2())
+    reference.load_state_dict(release_state)
+    rgb = torch.rand(1, 3, 49, 57, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference.eval()(caffe_image(rgb))
+        got = model.eval()(normalised(rgb))
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
