@@ -39,7 +39,7 @@ help: ## Show this help
 	@echo
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install the locked versions (requirements/cpu.lock, gpu.lock with a GPU) + wsss
+install: $(STAMP) ## Create .venv: the locked versions (requirements/cpu.lock; gpu.lock with a GPU) + wsss [dev,crf,sweep]
 
 $(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -47,11 +47,14 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from wsss.stages.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
-    preflight(cfg)
     try:
+        preflight(cfg)
         metrics = run_stages(cfg)
         _record_job(cfg, metrics)
         return metrics
+    except BaseException as err:
+        _record_job(cfg, None, err)  # a sweep's report lists the failed job with its error
+        raise
     finally:
         if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
             from wsss.ddp.sync import end_job
@@ -69,6 +72,7 @@ def preflight(cfg: DictConfig) -> None:
 
     validate(cfg)
     _check_added_keys(cfg)
+    check_optimized_metric(cfg)
     check_accelerator(cfg)
     if cfg.get("print_config"):
         print_config(cfg)
@@ -95,22 +99,34 @@ def _check_added_keys(cfg: DictConfig) -> None:
 
 def _check_plan_and_data(cfg: DictConfig) -> None:
     """The plan first (seconds, no torch), then every data split the stages that will run read (cached)."""
-    from wsss.artifacts import Experiment
     from wsss.data.verify import verify_for_stages
-    from wsss.stages.runner import check_plan, pipeline_names
+    from wsss.stages.runner import check_plan, experiment, pipeline_names
 
-    steps = check_plan(cfg, Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs), pipeline_names(cfg))
-    verify_for_stages(cfg, [s.name for s in steps if s.action != "skip"])
+    steps = check_plan(cfg, experiment(cfg), pipeline_names(cfg))
+    verify_for_stages(cfg, [s.name for s in steps if s.action in ("run", "resume")])
 
 
-def _record_job(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.report import save_job_result
+    from wsss.report import record_job
 
     if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        save_job_result(hc.runtime.output_dir, list(hc.overrides.task), str(cfg.paths.exp_dir), metrics)
+        record_job(HydraConfig.get().runtime.output_dir, cfg, metrics, error)
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Before any work: ``optimized_metric`` must come from a stage this run makes."""
+    from wsss.errors import ConfigError
+    from wsss.stages.runner import pipeline_names
+
+    name = cfg.get("optimized_metric")
+    stages = pipeline_names(cfg)
+    if name and str(name).split("/", 1)[0] not in stages:
+        raise ConfigError(
+            f"optimized_metric={name!r} comes from a stage this run does not make (stages: {', '.join(stages)}); "
+            "add that stage to pipeline.stages or set optimized_metric=null"
+        )
 
 
 def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:

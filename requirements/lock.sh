@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-resolve pyproject.toml's dependency ranges (wsss + dev + crf extras) into exact pins:
+# Re-resolve pyproject.toml's dependency ranges (wsss + dev, crf and sweep extras) into exact pins:
 #   requirements/cpu.lock  installed for real in a scratch venv (torch from constraints-cpu.txt), then frozen
 #   requirements/gpu.lock  resolved against PyPI alone (the CUDA build of the same torch), not installed here
 # Run through `make lock`; commit both files once `make test` passes on them.
@@ -10,13 +10,13 @@ TORCH=$(sed -n 's/^torch==//p' constraints-cpu.txt)
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 header() {  # $1 = what the lock is for
-  echo "# $1: exact versions of wsss's dependencies (pyproject.toml ranges + [dev,crf])."
+  echo "# $1: exact versions of wsss's dependencies (pyproject.toml ranges + [dev,crf,sweep])."
   echo "# Written by \`make lock\` ($(date -u +%Y-%m-%d), $("$PYTHON" -c 'import platform; print(platform.python_implementation(), platform.python_version(), platform.system(), platform.machine())')); installed by \`make install\`."
 }
 
 "$PYTHON" -m venv "$SCRATCH/cpu"
 "$SCRATCH/cpu/bin/python" -m pip install -q --upgrade pip
-"$SCRATCH/cpu/bin/python" -m pip install -q -c constraints-cpu.txt -e ".[dev,crf]"
+"$SCRATCH/cpu/bin/python" -m pip install -q -c constraints-cpu.txt -e ".[dev,crf,sweep]"
 "$SCRATCH/cpu/bin/python" -m pip check
 {
   header "CPU set (torch==$TORCH, CPU build; installed together and checked with pip check)"
@@ -28,7 +28,7 @@ mv requirements/cpu.lock.tmp requirements/cpu.lock
 "$PYTHON" -m venv "$SCRATCH/gpu"
 env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
   "$SCRATCH/gpu/bin/python" -m pip install -q --dry-run --ignore-installed --report "$SCRATCH/gpu.json" \
-  "torch==$TORCH" -e ".[dev,crf]"
+  "torch==$TORCH" -e ".[dev,crf,sweep]"
 {
   header "GPU set (torch==$TORCH, CUDA build; resolved together by pip against PyPI, installed on GPU machines only)"
   "$SCRATCH/cpu/bin/python" - "$SCRATCH/gpu.json" <<'PY'

@@ -83,6 +83,9 @@ def net_config(group: str, name: str, **overrides):
     from omegaconf import OmegaConf
 
     node = OmegaConf.load(CONF / group / f"{name}.yaml")
+    if "defaults" in node:  # a group file built on another one of its group ([base, _self_])
+        bases = [d for d in node.pop("defaults") if d != "_self_"]
+        node = OmegaConf.merge(*(net_config(group, base) for base in bases), node)
     if overrides:
         dotted = {k.replace("__", "."): v for k, v in overrides.items()}
         node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))

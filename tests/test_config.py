@@ -41,7 +41,7 @@ def test_sweep_composes_and_resolves(name: str, tmp_path: Path) -> None:
     validate(cfg)
     resolve_all(cfg)
     assert cfg.stage == "pipeline"
-    assert cfg.optimized_metric == "eval/miou"
+    assert cfg.optimized_metric == ("pseudo/miou" if name == "search_pseudo" else "eval/miou")
     assert cfg.hydra.sweeper.params, "a sweep must sweep something"
     for key in cfg.hydra.sweeper.params:
         OmegaConf.select(cfg, key, throw_on_missing=True) if "/" not in key else None

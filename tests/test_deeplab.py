@@ -27,9 +27,9 @@ def test_aspp_has_four_branches_with_dilations_6_12_18_24_summed_at_output_strid
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         out = model(x)
-        feats = model.backbone(x)
+        feats = model.backbone(model.input_adapter(x))  # aspp_r101 takes caffe input (the release's)
         summed = sum(b(feats) for b in model.head.branches)
-    assert out.shape == (1, 21, 8, 10)
+    assert out.shape == (1, 21, 9, 11)  # caffe ResNet: the stem pool rounds up (ceil mode), as the release
     torch.testing.assert_close(out, summed)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
@@ -152,7 +152,7 @@ def _caffe_resnet50_dump(model: DeepLab, num_classes: int) -> dict[str, np.ndarr
 
 
 def test_caffe_resnet_blob_dump_loads_with_bn_factor_and_rgb_input(tmp_path) -> None:
-    cfg = {**ASPP, "backbone__caffe_style": True}
+    cfg = {**ASPP, "input_format": "imagenet"}  # folded into conv1 (the LargeFOV-R101 way; inexact)
     model = make_segmenter(**cfg)
     blobs = _caffe_resnet50_dump(model, 21)
     path = tmp_path / "deeplab_caffe.npz"
@@ -175,7 +175,35 @@ def test_caffe_resnet_blob_dump_loads_with_bn_factor_and_rgb_input(tmp_path) -> 
     assert torch.equal(coco.head.branches[0].fc8.weight, before)
 
     with pytest.raises(ValueError, match="segmenter.backbone.caffe_style=true"):
-        load_weights(make_segmenter(**ASPP), path)
+        load_weights(make_segmenter(**cfg, backbone__caffe_style=False), path)
+
+
+def test_caffe_input_segmenter_takes_caffe_weights_unfolded_and_refuses_torchvision(tmp_path) -> None:
+    """aspp_r101 (input_format caffe): the blob dump loads as it is, and the network computes caffe's
+    function of the caffe image (here: its stem conv on BGR 0-255 minus the mean)."""
+    model = make_segmenter(**ASPP).eval()
+    blobs = _caffe_resnet50_dump(model, 21)
+    np.savez(tmp_path / "deeplab_caffe.npz", **blobs)
+    assert load_weights(model, tmp_path / "deeplab_caffe.npz") == "caffe_resnet"
+    np.testing.assert_array_equal(model.backbone.conv1.weight.detach().numpy(), blobs["conv1.0"])
+    rgb = torch.rand(1, 3, 17, 19, generator=torch.Generator().manual_seed(0))
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    caffe = rgb.flip(1) * 255 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = model.backbone.conv1(model.input_adapter((rgb - mean) / std))
+        want = torch.nn.functional.conv2d(caffe, torch.from_numpy(blobs["conv1.0"]), stride=2, padding=3)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-5)
+    torch.save(
+        {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)},
+        tmp_path / "tv.pth",
+    )
+    with pytest.raises(
+        WeightsError, match="segmenter.input_format=imagenet segmenter.backbone.caffe_style=false"
+    ):
+        load_weights(model, tmp_path / "tv.pth")
 
 
 def test_caffe_vgg_first_conv_sees_the_same_input_as_caffe(tmp_path) -> None:

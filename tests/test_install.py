@@ -27,7 +27,9 @@ def _lock(name: str) -> dict[str, Version]:
 def _declared() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in [*project["dependencies"], *extras["dev"], *extras["crf"]]]
+    return [
+        Requirement(r) for r in [*project["dependencies"], *extras["dev"], *extras["crf"], *extras["sweep"]]
+    ]
 
 
 @pytest.mark.parametrize("lock", ["cpu", "gpu"])

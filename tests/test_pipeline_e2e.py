@@ -76,7 +76,7 @@ def test_seed_and_pseudo_metrics_are_recorded(pipeline_run: tuple[Path, list[str
     root, _, _ = pipeline_run
     exp = root / "runs" / "e2e"
     seeds = json.loads((exp / "maps" / "cls" / "metrics.json").read_text())
-    assert 0.05 <= seeds["best_threshold"] <= 0.60 and 0.0 < seeds["miou"] <= 1.0
+    assert 0.0 <= seeds["best_threshold"] <= 0.95 and 0.0 < seeds["miou"] <= 1.0
     pseudo = json.loads((exp / "pseudo" / "metrics.json").read_text())
     assert {"miou", "precision", "recall", "ignore_ratio"} <= set(pseudo)
     assert pseudo["source"] == "refine"
@@ -98,7 +98,15 @@ def test_a_pasted_hint_makes_the_missing_input_and_the_command_then_runs(
     import shlex
 
     root, _, _ = pipeline_run
-    original = ["stage=seg", "exp=fresh", f"paths.runs={root / 'runs'}", f"paths.data={root / 'data'}", *TINY]
+    # without the store (it would reuse the pseudo labels the pipeline above made with these settings)
+    original = [
+        "stage=seg",
+        "exp=fresh",
+        "store.enabled=false",
+        f"paths.runs={root / 'runs'}",
+        f"paths.data={root / 'data'}",
+        *TINY,
+    ]
     proc = run_train(original)
     assert proc.returncode != 0
     hint = next(

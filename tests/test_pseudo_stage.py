@@ -57,7 +57,7 @@ def _write_maps(cfg, root: Path, stage: str, scale: int) -> None:
         maps = np.stack([(gt == c + 1).astype(np.float32) for c in classes])
         size = (gt.shape[0] // scale, gt.shape[1] // scale)
         save_maps(folder / f"{i}.npz", classes, resize_maps(maps, size))
-    finish_as_made(cfg, stage)
+    finish_as_made(cfg, stage, {"best_threshold": 0.35})  # the seed evaluation's optimum
 
 
 def _config(tmp_path: Path, root: Path, saliency: Path | None, *extra: str):
@@ -119,7 +119,10 @@ def test_fallback_from_exact_maps_scores_one_and_resumes(tmp_path: Path, voc) ->
     cfg = _config(tmp_path, root, None, "pseudo.background=fallback", "pseudo.source=cls", "pseudo.workers=1")
     _write_maps(cfg, root, "maps_cls", scale=1)  # full-size indicator maps: the labels equal the masks
     metrics, exp = _run(cfg)
-    assert metrics["background"] == "fallback" and metrics["fallback_threshold"] == 0.2
+    assert (
+        metrics["background"] == "fallback" and metrics["fallback_threshold"] == 0.35
+    )  # best: from the maps
+    assert metrics["fallback_threshold_from"].startswith("maps seed evaluation")
     assert metrics["miou"] == 1.0 and metrics["precision"] == 1.0 and metrics["recall"] == 1.0
     assert metrics["ignore_ratio"] == 0.0
     gt = _gt(root, IDS[0])

@@ -12,7 +12,7 @@ from release_listings import random_state, read_listing, save
 from release_reference import ReferenceDeepLabV2, ReferenceMSC, caffe_image
 
 from wsss.errors import WeightsError
-from wsss.models.deeplab import IMAGENET_MEAN, IMAGENET_STD
+from wsss.models.deeplab import IMAGENET_MEAN, IMAGENET_STD, load_weights
 from wsss.models.deeplabv2 import CaffeInput, DeepLabV2, MultiScaleInputs, deeplabv2_resnet101, input_adapter
 from wsss.models.release_formats import (
     deeplabv2_release_to_wsss,
@@ -23,6 +23,13 @@ from wsss.models.release_formats import (
 
 MSC = "deeplabv2_resnet101_msc"
 COCO = "deeplabv1_resnet101_coco_init"
+
+
+def loaded(path: Path) -> MultiScaleInputs:
+    """The release's network with a file loaded by ``segmenter.weights``'s loader."""
+    model = deeplabv2_resnet101()
+    load_weights(model, path)
+    return model
 
 
 def layout(state: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
@@ -86,7 +93,8 @@ def test_release_checkpoint_loads_with_nothing_missing_or_left_over(
     tmp_path: Path, release_state: dict[str, torch.Tensor]
 ) -> None:
     path = save(release_state, tmp_path / "checkpoint_final.pth")
-    model = deeplabv2_resnet101(weights=str(path))
+    model = deeplabv2_resnet101()
+    assert load_weights(model, path) == "deeplabv2"
     report = load_deeplabv2_weights(model, path)
     assert report.format == "deeplabv2" and not report.skipped and not report.missing
     state = model.base.state_dict()
@@ -123,14 +131,14 @@ def test_wrong_files_are_explained(tmp_path: Path, release_state: dict[str, torc
         WeightsError,
         match=r"'head.branches.0.fc8.weight' has shape \(19, 2048, 3, 3\) in the file but \(21, 2048, 3, 3\)",
     ):
-        deeplabv2_resnet101(weights=str(save(other, tmp_path / "cityscapes.pth")))
+        loaded(save(other, tmp_path / "cityscapes.pth"))
     with pytest.raises(
         WeightsError, match="'layer6.block1.reduce.conv.weight' is not a key of the release's DeepLab-V2"
     ):
         deeplabv2_release_to_wsss({"base.layer6.block1.reduce.conv.weight": torch.zeros(1)})
     v3p = {"classifier.aspp.convs.0.0.weight": torch.zeros(1)}
     with pytest.raises(WeightsError, match="DeepLab-V3\\+ checkpoint; use segmenter=deeplabv3plus_r101"):
-        deeplabv2_resnet101(weights=str(save(v3p, tmp_path / "v3p.pth", wrapper="model_state")))
+        loaded(save(v3p, tmp_path / "v3p.pth", wrapper="model_state"))
 
 
 def test_caffe_input_is_the_release_s_preprocessing_exactly() -> None:
@@ -166,7 +174,7 @@ def test_logits_equal_the_release_s_on_the_same_image(
     torch.set_num_threads(1)
     reference = ReferenceMSC(ReferenceDeepLabV2())
     reference.load_state_dict(release_state)
-    model = deeplabv2_resnet101(weights=str(save(release_state, tmp_path / "checkpoint_final.pth")))
+    model = loaded(save(release_state, tmp_path / "checkpoint_final.pth"))
     rgb = torch.rand(1, 3, 65, 81, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference.eval()(caffe_image(rgb))
@@ -193,3 +201,27 @@ def test_the_release_network_is_wsss_s_caffe_resnet() -> None:
     assert [(b.fc8.dilation, b.fc8.padding, b.fc8.bias is not None) for b in net.head.branches] == [
         ((r, r), (r, r), True) for r in (6, 12, 18, 24)
     ]
+
+
+def test_segmenter_aspp_r101_under_protocol_release_is_the_release_s_network(
+    tmp_path: Path, release_state: dict[str, torch.Tensor]
+) -> None:
+    """The seg stage's own build (segmenter=aspp_r101, seg.multi_scale_inputs, segmenter.weights=the
+    release's checkpoint_final.pth) computes the reference's logits."""
+    from conftest import compose_config
+    from wsss.stages.seg import build_task
+
+    path = save(release_state, tmp_path / "checkpoint_final.pth")
+    cfg = compose_config(
+        ["protocol=release", "segmenter=aspp_r101", f"segmenter.weights={path}"], runs=tmp_path / "runs"
+    )
+    model = build_task(cfg).model
+    assert isinstance(model, MultiScaleInputs) and model.scales == [0.5, 0.75]
+    reference = ReferenceMSC(ReferenceDeepLabV2())
+    reference.load_state_dict(release_state)
+    rgb = torch.rand(1, 3, 49, 57, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference.eval()(caffe_image(rgb))
+        got = model.eval()(normalised(rgb))
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -149,3 +149,28 @@ def test_one_sgd_step_moves_backbone_and_head_by_their_group_rates() -> None:
         ValueError, match="Expected more than 1 value per channel"
     ):  # as the release: batch >= 2
         net(torch.randn(1, 3, 65, 65))
+
+
+def test_segmenter_weights_of_the_v3plus_config_load_the_release_file_and_imagenet_init(
+    tmp_path: Path, release_state: dict[str, torch.Tensor]
+) -> None:
+    """segmenter=deeplabv3plus_r101 + segmenter.weights: the release's checkpoint whole, or torchvision
+    resnet101 weights into the backbone (the release's init), through the one loader."""
+    from conftest import make_segmenter
+    from wsss.models.deeplab import load_weights
+
+    path = save(release_state, tmp_path / "best.pth", wrapper="model_state")
+    net = make_segmenter("deeplabv3plus_r101", weights=str(path))
+    assert isinstance(net, DeepLabV3Plus)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in release_state.items())
+    torchvision = {
+        k.removeprefix("backbone."): v for k, v in release_state.items() if k.startswith("backbone.")
+    }
+    torchvision |= {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
+    fresh = make_segmenter("deeplabv3plus_r101")
+    head = {k: v.clone() for k, v in fresh.classifier.state_dict().items()}
+    assert load_weights(fresh, save(torchvision, tmp_path / "resnet101.pth")) == "torchvision_resnet"
+    assert torch.equal(fresh.backbone.layer3[7].conv2.weight, release_state["backbone.layer3.7.conv2.weight"])
+    assert all(torch.equal(fresh.classifier.state_dict()[k], v) for k, v in head.items())
+    with pytest.raises(WeightsError, match="DeepLab-V3\\+ checkpoint; use segmenter=deeplabv3plus_r101"):
+        load_weights(make_segmenter("largefov_tiny"), path)

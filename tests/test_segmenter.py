@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import make_segmenter
 from wsss.metrics import confusion_counts, scores_from_confusion
-from wsss.tasks.segmentation import SegmenterTask, multi_scale_logits, poly_factor
+from wsss.tasks.segmentation import SegmenterTask, poly_factor
 
 TINY = {"name": "largefov_tiny"}
 COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 60, 230)}
@@ -55,18 +55,33 @@ def test_optimizer_groups_follow_the_poly_schedule_per_step() -> None:
     assert wd == {"weight": 5e-4, "bias": 0.0, "new_weight": 5e-4, "new_bias": 0.0}
 
 
-def test_multi_scale_inputs_give_three_scales_and_their_max() -> None:
-    model = make_segmenter(**TINY).eval()
+def test_multi_scale_inputs_wrap_the_segmenter_in_the_release_s_msc(tmp_path) -> None:
+    """seg.multi_scale_inputs puts the network in MultiScaleInputs (part of the spec the checkpoint keeps):
+    training gives the full, 0.5 and 0.75 logits at their own sizes and their max; eval the max."""
+    import torch.nn.functional as F
+
+    from conftest import compose_config
+    from wsss.models.networks import build, segmenter_spec
+    from wsss.stages.seg import network_spec
+
+    paper = compose_config(["data=toy", "segmenter=largefov_tiny"], runs=tmp_path)
+    assert network_spec(paper) == segmenter_spec(paper)  # no wrapper
+    release = compose_config(["data=toy", "segmenter=largefov_tiny", "protocol=release"], runs=tmp_path)
+    spec = network_spec(release)
+    assert spec["_target_"] == "wsss.models.deeplabv2.MultiScaleInputs" and spec["scales"] == [0.5, 0.75]
+    assert spec["base"] == segmenter_spec(release)
+    model = build(spec)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        outs = multi_scale_logits(model, x, [1.0, 0.75, 0.5])
-        full = model(x)
-    assert len(outs) == 4 and all(o.shape == (2, 21, 8, 8) for o in outs)
-    torch.testing.assert_close(outs[0], full)
-    torch.testing.assert_close(outs[3], torch.maximum(torch.maximum(outs[0], outs[1]), outs[2]))
-    assert len(multi_scale_logits(model, x, [1.0])) == 1
-    with pytest.raises(ValueError, match="must start with 1.0"):
-        SegmenterTask(model, multi_scale_inputs=True, input_scales=[0.5, 1.0])
+        model.train()
+        model.base.head.branches[0].drop6.p = model.base.head.branches[0].drop7.p = 0.0
+        outs = model(x)
+        assert [tuple(o.shape[-2:]) for o in outs] == [(8, 8), (4, 4), (6, 6), (8, 8)]
+        up = [F.interpolate(o, size=(8, 8), mode="bilinear", align_corners=False) for o in outs[1:3]]
+        torch.testing.assert_close(
+            outs[3], torch.maximum(torch.maximum(outs[0], up[0]), up[1]), rtol=0, atol=0
+        )
+        torch.testing.assert_close(model.eval()(x), outs[3], rtol=0, atol=0)
 
 
 def test_loss_ignores_255_and_sums_over_outputs() -> None:

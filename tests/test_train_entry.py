@@ -9,7 +9,6 @@ import pytest
 
 from conftest import run_train
 from train import MetricNotFoundError, optimized_value
-from wsss.report import report, save_job_result
 
 
 def test_optimized_metric_lookup() -> None:
@@ -58,20 +57,6 @@ def test_multirun_with_ddp_gives_each_job_its_own_folder(tmp_path: Path) -> None
     assert seeds == {"seed=1", "seed=2"}
     exp_dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(exp_dirs) == 2  # two jobs never share an experiment folder
-
-
-def test_report_builds_paper_table(tmp_path: Path) -> None:
-    for i, delta in enumerate(["0.55", "0.9"]):
-        save_job_result(
-            tmp_path / str(i),
-            [f"drs.delta={delta}", "experiment=toy"],
-            "x",
-            {"maps_cls/miou": 0.4 + i / 10, "eval/miou": 0.5},
-        )
-    text = report(tmp_path)
-    assert "| drs.delta=0.55 | 40.0 | 50.0 | 62.8 |" in text
-    assert "| drs.delta=0.9 | 50.0 | 50.0 | 51.9 |" in text
-    assert (tmp_path / "report.csv").read_text().startswith("setting,seed mIoU (cls),seg mIoU,paper seg mIoU")
 
 
 def _cli_env(monkeypatch, full_error: str | None = None) -> None:

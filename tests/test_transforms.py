@@ -146,3 +146,39 @@ def test_colour_jitter_is_configurable() -> None:
     assert "ColorJitter" not in kinds(None)  # data=toy: hue jitter would change a part's class colour
     with pytest.raises(ValueError, match=r"data.color_jitter=\[0.3, 0.3\]"):
         kinds((0.3, 0.3))
+
+
+def test_release_seg_scales_resize_as_the_release_codes_do() -> None:
+    """DeepLab-V2-PyTorch: cv2 linear image, PIL nearest label, sizes int(h * s); DeepLabV3Plus-Pytorch: PIL
+    bilinear (uint8) image, PIL nearest label, a uniform scale."""
+    import cv2
+    from PIL import Image
+
+    from wsss.data.transforms import SegScale
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mask = rng.integers(0, 21, (37, 53), dtype=np.uint8)
+    h, w = int(37 * 0.75), int(53 * 0.75)
+    pil_label = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    out = A.Compose([SegScale([0.75], resize="cv2_pil_labels")])(image=image, mask=mask)
+    np.testing.assert_array_equal(out["image"], cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(out["mask"], pil_label)
+    cv2_label = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    assert (cv2_label != pil_label).mean() > 0.2  # albumentations' labels sit half a pixel off
+    out = A.Compose([SegScale([0.75], resize="pil")])(image=image, mask=mask)
+    np.testing.assert_array_equal(
+        out["image"], np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    )
+    np.testing.assert_array_equal(out["mask"], pil_label)
+    span = A.Compose([SegScale(span=(0.5, 2.0), resize="pil")])
+    span.set_random_seed(0)
+    heights = {span(image=image, mask=mask)["image"].shape[0] for _ in range(40)}
+    assert min(heights) >= 18 and max(heights) <= 74 and len(heights) > 10  # continuous, not 5 choices
+    pipeline = build_transforms(
+        "seg", "release", 32, True, MEAN, STD, seg_resize="pil", seg_scale_range=(0.5, 2.0)
+    )
+    assert [type(t).__name__ for t in pipeline.transforms][:2] == ["SegScale", "Normalize"]  # PIL needs uint8
+    assert pipeline(image=image, mask=mask)["image"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="seg.scale_range needs seg.scale_resize"):
+        build_transforms("seg", "paper", 32, True, MEAN, STD, seg_scale_range=(0.5, 2.0))

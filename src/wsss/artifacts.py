@@ -107,11 +107,16 @@ def _to_builtin(value: Any) -> Any:
 
 
 class Experiment:
-    """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage (``Stage.folder``)."""
+    """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage (``Stage.folder``).
 
-    def __init__(self, root: str | Path, runs: str | Path | None = None) -> None:
+    With a ``store`` (``wsss.store``) each stage sub-folder is a link to the store entry of the artifact's
+    identity (``attach``); without one it is a plain folder.
+    """
+
+    def __init__(self, root: str | Path, runs: str | Path | None = None, store: Any = None) -> None:
         self.root = Path(root)
         self.runs = Path(runs) if runs is not None else self.root.parent
+        self.store = store
 
     @property
     def name(self) -> str:
@@ -164,6 +169,30 @@ class Experiment:
         write_text(folder / COMPLETE, "")
         return folder
 
+    def stored(self, stage: str, identity: str) -> bool:
+        """Whether the store holds a complete artifact of ``stage`` with ``identity``."""
+        return self.store is not None and (self.store.entry(stage, identity) / COMPLETE).is_file()
+
+    def attach(self, stage: str, identity: str) -> Path:
+        """Point this experiment's stage folder at the store entry of ``identity`` (made if absent)."""
+        from wsss.store import link
+
+        entry = self.store.entry(stage, identity)
+        entry.mkdir(parents=True, exist_ok=True)
+        link(self.stage_dir(stage), entry)
+        return entry
+
+    def detach(self, stage: str) -> None:
+        """This experiment stops using its artifact of ``stage`` (a stored entry stays in the store)."""
+        folder = self.stage_dir(stage)
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def clear(self, stage: str) -> None:
-        """Remove a stage's folder and everything in it."""
-        shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
+        """Remove everything in a stage's folder (a stored entry's files too) and the folder itself."""
+        folder = self.stage_dir(stage)
+        if folder.is_symlink():
+            shutil.rmtree(folder.resolve(), ignore_errors=True)
+        self.detach(stage)

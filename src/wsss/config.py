@@ -44,6 +44,10 @@ def run_id() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wsss_run_id"):
         OmegaConf.register_new_resolver("wsss_run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("wsss_dirname"):
+        from wsss.sweeps import job_dirname
+
+        OmegaConf.register_new_resolver("wsss_dirname", job_dirname)
 
 
 def _check(value: object, allowed: Sequence[object], key: str) -> None:

@@ -21,6 +21,10 @@ class PlanError(WsssError, ValueError):
     """A pipeline whose stages cannot run in the order given (an input nothing makes)."""
 
 
+class SweepError(WsssError, RuntimeError):
+    """Jobs of a sweep failed (the others ran; the sweep's report lists the failures)."""
+
+
 class MissingArtifactError(WsssError, FileNotFoundError):
     """An upstream stage's output is absent or unfinished."""
 

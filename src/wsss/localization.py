@@ -4,7 +4,10 @@ For the class score maps F (B, C, h, w) of a network at output stride 8, one vie
 
 - ``relu="after"`` (the paper's formula, wsss's reading): ``M_c = ReLU(up(F_c)) / (max ReLU(up(F_c)) + 1e-5)``;
 - ``relu="before"`` (the authors' release): ``M_c = up(ReLU(F_c)) / (max up(ReLU(F_c)) + 1e-5)``;
-- ``relu="none"`` with ``normalize=False`` (the release's refined maps): ``M_c = up(F_c)``, raw;
+- ``relu="none"`` with ``normalize=False``: ``M_c = up(F_c)``, raw;
+- ``relu="after"`` with ``normalize=False`` (the release's refined maps): ``M_c = ReLU(up(F_c))``: the
+  release fuses raw outputs into an array that starts at zero, ``max(0, views...)``, which is the max of
+  the ReLU'd views;
 
 where ``up`` is bilinear upsampling to the map size (``align_corners`` as configured: the release uses
 True). Views (each scale of the input, and with ``flip`` its mirror) are fused by element-wise max;
@@ -64,7 +67,8 @@ def resize_maps(
 ) -> np.ndarray | torch.Tensor:
     """Bilinear resize of (K, h, w) or (B, K, h, w) maps to ``size`` = (H, W); same type out as in.
 
-    numpy input gives float32 numpy output. A no-op when the maps already have that size.
+    numpy input gives float32 numpy output. A no-op when the maps already have that size. Each plane
+    is resized on its own, so a class's map is the same whatever other classes are resized with it.
     """
     size = (int(size[0]), int(size[1]))
     is_numpy = isinstance(maps, np.ndarray)
@@ -72,9 +76,11 @@ def resize_maps(
     if x.ndim not in (3, 4):
         raise ValueError(f"maps must be (K, H, W) or (B, K, H, W), got shape {tuple(x.shape)}")
     if tuple(x.shape[-2:]) != size and x.shape[-3] > 0:
-        batched = x if x.ndim == 4 else x[None]
-        batched = F.interpolate(batched, size=size, mode="bilinear", align_corners=align_corners)
-        x = batched if x.ndim == 4 else batched[0]
+        # one plane at a time: torch's CPU kernel takes a vectorised path for exactly 3 channels that
+        # rounds differently, and a class's map must not depend on how many classes the image has
+        planes = x.reshape(-1, 1, *x.shape[-2:])
+        planes = F.interpolate(planes, size=size, mode="bilinear", align_corners=align_corners)
+        x = planes.reshape(*x.shape[:-2], *size)
     elif tuple(x.shape[-2:]) != size:  # no classes: an empty stack of the new size
         x = x.new_zeros((*x.shape[:-2], *size))
     return x.numpy() if is_numpy else x

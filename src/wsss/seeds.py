@@ -3,7 +3,10 @@
 For a threshold t, a pixel's label is the argmax over [t (background), maps of the present classes],
 ties going to background; i.e. the top present class where its map value exceeds t, else background.
 One 21x21 confusion matrix per threshold is accumulated over the split (255 ignored), and the
-threshold with the best mIoU is reported with that mIoU, mean precision and mean recall.
+threshold with the best mIoU is reported with that mIoU, mean precision and mean recall. When that
+threshold is the highest of the sweep, or its lowest above 0 (``best_threshold_at_edge``), the optimum
+may lie outside it: the metrics say so and a warning names the fix (widen ``maps.thresholds``). A best
+threshold of 0 is a true optimum (maps are >= 0: no lower threshold labels differently but "all object").
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from wsss.metrics import confusion_counts, scores_from_confusion
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 13))
-"""0.05, 0.10, ..., 0.60."""
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(20))
+"""0, 0.05, ..., 0.95: maps are in [0, 1]; compact maps (CAM) can peak at 0 (object = where any map is
+positive), maps that spread (DRS) late (0.6-0.95)."""
 
 
 class SeedSweep:
@@ -29,7 +33,7 @@ class SeedSweep:
 
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, num_classes: int = 21) -> None:
         if not thresholds:
-            raise ValueError("maps.thresholds is empty; give e.g. [0.05, 0.10, ..., 0.60]")
+            raise ValueError("maps.thresholds is empty; give e.g. [0.0, 0.05, ..., 0.95]")
         self.thresholds = [float(t) for t in thresholds]
         self.num_classes = num_classes
         self.cms = np.zeros((len(self.thresholds), num_classes, num_classes), dtype=np.int64)
@@ -59,14 +63,21 @@ class SeedSweep:
             )
         return rows
 
-    def compute(self) -> dict[str, float]:
-        """The best threshold (highest mIoU; the lowest such threshold on ties) and its scores."""
+    def compute(self) -> dict[str, float | bool]:
+        """The best threshold (highest mIoU; the lowest such threshold on ties) and its scores.
+
+        ``best_threshold_at_edge`` is true when it is the highest threshold of the sweep or its lowest
+        (unless that is 0, below which nothing is left to search): the true optimum may then lie outside
+        the swept range. A single positive threshold searched nothing, and is flagged.
+        """
         if self.images == 0:
             raise ValueError("no image was scored; the seed evaluation needs maps for images with masks")
         rows = self.curve()
         best = max(range(len(rows)), key=lambda k: (np.nan_to_num(rows[k]["miou"], nan=-1.0), -k))
+        t = rows[best]["threshold"]
         return {
-            "best_threshold": rows[best]["threshold"],
+            "best_threshold": t,
+            "best_threshold_at_edge": t == max(self.thresholds) or 0 < t == min(self.thresholds),
             "miou": rows[best]["miou"],
             "precision": rows[best]["precision"],
             "recall": rows[best]["recall"],
@@ -111,5 +122,13 @@ def evaluate_seeds(
             maps_dir,
         )
     metrics = sweep.compute()
+    if metrics["best_threshold_at_edge"]:
+        log.warning(
+            "seed evaluation: the best background threshold %.2f is at the edge of the sweep [%.2f, %.2f], "
+            "so the optimum may lie outside it; widen maps.thresholds",
+            metrics["best_threshold"],
+            min(sweep.thresholds),
+            max(sweep.thresholds),
+        )
     metrics["seed_missing"] = missing
     return metrics, sweep.curve()

@@ -1,14 +1,16 @@
-"""Checks a Hydra multirun makes before its first job starts.
+"""What wsss's sweeper (``hydra_plugins.wsss_sweeper``) does around Hydra's cartesian product.
 
-``check_unique_folders`` (called by wsss's sweeper, ``hydra_plugins.wsss_sweeper``, before it launches
-anything) composes every job of the sweep and refuses it when two jobs would write into the same
-experiment folder (``-m stage=cls exp=fixed seed=0,1`` would have job 2 overwrite job 1): it names the
-folder, the jobs' overrides, and the fix. Jobs that leave ``exp`` at its default get a unique folder each.
+- ``with_seeds``: ``seeds=[0,1,2]`` runs every setting once per seed (a ``seed`` sweep dimension).
+- ``check_jobs``, before the first job: every job is composed; the sweep is refused when two jobs would
+  write into the same experiment folder (``-m stage=cls exp=fixed seed=0,1`` would have job 2 overwrite
+  job 1), or when a job's trainer cannot run under the launcher (``wsss.ddp.jobs.check_launch``).
+- ``finish_sweep``: the report (``wsss.report``) is written even when jobs failed; then the failures.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -20,11 +22,14 @@ log = logging.getLogger(__name__)
 DEFAULT_EXP = "${wsss_run_id:}"
 
 
-def experiment_folder(config: DictConfig, overrides: list[str]) -> str | None:
-    """The experiment folder a job would use (None: the default, unique per job)."""
+def _job_config(config: DictConfig, overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
-    job = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+    return GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+
+
+def experiment_folder(job: DictConfig) -> str | None:
+    """The experiment folder a job's config uses (None: the default, unique per job)."""
     if OmegaConf.to_container(job, resolve=False).get("exp") == DEFAULT_EXP:
         return None
     hydra_config = HydraConfig.instance()
@@ -36,11 +41,73 @@ def experiment_folder(config: DictConfig, overrides: list[str]) -> str | None:
         hydra_config.cfg = saved
 
 
-def check_unique_folders(config: DictConfig, jobs: list[list[str]]) -> None:
-    """Raise ``ConfigError`` when two of ``jobs`` (their overrides) resolve to the same experiment folder."""
+FIRST = ("drs", "seed", "segmenter", "pseudo.source", "protocol", "backbone")
+"""Keys a sweep usually varies: they lead a job's folder name, so a shortened name keeps them."""
+
+
+def job_dirname(override_dirname: str, limit: int = 96) -> str:
+    """A job's overrides as one folder name: the usual sweep keys first, no path separators, long names
+    shortened with a hash of the whole."""
+    import hashlib
+
+    parts = override_dirname.split(",") if override_dirname else []
+    parts.sort(key=lambda p: (not p.split("=", 1)[0].startswith(FIRST), p))
+    name = ",".join(parts).replace("/", "%") or "default"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9]}~{digest}"
+
+
+def with_seeds(config: DictConfig, arguments: list[str]) -> list[str]:
+    """``arguments`` plus a ``seed=a,b,c`` sweep when ``seeds`` is set and nothing else sweeps ``seed``."""
+    seeds = config.get("seeds")
+    if not seeds:
+        return arguments
+    sweeps_seed = any(a.split("=", 1)[0].lstrip("+") == "seed" for a in arguments)
+    params = config.hydra.sweeper.get("params") or {}
+    if sweeps_seed or "seed" in params:
+        raise ConfigError("give the seeds once: seeds=[...] or a seed=... sweep, not both")
+    return [*arguments, "seed=" + ",".join(str(int(s)) for s in seeds)]
+
+
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
+    """Everything a sweep must satisfy before its first job (see the module docstring)."""
+    from wsss.ddp.jobs import check_launch
+
+    configs = [_job_config(config, overrides) for overrides in jobs]
+    check_unique_folders(jobs, configs)
+    for job in configs:
+        check_launch(config.hydra.launcher, job.trainer)
+
+
+def finish_sweep(sweep_dir: Path, n_jobs: int, failed: list) -> None:
+    """Write the report (whatever ran), then raise when jobs failed."""
+    from wsss.report import report
+
+    if any(sweep_dir.glob("*/result.json")):
+        text = report(sweep_dir)
+        log.info("sweep report (%s):\n%s", sweep_dir / "report.md", text)
+    if failed:
+        from wsss.errors import SweepError
+
+        first = failed[0]
+        raise SweepError(
+            f"{len(failed)} of {n_jobs} jobs failed (the others ran; {sweep_dir / 'report.md'} lists them). First: "
+            f"{' '.join(first.overrides)}: {_error(first)}"
+        )
+
+
+def _error(job_return: object) -> str:
+    error = getattr(job_return, "_return_value", None)  # JobReturn keeps a failed job's exception here
+    return f"{type(error).__name__}: {error}"
+
+
+def check_unique_folders(jobs: list[list[str]], configs: list[DictConfig]) -> None:
+    """Raise ``ConfigError`` when two jobs (their overrides, their configs) use the same experiment folder."""
     folders: dict[str, list[list[str]]] = {}
-    for overrides in jobs:
-        folder = experiment_folder(config, overrides)
+    for overrides, job in zip(jobs, configs, strict=True):
+        folder = experiment_folder(job)
         if folder is not None:
             folders.setdefault(folder, []).append(overrides)
     shared = {folder: group for folder, group in folders.items() if len(group) > 1}

@@ -9,8 +9,11 @@ stage        loaders                     sample (before collation)
                                           full resolution)
 ``refine``   train: ``data.maps_split``   image, maps (20, H, W) float in [0, 1] from ``maps_dir/<id>.npz``
                                           (resized to the image before the augmentation, so both get the
-                                          same geometry), label, id
-``seg``      train: ``data.maps_split``   image, mask (H, W) long pseudo label from ``pseudo_dir/<id>.png``, id
+                                          same geometry; with a squash, maps stored at the squash size go
+                                          in as they are, others are resized once to it), label, id
+``seg``      train: ``data.maps_split``   image, mask (H, W) long pseudo label from ``pseudo_dir/<id>.png``, id;
+                                          with ``image_labels`` also label (20,) (the release's DeepLab-V2
+                                          loss needs the image label)
              val: ``data.val_split``      image, mask (ground truth), id, size; original size, batch 1
 ``infer``    predict: ``data.maps_split`` image (squashed to ``infer_size`` if given, else original size),
                                           label, id, size (H, W) of the original
@@ -26,6 +29,7 @@ is a long tensor (2,) = (H, W). The global ``data.batch_size`` is divided by the
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
-from wsss.data.transforms import JITTER, build_transforms
+from wsss.data.transforms import JITTER, SEG_SCALES, build_transforms
 from wsss.data.voc import VOCDataset, check_mask, preview_ids
 from wsss.errors import MaskSizeError, MissingArtifactError
 from wsss.localization import resize_maps
@@ -60,6 +64,9 @@ class StageDataset(Dataset):
         pseudo_dir: ``seg`` training: folder of ``<id>.png`` pseudo labels.
         with_mask: add the ground-truth ``mask`` (cls validation, eval).
         with_size: add ``size`` (H, W) of the original image.
+        with_label: add the image label (always for cls, refine and infer).
+        maps_squashed: ``refine``: the pipeline squashes the maps with the image (``Squash``), so they
+            are not resized to the original image first.
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class StageDataset(Dataset):
         pseudo_dir: Path | None = None,
         with_mask: bool = False,
         with_size: bool = False,
+        with_label: bool = False,
+        maps_squashed: bool = False,
     ) -> None:
         self.voc = voc
         self.ids = voc.ids
@@ -80,6 +89,8 @@ class StageDataset(Dataset):
         self.pseudo_dir = pseudo_dir
         self.with_mask = with_mask
         self.with_size = with_size
+        self.with_label = with_label or kind in ("cls", "refine", "infer")
+        self.maps_squashed = maps_squashed
         self._seeded_pid: int | None = None
 
     def __len__(self) -> int:
@@ -104,7 +115,9 @@ class StageDataset(Dataset):
         if self.kind == "refine":
             assert self.maps_dir is not None
             classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz")
-            maps = dense_maps(classes, resize_maps(maps, size), NUM_CLASSES)
+            if not self.maps_squashed:  # one interpolation only: to the image, or by the squash
+                maps = resize_maps(maps, size)
+            maps = dense_maps(classes, maps, NUM_CLASSES)
             inputs["maps"] = np.ascontiguousarray(
                 maps.transpose(1, 2, 0)
             )  # (H, W, C): albumentations' layout
@@ -128,7 +141,7 @@ class StageDataset(Dataset):
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
         if "maps" in out:
             sample["maps"] = torch.from_numpy(np.ascontiguousarray(out["maps"].transpose(2, 0, 1))).float()
-        if self.kind in ("cls", "refine", "infer"):
+        if self.with_label:
             sample["label"] = torch.from_numpy(self.voc.label(i))
         if self.with_size:
             sample["size"] = torch.tensor(size, dtype=torch.long)
@@ -158,8 +171,12 @@ class WSSSDataModule(pl.LightningDataModule):
         maps_dir: ``refine``: the maps folder (``<exp>/maps/cls``).
         pseudo_dir: ``seg``: the pseudo-label folder (``<exp>/pseudo``).
         infer_size: ``infer``: square side to squash images to (None: original size, batch 1).
-        batch_size: ``infer``: images per batch when ``infer_size`` is set (default ``data.batch_size``).
+        batch_size: the global batch size of the training loader, and of ``infer`` when ``infer_size`` is
+            set (default ``data.batch_size``).
         split: the split of the stage's main loader instead of the configured one.
+        seg_scales, seg_scale_range, seg_resize: ``seg`` training's random scale
+            (``wsss.data.transforms.build_transforms``).
+        image_labels: ``seg`` training samples also carry the image label.
     """
 
     def __init__(
@@ -173,6 +190,10 @@ class WSSSDataModule(pl.LightningDataModule):
         infer_size: int | None = None,
         batch_size: int | None = None,
         split: str | None = None,
+        seg_scales: Sequence[float] = SEG_SCALES,
+        seg_scale_range: Sequence[float] | None = None,
+        seg_resize: str = "cv2",
+        image_labels: bool = False,
     ) -> None:
         super().__init__()
         if stage not in KINDS:
@@ -188,8 +209,12 @@ class WSSSDataModule(pl.LightningDataModule):
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.pseudo_dir = None if pseudo_dir is None else Path(pseudo_dir)
         self.infer_size = None if infer_size is None else int(infer_size)
-        self.infer_batch_size = batch_size
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.split = split
+        self.seg_scales = [float(s) for s in seg_scales]
+        self.seg_scale_range = None if seg_scale_range is None else [float(s) for s in seg_scale_range]
+        self.seg_resize = str(seg_resize)
+        self.image_labels = bool(image_labels)
         self.train_set: StageDataset | None = None
         self.val_set: StageDataset | None = None
         self.test_set: StageDataset | None = None
@@ -222,11 +247,14 @@ class WSSSDataModule(pl.LightningDataModule):
             list(self.cfg.std),
             squash_size=squash,
             color_jitter=list(jitter) if jitter else None,
+            seg_scales=self.seg_scales,
+            seg_scale_range=self.seg_scale_range,
+            seg_resize=self.seg_resize,
         )
 
     def per_device_batch_size(self) -> int:
         """``data.batch_size`` divided by the world size of the attached trainer (1 without one)."""
-        total = int(self.cfg.batch_size)
+        total = int(self.batch_size or self.cfg.batch_size)
         trainer = getattr(self, "trainer", None)
         world = int(trainer.world_size) if trainer is not None else 1
         if total % world:
@@ -263,14 +291,24 @@ class WSSSDataModule(pl.LightningDataModule):
             )
             train.labels()
             self.train_set = StageDataset(
-                train, "refine", self._transforms("refine", True), maps_dir=self.maps_dir
+                train,
+                "refine",
+                self._transforms("refine", True),
+                maps_dir=self.maps_dir,
+                maps_squashed=self.squash_size is not None,
             )
         elif kind == "seg":
             train = self._voc(self.split or self.cfg.maps_split)
             assert self.pseudo_dir is not None
             _require_files(self.pseudo_dir, train.ids, ".png", "pseudo labels", "stage=pseudo")
+            if self.image_labels:
+                train.labels()  # derive once here, before workers fork
             self.train_set = StageDataset(
-                train, "seg", self._transforms("seg", True), pseudo_dir=self.pseudo_dir
+                train,
+                "seg",
+                self._transforms("seg", True),
+                pseudo_dir=self.pseudo_dir,
+                with_label=self.image_labels,
             )
             val = self._voc(self.cfg.val_split, require_masks=True)
             self.val_set = StageDataset(
@@ -325,5 +363,5 @@ class WSSSDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         batch = 1
         if self.stage == "infer" and self.infer_size is not None:
-            batch = int(self.infer_batch_size or self.cfg.batch_size)
+            batch = int(self.batch_size or self.cfg.batch_size)
         return self._loader(self.predict_set, batch, False, "predict_dataloader")

@@ -14,8 +14,17 @@ the ``segmenter`` config group builds it by ``_target_`` (``wsss.models.networks
 A head is a sum of branches, one per rate; a branch is either a single 3x3 conv to the classes or
 (``hidden`` channels) the fc6/fc7/fc8 stack above.
 
-Weights (``load_weights``; files are never downloaded, users bring them):
+Input: this project's RGB ImageNet-normalised images. ``input_format="caffe"`` puts ``CaffeInput`` in front
+of the network (BGR, 0-255, minus the caffe mean, no std: an exact affine map of the image), for weights
+trained in caffe's convention (DeepLab's released inits and the authors' DeepLab-V2 files).
 
+Weights (``load_weights``, the one loader of ``segmenter.weights``; files are never downloaded, users bring
+them; the layout is detected from the keys):
+
+0. The authors' release (``wsss.models.release_formats``): the DeepLab-V2 checkpoint (``base.layer1.conv1.
+   conv.weight`` ...), its COCO init (``layer1.conv1.conv.weight`` ..., ASPP left at its init) and the
+   DeepLab-V3+ checkpoint (``{"model_state": ...}``; into ``segmenter=deeplabv3plus_r101``, which also
+   takes torchvision ``resnet101`` weights into its backbone).
 1. This project's own layout (``backbone.*``, ``head.*``; e.g. a previous segmenter), loaded strictly;
    or a ``stage=cls`` / ``stage=refine`` checkpoint, whose backbone convs (not DRS, not the head) start
    the segmenter's backbone (the stand-in for ImageNet weights on the toy data, which has none).
@@ -48,10 +57,10 @@ Weights (``load_weights``; files are never downloaded, users bring them):
    (ResNet-101 res3a..res3b3, res4a..res4b22). A class layer (fc8*, fc1*) whose class count differs
    (ImageNet fc8, COCO fc1) is skipped and keeps its initialisation. Caffe ResNets put a block's
    stride on its first 1x1 conv: build them with ``caffe_style: true``. Caffe nets take BGR 0-255
-   images minus the mean (104.008, 116.669, 122.675); the loader folds that into the first conv so the
-   network takes this project's RGB ImageNet-normalised input (weights reordered to RGB and scaled by
-   255 * std; for VGG's conv1_1 the mean difference goes into its bias; ResNet's conv1 has no bias
-   and keeps a difference of at most one intensity level).
+   images minus the mean (104.008, 116.669, 122.675): a network with ``input_format: caffe`` takes the
+   weights as they are (exact). Otherwise the loader folds the input convention into the first conv
+   (weights reordered to RGB and scaled by 255 * std; for VGG's conv1_1 the mean difference goes into
+   its bias, exact; ResNet's conv1 has no bias, so its outputs differ: up to 0.2 in the logits).
 """
 
 from __future__ import annotations
@@ -69,12 +78,47 @@ from wsss.constants import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import WeightsError
 from wsss.models.resnet import ResNetBackbone
 
+INPUT_FORMATS = ("imagenet", "caffe")
+
 log = logging.getLogger(__name__)
 
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG_CAFFE_NAMES = tuple(
     f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True) for i in range(1, n + 1)
 )
+
+
+class CaffeInput(nn.Module):
+    """wsss's input (RGB, ``(x / 255 - mean) / std`` with ImageNet mean/std) -> the caffe input
+    (BGR, 0-255, minus (104.008, 116.669, 122.675), no std) that caffe-trained weights expect.
+
+    An exact per-channel affine map applied to the image itself (so zero padding inside the network
+    sees what it sees in caffe's convention); holds no state-dict entries.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        caffe_mean_rgb = torch.tensor(CAFFE_MEAN_BGR).flip(0)
+        self.register_buffer("scale", (255.0 * std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("offset", (255.0 * mean - caffe_mean_rgb).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"CaffeInput takes (B, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        return (x * self.scale.to(x.dtype) + self.offset.to(x.dtype)).flip(1)
+
+
+def input_adapter(input_format: str) -> nn.Module:
+    """The module in front of a network: ``caffe`` (``CaffeInput``) or ``imagenet`` (identity)."""
+    if input_format == "caffe":
+        return CaffeInput()
+    if input_format == "imagenet":
+        return nn.Identity()
+    raise ValueError(
+        f"input_format={input_format!r}; choose 'caffe' (caffe-trained weights such as DeepLab's COCO init "
+        "and the release's DeepLab-V2 files) or 'imagenet' (wsss's RGB ImageNet-normalised input, unchanged)"
+    )
 
 
 class Branch(nn.Sequential):
@@ -154,6 +198,7 @@ class DeepLab(nn.Module):
         dropout: after fc6 and fc7.
         pool5: DeepLab v1's pool5 (3x3 max, stride 1) after the backbone (VGG-style backbones).
         pool5_avg: then the 3x3 stride-1 average pool of DeepLab v2's VGG-16 prototxts ("pool5a").
+        input_format: ``imagenet`` (wsss's input as it is) or ``caffe`` (``CaffeInput`` first).
     """
 
     def __init__(
@@ -165,8 +210,11 @@ class DeepLab(nn.Module):
         dropout: float = 0.5,
         pool5: bool = False,
         pool5_avg: bool = True,
+        input_format: str = "imagenet",
     ) -> None:
         super().__init__()
+        self.input_format = str(input_format)
+        self.input_adapter = input_adapter(self.input_format)
         self.backbone = backbone
         layers: list[nn.Module] = []
         if pool5:
@@ -179,7 +227,7 @@ class DeepLab(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool5(self.backbone(x)))
+        return self.head(self.pool5(self.backbone(self.input_adapter(x))))
 
     def classifier_parameters(self) -> Iterator[nn.Parameter]:
         for conv in self.head.classifier_convs():
@@ -237,17 +285,63 @@ def weights_format(state: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def load_weights(model: DeepLab, path: str | Path, config_key: str = "segmenter.weights") -> str:
-    """Load a weights file into ``model`` (any layout in the module docstring); returns the layout found."""
+def load_weights(model: nn.Module, path: str | Path, config_key: str = "segmenter.weights") -> str:
+    """Load a weights file into a segmenter (any layout in the module docstring); returns the layout found.
+
+    ``model``: a ``DeepLab``, a ``MultiScaleInputs`` around one, or a ``DeepLabV3Plus``.
+    """
+    from wsss.models.deeplabv2 import MultiScaleInputs
+    from wsss.models.deeplabv3plus import DeepLabV3Plus
+    from wsss.models.release_formats import (
+        MSC_PREFIX,
+        load_deeplabv2_state,
+        load_deeplabv3plus_state,
+        release_format,
+        strip_prefix,
+    )
     from wsss.models.weights import read_state_dict
 
     state = read_state_dict(path, config_key)
+    release = release_format(state)
+    if isinstance(model, DeepLabV3Plus):
+        if release == "deeplabv3plus":
+            load_deeplabv3plus_state(model, state, path, config_key)
+            return release
+        if weights_format(state) == "torchvision_resnet":  # the release's ImageNet init of the backbone
+            _load_partial(model.backbone, {k: v for k, v in state.items() if not k.startswith("fc.")}, path)
+            log.info("segmenter weights: %s (torchvision_resnet, backbone)", path)
+            return "torchvision_resnet"
+        raise WeightsError(
+            f"{config_key}={path}: a DeepLab-V3+ takes the release's DeepLab-V3+ checkpoint, a wsss one or "
+            "torchvision resnet101 weights (its backbone's ImageNet init)"
+        )
+    if release == "deeplabv3plus":
+        raise WeightsError(
+            f"{config_key}={path} is a DeepLab-V3+ checkpoint; use segmenter=deeplabv3plus_r101"
+        )
+    if release is not None:  # the release's DeepLab-V2 checkpoint or COCO init
+        load_deeplabv2_state(model, state, path, config_key)
+        return release
+    net = model.base if isinstance(model, MultiScaleInputs) else model
+    if not isinstance(net, DeepLab):
+        raise WeightsError(f"{config_key}={path}: cannot load segmenter weights into a {type(net).__name__}")
+    return _load_into_deeplab(net, strip_prefix(state, MSC_PREFIX), path)
+
+
+def _load_into_deeplab(model: DeepLab, state: dict[str, torch.Tensor], path: str | Path) -> str:
     fmt = weights_format(state)
     is_resnet = isinstance(model.backbone, ResNetBackbone)
+    caffe_input = model.input_format == "caffe"
     if fmt.startswith(("torchvision", "caffe")) and fmt.endswith("vgg") == is_resnet:
         kind = "ResNet" if is_resnet else "VGG-16"
         raise WeightsError(
             f"{path}: {fmt} weights do not fit a {kind} segmenter; pick the matching segmenter"
+        )
+    if caffe_input and fmt in ("torchvision_resnet", "torchvision_vgg", "wsss_classifier"):
+        raise WeightsError(
+            f"{path}: {fmt} weights expect RGB ImageNet-normalised input, but this segmenter takes caffe input "
+            "(segmenter.input_format=caffe, for DeepLab's caffe-converted inits such as the release's COCO "
+            "init); give such a file, or set segmenter.input_format=imagenet segmenter.backbone.caffe_style=false"
         )
     if fmt == "segmenter":
         model.load_state_dict(state)
@@ -273,7 +367,8 @@ def load_weights(model: DeepLab, path: str | Path, config_key: str = "segmenter.
                 f"{path}: caffe ResNet weights need the caffe block layout; set segmenter.backbone.caffe_style=true"
             )
         mapped = caffe_to_segmenter(state, model)
-        _fold_caffe_input(mapped, "backbone.conv1.weight" if is_resnet else "backbone.features.0.weight")
+        if not caffe_input:  # fold the caffe input convention into the first conv (inexact for ResNet)
+            _fold_caffe_input(mapped, "backbone.conv1.weight" if is_resnet else "backbone.features.0.weight")
         _load_partial(model, mapped, path)
     log.info("segmenter weights: %s (%s)", path, fmt)
     return fmt

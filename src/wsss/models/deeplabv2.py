@@ -12,8 +12,10 @@ with ``DeepLabHead(rates=(6, 12, 18, 24))`` computes the release's ``DeepLabV2``
 - BN eps 1e-5, in eval mode throughout training (``freeze_bn``): ``FrozenBatchNorm2d`` is the same map;
 - ASPP: four 3x3 convs with bias (dilation = padding = 6, 12, 18, 24) from res5 to the classes, summed.
 
-Only two things are added here: the release's input convention (``CaffeInput``) and its multi-scale
-wrapper (``MultiScaleInputs``). Release files load with ``wsss.models.release_formats``.
+The release's input convention is ``DeepLab(input_format="caffe")`` (``wsss.models.deeplab.CaffeInput``);
+``segmenter=aspp_r101`` builds exactly this network from config. Added here: ``DeepLabV2`` (that network
+by name) and the release's multi-scale wrapper (``MultiScaleInputs``), which the seg stage puts around
+any segmenter under ``seg.multi_scale_inputs``. Release files load with ``wsss.models.deeplab.load_weights``.
 """
 
 from __future__ import annotations
@@ -25,46 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.constants import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
-from wsss.models.deeplab import DeepLab
+from wsss.models.deeplab import INPUT_FORMATS, CaffeInput, DeepLab, input_adapter
 from wsss.models.resnet import ResNetBackbone
 
-INPUT_FORMATS = ("caffe", "imagenet")
 RELEASE_RATES = (6, 12, 18, 24)
 RELEASE_SCALES = (0.5, 0.75)
 
-
-class CaffeInput(nn.Module):
-    """wsss's input (RGB, ``(x / 255 - mean) / std`` with ImageNet mean/std) -> the caffe input the
-    release's network takes (BGR, 0-255, minus (104.008, 116.669, 122.675), no std).
-
-    An exact per-channel affine map applied to the image itself (so zero padding inside the network
-    sees what it sees in the release); holds no state-dict entries.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        caffe_mean_rgb = torch.tensor(CAFFE_MEAN_BGR).flip(0)
-        self.register_buffer("scale", (255.0 * std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("offset", (255.0 * mean - caffe_mean_rgb).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"CaffeInput takes (B, 3, H, W) RGB images, got shape {tuple(x.shape)}")
-        return (x * self.scale.to(x.dtype) + self.offset.to(x.dtype)).flip(1)
-
-
-def input_adapter(input_format: str) -> nn.Module:
-    """The module in front of a network: ``caffe`` (``CaffeInput``) or ``imagenet`` (identity)."""
-    if input_format == "caffe":
-        return CaffeInput()
-    if input_format == "imagenet":
-        return nn.Identity()
-    raise ValueError(
-        f"input_format={input_format!r}; choose 'caffe' (caffe-trained weights such as the release's "
-        "DeepLab-V2 files) or 'imagenet' (wsss's RGB ImageNet-normalised input, unchanged)"
-    )
+__all__ = ["CaffeInput", "DeepLabV2", "MultiScaleInputs", "deeplabv2_resnet101", "input_adapter"]
 
 
 class DeepLabV2(DeepLab):
@@ -81,13 +50,17 @@ class DeepLabV2(DeepLab):
         input_format: str = "caffe",
         frozen_bn: bool = True,
     ) -> None:
+        if input_format not in INPUT_FORMATS:
+            input_adapter(input_format)  # raises, naming the choices
         backbone = ResNetBackbone(depth, output_stride=8, frozen_bn=frozen_bn, caffe_style=True)
-        super().__init__(backbone, num_classes, [int(r) for r in rates], hidden=None, pool5=False)
-        self.input_format = input_format
-        self.input_adapter = input_adapter(input_format)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.input_adapter(x))
+        super().__init__(
+            backbone,
+            num_classes,
+            [int(r) for r in rates],
+            hidden=None,
+            pool5=False,
+            input_format=input_format,
+        )
 
 
 class MultiScaleInputs(nn.Module):
@@ -136,17 +109,10 @@ def deeplabv2_resnet101(
     input_format: str = "caffe",
     frozen_bn: bool = True,
     msc_scales: Sequence[float] | None = RELEASE_SCALES,
-    weights: str | None = None,
 ) -> nn.Module:
     """The release's ``DeepLabV2_ResNet101_MSC`` (``MultiScaleInputs(DeepLabV2(...))``; no wrapper when
-    ``msc_scales`` is empty), with ``weights`` loaded when set: the release's trained checkpoint, its COCO
-    init or a wsss file (``wsss.models.release_formats.load_deeplabv2_weights``).
-    """
+    ``msc_scales`` is empty). Architecture only: weights load with ``wsss.models.deeplab.load_weights``."""
     model: nn.Module = DeepLabV2(num_classes, 101, rates, input_format, frozen_bn)
     if msc_scales:
         model = MultiScaleInputs(model, msc_scales)
-    if weights:
-        from wsss.models.release_formats import load_deeplabv2_weights
-
-        load_deeplabv2_weights(model, weights)
     return model

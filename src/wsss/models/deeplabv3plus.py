@@ -162,19 +162,8 @@ def deeplabv3plus_resnet101(
     output_stride: int = 16,
     backbone_bn_momentum: float = 0.01,
     backbone_lr_mult: float = 0.1,
-    weights: str | None = None,
-    backbone_weights: str | None = None,
 ) -> DeepLabV3Plus:
-    """The release's ``deeplabv3plus_resnet101``; ``weights``: a whole-network file (the release's
-    ``{"model_state": ...}`` checkpoint or a wsss one); ``backbone_weights``: torchvision ImageNet
-    ``resnet101`` weights for the backbone (the release's init)."""
-    model = DeepLabV3Plus(num_classes, 101, output_stride, backbone_bn_momentum, backbone_lr_mult)
-    if backbone_weights:
-        from wsss.models.weights import load_backbone_weights
-
-        load_backbone_weights(model.backbone, backbone_weights, "segmenter.backbone_weights")
-    if weights:
-        from wsss.models.release_formats import load_deeplabv3plus_weights
-
-        load_deeplabv3plus_weights(model, weights)
-    return model
+    """The release's ``deeplabv3plus_resnet101``. Architecture only: ``segmenter.weights`` (the release's
+    ``{"model_state": ...}`` checkpoint, a wsss one, or torchvision ``resnet101`` ImageNet weights for the
+    backbone, the release's init) loads with ``wsss.models.deeplab.load_weights``."""
+    return DeepLabV3Plus(num_classes, 101, output_stride, backbone_bn_momentum, backbone_lr_mult)

@@ -54,7 +54,7 @@ _W_HEAD = re.compile(r"^head\.branches\.(\d+)\.fc8\.(weight|bias)$")
 _V3P_KEY = "classifier.aspp.convs.0.0.weight"
 
 
-def _strip(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """``state`` without ``prefix`` when every key has it; else unchanged."""
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items()}
@@ -63,7 +63,7 @@ def _strip(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def release_format(state: Mapping[str, Tensor]) -> str | None:
     """``deeplabv2`` (trained, with or without ``base.``) | ``deeplabv2_coco_init`` | ``deeplabv3plus`` | None."""
-    keys = _strip(state, MSC_PREFIX)
+    keys = strip_prefix(state, MSC_PREFIX)
     if _V3P_KEY in keys:
         return "deeplabv3plus"
     if "layer1.conv1.conv.weight" in keys:
@@ -75,7 +75,7 @@ def deeplabv2_release_to_wsss(state: Mapping[str, Tensor]) -> tuple[dict[str, Te
     """Release DeepLab-V2 keys (``base.`` optional) -> ``DeepLab`` keys; returns (state, skipped ``fc.*`` keys)."""
     out: dict[str, Tensor] = {}
     skipped: list[str] = []
-    for key, value in _strip(state, MSC_PREFIX).items():
+    for key, value in strip_prefix(state, MSC_PREFIX).items():
         if stem := _V2_STEM.match(key):
             kind, rest = stem.groups()
             out[f"backbone.{'conv1' if kind == 'conv' else 'bn1'}.{rest}"] = value
@@ -102,7 +102,7 @@ def deeplabv2_wsss_to_release(state: Mapping[str, Tensor], prefix: str = MSC_PRE
     """``DeepLab`` keys (``base.`` optional) -> the release's layout, in its order, with ``prefix`` (``base.``
     for a trained checkpoint, ``""`` for the bare network); BNs without ``num_batches_tracked`` get 0."""
     out: dict[str, Tensor] = {}
-    items = list(_strip(state, MSC_PREFIX).items())
+    items = list(strip_prefix(state, MSC_PREFIX).items())
     for index, (key, value) in enumerate(items):
         if stem := _W_STEM.match(key):
             name, rest = stem.groups()
@@ -135,7 +135,7 @@ def classifier_wsss_to_release(
     ``wsss.models.weights.release_to_wsss``), in the release's key order: the ``features.N`` aliases
     first (when ``aliases``), then ``layer{b}_conv{i}`` (+ ``layer{b}_relu{i}.fc.0.weight`` with DRS),
     ``extra_conv{1,2,3}`` (+ ``extra_relu{j}``) and ``extra_conv4`` (the classifier)."""
-    state = _strip(state, "model.")
+    state = strip_prefix(state, "model.")
     used: set[str] = set()
 
     def take(key: str) -> Tensor:
@@ -209,12 +209,12 @@ def _load_checked(
     report.missing = [k for k in own if k not in state]
 
 
-def load_deeplabv2_weights(
-    model: nn.Module, path: str | Path, config_key: str = "segmenter.weights"
+def load_deeplabv2_state(
+    model: nn.Module, state: Mapping[str, Tensor], path: str | Path, config_key: str = "segmenter.weights"
 ) -> LoadReport:
     """The release's DeepLab-V2 checkpoint, its COCO init (ASPP keeps its init, ``fc.*`` skipped) or a
-    wsss ``DeepLab`` state dict (``base.`` optional) into ``model`` (``DeepLabV2`` or ``MultiScaleInputs``)."""
-    state = read_state_dict(path, config_key)
+    wsss ``DeepLab`` state dict (``base.`` optional), already read, into ``model`` (a ``DeepLab`` or a
+    ``MultiScaleInputs`` around one). Every tensor must fit, and every model tensor must be given."""
     fmt = release_format(state)
     net = _base(model)
     report = LoadReport(str(path), fmt or "wsss")
@@ -224,21 +224,32 @@ def load_deeplabv2_weights(
             f"{config_key}={path} is a DeepLab-V3+ checkpoint; use segmenter=deeplabv3plus_r101"
         )
     if fmt in ("deeplabv2", "deeplabv2_coco_init"):
+        if getattr(net, "input_format", "caffe") != "caffe":
+            raise WeightsError(
+                f"{config_key}={path}: the release's DeepLab-V2 files take caffe input (BGR, 0-255, minus the "
+                "mean); set segmenter.input_format=caffe (segmenter=aspp_r101 does)"
+            )
         state, report.skipped = deeplabv2_release_to_wsss(state)
         if fmt == "deeplabv2_coco_init":
             may_miss = ("head.",)
     else:
-        state = _strip(state, MSC_PREFIX)
+        state = strip_prefix(state, MSC_PREFIX)
     _load_checked(net, state, report, config_key, may_miss)
     log.info("%s: %s", config_key, report.summary())
     return report
 
 
-def load_deeplabv3plus_weights(
+def load_deeplabv2_weights(
     model: nn.Module, path: str | Path, config_key: str = "segmenter.weights"
 ) -> LoadReport:
-    """The release's DeepLab-V3+ checkpoint (``{"model_state": ...}``) or a wsss one into ``model``."""
-    state = read_state_dict(path, config_key)
+    """``load_deeplabv2_state`` of the file at ``path`` (read with ``read_state_dict``)."""
+    return load_deeplabv2_state(model, read_state_dict(path, config_key), path, config_key)
+
+
+def load_deeplabv3plus_state(
+    model: nn.Module, state: Mapping[str, Tensor], path: str | Path, config_key: str = "segmenter.weights"
+) -> LoadReport:
+    """The release's DeepLab-V3+ checkpoint (``{"model_state": ...}``, unwrapped) or a wsss one into ``model``."""
     fmt = release_format(state)
     if fmt in ("deeplabv2", "deeplabv2_coco_init"):
         raise WeightsError(f"{config_key}={path} is a DeepLab-V2 file; use segmenter=aspp_r101")
@@ -246,3 +257,10 @@ def load_deeplabv3plus_weights(
     _load_checked(model, state, report, config_key)
     log.info("%s: %s", config_key, report.summary())
     return report
+
+
+def load_deeplabv3plus_weights(
+    model: nn.Module, path: str | Path, config_key: str = "segmenter.weights"
+) -> LoadReport:
+    """``load_deeplabv3plus_state`` of the file at ``path`` (read with ``read_state_dict``)."""
+    return load_deeplabv3plus_state(model, read_state_dict(path, config_key), path, config_key)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import atomic_path
+from wsss.artifacts import atomic_path, read_json
 from wsss.constants import IGNORE_INDEX
 from wsss.crf import CRFParams, crf_map, require_pydensecrf
 from wsss.data.palette import colorize, read_index_png
@@ -33,8 +33,22 @@ log = logging.getLogger(__name__)
 STAGE = "pseudo"
 
 
-def rule_from_config(cfg: DictConfig) -> PseudoRule:
-    """The labeling rule of ``cfg.pseudo``."""
+def fallback_threshold(value: object, maps_dir: Path) -> float:
+    """``pseudo.fallback_threshold``: a number, or ``best``: the maps' best seed threshold (``metrics.json``
+    of the maps stage, found on data.eval_split's ground truth)."""
+    if str(value) != "best":
+        return float(value)  # type: ignore[arg-type]
+    metrics = read_json(maps_dir / "metrics.json") if (maps_dir / "metrics.json").is_file() else {}
+    if metrics.get("best_threshold") is None:
+        raise MissingArtifactError(
+            f"pseudo.fallback_threshold=best needs the seed evaluation of {maps_dir} (metrics.json best_threshold); "
+            "remake the maps stage, or give a number, e.g. pseudo.fallback_threshold=0.2"
+        )
+    return float(metrics["best_threshold"])
+
+
+def rule_from_config(cfg: DictConfig, maps_dir: Path) -> PseudoRule:
+    """The labeling rule of ``cfg.pseudo`` (``maps_dir``: where ``fallback_threshold=best`` is read)."""
     p = cfg.pseudo
     return PseudoRule(
         rule=str(p.rule),
@@ -42,7 +56,9 @@ def rule_from_config(cfg: DictConfig) -> PseudoRule:
         alpha=float(p.alpha),
         beta=float(p.beta),
         conflict=str(p.get("conflict", "background")),
-        fallback_threshold=float(p.fallback_threshold),
+        fallback_threshold=fallback_threshold(p.fallback_threshold, maps_dir)
+        if p.background == "fallback"
+        else 0.2,
     )
 
 
@@ -145,12 +161,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg, out = ctx.cfg, ctx.out
     pcfg = cfg.pseudo
     source = str(pcfg.source)
-    rule = rule_from_config(cfg)
+    maps_dir = ctx.input(f"maps_{source}")
+    rule = rule_from_config(cfg, maps_dir)
     crf_params = None
     if bool(pcfg.crf):
         require_pydensecrf()  # fail now, not after the first image
         crf_params = CRFParams.from_config(cfg.crf)
-    maps_dir = ctx.input(f"maps_{source}")
 
     dataset = voc_dataset(cfg, str(cfg.data.maps_split))
     ids = list(dataset.ids)
@@ -205,6 +221,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     if rule.background == "fallback":
         metrics["fallback_threshold"] = rule.fallback_threshold
+        metrics["fallback_threshold_from"] = (
+            "maps seed evaluation (eval-split ground truth)"
+            if str(pcfg.fallback_threshold) == "best"
+            else "config"
+        )
     if counts:
         metrics["written_ignore_ratio"] = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
 

@@ -35,6 +35,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         lr_steps=[int(s) for s in rcfg.lr_steps],
         lr_gamma=float(rcfg.lr_gamma),
         top_class_only=bool(rcfg.top_class_only),
+        align_corners=bool(rcfg.get("align_corners", False)),
     )
     datamodule = WSSSDataModule(
         cfg.data,

@@ -12,7 +12,9 @@ experiment is removed first.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.artifacts import Experiment, write_text
-from wsss.errors import ArtifactMismatchError, MissingArtifactError, PlanError, StageCompleteError
+from wsss.errors import (
+    ArtifactMismatchError,
+    ConfigError,
+    MissingArtifactError,
+    PlanError,
+    StageCompleteError,
+)
 from wsss.hints import command
 from wsss.provenance import describe, differences, expected_record, staged_config, upstream_names
 from wsss.stages.registry import STAGES, Stage, stage
@@ -82,7 +90,7 @@ class Step:
     """One stage of the plan: what to do with it and why."""
 
     name: str
-    action: str  # "run" | "resume" | "skip"
+    action: str  # "run" | "resume" | "skip" | "reuse" (link the stored artifact)
     record: dict[str, Any]
     reason: str = ""
 
@@ -123,8 +131,30 @@ def _mismatch(cfg: DictConfig, exp: Experiment, name: str, expected: dict, recor
     )
 
 
+def experiment(cfg: DictConfig) -> Experiment:
+    """The experiment folder of ``cfg`` (with the shared store when ``store.enabled``)."""
+    from wsss.store import Store
+
+    node = cfg.get("store") or {}
+    store = Store(node.get("root")) if node.get("enabled", False) else None
+    root = Path(cfg.paths.exp_dir)
+    if store is not None and (
+        root.resolve() == store.root.resolve() or store.root.resolve() in root.resolve().parents
+    ):
+        raise ConfigError(
+            f"exp={cfg.exp!r} lies inside the artifact store {store.root}; pick another exp name"
+        )
+    return Experiment(root, runs=cfg.paths.runs, store=store)
+
+
+def _reusable(exp: Experiment, name: str, identity: str) -> bool:
+    """The experiment has no artifact of ``name`` yet and the store holds a complete one of ``identity``."""
+    view = exp.stage_dir(name)
+    return not (view.exists() or view.is_symlink()) and exp.stored(name, identity)
+
+
 def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]:
-    """Decide run/skip for every stage and check every input, before any work is done."""
+    """Decide run/skip/reuse for every stage and check every input, before any work is done."""
     force = bool(cfg.get("force", False))
     is_pipeline = cfg.stage == "pipeline"
     steps: list[Step] = []
@@ -136,6 +166,10 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
             if up in planned:
                 continue
             up_expected = expected["upstream"][up]
+            if _reusable(exp, up, up_expected["identity"]):
+                steps.append(Step(up, "reuse", up_expected, "is in the store"))
+                planned.add(up)
+                continue
             recorded = exp.record(up)
             if not exp.is_complete(up) or recorded is None:
                 state = "is unfinished" if exp.stage_dir(up).exists() else "does not exist"
@@ -148,6 +182,10 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
                 raise ArtifactMismatchError(
                     _mismatch(cfg, exp, up, up_expected, recorded, f"stage {name} reads {up}, but")
                 )
+        if declared.artifact and not force and _reusable(exp, name, expected["identity"]):
+            steps.append(Step(name, "reuse", expected, "is in the store"))
+            planned.add(name)
+            continue
         recorded = exp.record(name) if declared.artifact else None
         complete = exp.is_complete(name)
         if recorded is not None and not complete and not _has_outputs(exp.stage_dir(name)):
@@ -158,6 +196,10 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
             raise ArtifactMismatchError(_mismatch(cfg, exp, name, expected, recorded, what))
         if recorded is not None and not complete and not force and bool(cfg.get("resume", True)):
             action, reason = "resume", "holds an unfinished run with the same settings"
+        elif recorded is None and exp.store is not None and declared.artifact and not force:
+            entry = exp.store.entry(name, expected["identity"])
+            if _has_outputs(entry) and bool(cfg.get("resume", True)):
+                action, reason = "resume", "has an unfinished run in the store"  # killed, or running (lock)
         if complete and declared.artifact and recorded is not None and not force:
             if is_pipeline and cfg.pipeline.get("skip_complete", True):
                 action, reason = "skip", "already complete"
@@ -182,13 +224,14 @@ def _has_outputs(folder: Path) -> bool:
 
 
 def _invalidate(exp: Experiment, name: str) -> list[str]:
-    """Remove stage ``name`` and every stage folder of the experiment made from it."""
+    """Detach stage ``name`` and every stage of the experiment made from it (plain folders are removed;
+    store entries stay for the experiments that use them)."""
     removed = []
     for other in STAGES:
         record = exp.record(other)
         made_from = other == name or (record is not None and name in upstream_names(record))
-        if made_from and exp.stage_dir(other).exists():
-            exp.clear(other)
+        if made_from and (exp.stage_dir(other).exists() or exp.stage_dir(other).is_symlink()):
+            exp.detach(other)
             removed.append(other)
     return removed
 
@@ -200,7 +243,7 @@ def _wait_for(exp: Experiment, name: str, poll_s: float = 2.0) -> None:
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
     """Check the plan, then run ``cfg.stage`` (or the pipeline); returns ``{"<stage>/<metric>": value}``."""
-    exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
+    exp = experiment(cfg)
     steps = check_plan(cfg, exp, pipeline_names(cfg))
 
     from wsss.ddp.sync import barrier  # torch: only once the plan holds
@@ -211,6 +254,11 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         declared = stage(step.name)
         if step.action == "skip":
             log.info("stage %s %s in %s; skipping", step.name, step.reason, exp.stage_dir(step.name))
+            metrics = exp.metrics(step.name)
+        elif step.action == "reuse":
+            if _rank() == 0:
+                _reuse(exp, step.name, step.record["identity"])
+            barrier()
             metrics = exp.metrics(step.name)
         elif _rank() != 0 and declared.rank_zero_only:
             _wait_for(exp, step.name)
@@ -223,6 +271,36 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def _prepare(exp: Experiment, declared: Stage, identity: str, force: bool, resuming: bool) -> None:
+    """Make the stage's folder ready to write (rank 0): remake, resume, or start over; link the store entry."""
+    name, folder = declared.name, exp.stage_dir(declared.name)
+    stored = exp.store is not None and declared.artifact
+    if force:
+        removed = _invalidate(exp, name)
+        if removed:
+            log.warning("force=true: %s made anew; removed from %s: %s", name, exp.root, ", ".join(removed))
+    elif resuming:
+        log.warning("stage %s: resuming the unfinished run in %s (resume=false starts over)", name, folder)
+    if stored:
+        entry = exp.store.entry(name, identity)
+        if folder.is_symlink() and folder.resolve() != entry.resolve():
+            exp.detach(name)  # it pointed at another identity's entry, which other experiments may use
+        if entry.exists() and not resuming:
+            if _has_outputs(entry) and not force:
+                log.warning("stage %s: starting over in %s (removing its unfinished files)", name, entry)
+            shutil.rmtree(entry)
+        exp.attach(name, identity)
+    elif folder.exists() and not resuming:
+        if _has_outputs(folder) and not force:
+            log.warning("stage %s: starting over in %s (removing its unfinished files)", name, folder)
+        exp.clear(name)
+
+
+def _reuse(exp: Experiment, name: str, identity: str) -> None:
+    entry = exp.attach(name, identity)
+    log.info("stage %s: reusing the stored artifact %s (identical settings and inputs)", name, entry)
+
+
 def _run_one(
     cfg: DictConfig,
     exp: Experiment,
@@ -231,35 +309,34 @@ def _run_one(
     force: bool,
     resuming: bool = False,
 ) -> dict[str, Any]:
+    """Make one stage's artifact (rank 0 holds the store entry's lock while it does)."""
+    staged = staged_config(cfg, declared.name)
+    identity = record["identity"]
+    stored = exp.store is not None and declared.artifact
+    with exp.store.lock(declared.name, identity) if stored and _rank() == 0 else nullcontext():
+        if stored and not force and _rank() == 0 and exp.stored(declared.name, identity):
+            _reuse(exp, declared.name, identity)  # another job made it while this one waited
+            return exp.metrics(declared.name)
+        return _make(cfg, staged, exp, declared, record, force, resuming)
+
+
+def _make(
+    cfg: DictConfig,
+    staged: DictConfig,
+    exp: Experiment,
+    declared: Stage,
+    record: dict[str, Any],
+    force: bool,
+    resuming: bool,
+) -> dict[str, Any]:
     import importlib
 
     from lightning.pytorch import seed_everything
 
     from wsss.training import finish_wandb
 
-    staged = staged_config(cfg, declared.name)
     if _rank() == 0:
-        folder = exp.stage_dir(declared.name)
-        if force and folder.exists():
-            removed = _invalidate(exp, declared.name)
-            log.warning(
-                "force=true: removed %s (made from the old %s) in %s",
-                ", ".join(removed),
-                declared.name,
-                exp.root,
-            )
-        elif resuming:
-            log.warning(
-                "stage %s: resuming the unfinished run in %s (resume=false starts over)",
-                declared.name,
-                folder,
-            )
-        elif folder.exists():
-            if _has_outputs(folder):
-                log.warning(
-                    "stage %s: starting over in %s (removing its unfinished files)", declared.name, folder
-                )
-            exp.clear(declared.name)
+        _prepare(exp, declared, record["identity"], force, resuming)
         exp.begin(declared.name, record if declared.artifact else None)
         job_keys = [k for k in staged if k != "hydra"]  # the hydra node is Hydra's, not the job's
         write_text(

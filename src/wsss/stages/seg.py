@@ -1,8 +1,14 @@
 """``stage=seg``: train a DeepLab segmenter (``cfg.segmenter``, a ``_target_`` spec) on the pseudo labels.
 
-Iteration-based (``seg.max_steps`` optimizer steps, ``seg.accumulate`` batches each), poly learning
-rate, validation mIoU on ``data.val_split`` every ``seg.val_every_n_steps`` steps. Writes
-``checkpoints/{best,last}.ckpt`` and ``metrics.json``. ``best.ckpt`` is the final network
+Iteration-based (``seg.max_steps`` optimizer steps, ``seg.accumulate`` batches of ``seg.batch_size``
+each), poly learning rate (``seg.poly_step``), loss ``seg.loss`` (``ce`` or the release's ``release_v2``),
+validation mIoU on ``data.val_split`` every ``seg.val_every_n_steps`` steps. With
+``seg.multi_scale_inputs`` the segmenter is wrapped in the release's multi-scale wrapper
+(``wsss.models.deeplabv2.MultiScaleInputs``, scales ``seg.input_scales[1:]``): the wrapper is part of the
+network spec the checkpoint keeps, so eval and predict fuse the scales by max as the release's test does.
+``seg.precision`` / ``seg.sync_batchnorm`` set the Trainer's for this stage only (DeepLab-V3+: mixed
+precision, BatchNorm synchronised over DDP processes). Writes ``checkpoints/{best,last}.ckpt`` and
+``metrics.json``. ``best.ckpt`` is the final network
 unless ``seg.monitor=val/miou`` asks to select on validation ground truth (the paper trains a fixed
 number of iterations and selects nothing; a selected checkpoint is reported as such in metrics.json).
 """
@@ -57,20 +63,64 @@ def step_validation(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     }
 
 
+def trainer_settings(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``seg.precision`` (when set) and ``seg.sync_batchnorm`` put into ``trainer``.
+
+    ``sync_batchnorm`` only acts under a multi-process strategy (``trainer=ddp``): Lightning converts the
+    BatchNorm layers to ``SyncBatchNorm`` there (frozen BatchNorm, as in DeepLab-V2, is left alone).
+    """
+    scfg = cfg.seg
+    staged = cfg.copy()
+    with open_dict(staged):
+        if scfg.get("precision") is not None:
+            staged.trainer.precision = scfg.precision
+        if scfg.get("sync_batchnorm"):
+            staged.trainer.sync_batchnorm = True
+    return staged
+
+
 def build_datamodule(cfg: DictConfig, pseudo_dir: Path) -> pl.LightningDataModule:
     """Train batches of pseudo labels (crops), validation images with ground truth at original size."""
     from wsss.data.datamodule import WSSSDataModule
 
-    return WSSSDataModule(cfg.data, STAGE, pseudo_dir=pseudo_dir)
+    scfg = cfg.seg
+    scale_range = scfg.get("scale_range")
+    return WSSSDataModule(
+        cfg.data,
+        STAGE,
+        pseudo_dir=pseudo_dir,
+        crop_size=scfg.get("crop_size"),
+        batch_size=scfg.get("batch_size"),
+        seg_scales=[float(s) for s in scfg.scales],
+        seg_scale_range=None if scale_range is None else [float(s) for s in scale_range],
+        seg_resize=str(scfg.scale_resize),
+        image_labels=str(scfg.loss) == "release_v2",
+    )
+
+
+def network_spec(cfg: DictConfig) -> dict[str, Any]:
+    """The segmenter's spec, inside the release's multi-scale wrapper when ``seg.multi_scale_inputs``."""
+    from wsss.models.networks import segmenter_spec
+
+    spec = segmenter_spec(cfg)
+    if not cfg.seg.multi_scale_inputs:
+        return spec
+    scales = [float(s) for s in cfg.seg.input_scales]
+    if not scales or scales[0] != 1.0 or len(scales) < 2:
+        raise ConfigError(
+            f"seg.input_scales={scales}: give 1.0 (the full input) first, then the other scales, "
+            "e.g. [1.0, 0.5, 0.75] (the release's)"
+        )
+    return {"_target_": "wsss.models.deeplabv2.MultiScaleInputs", "base": spec, "scales": scales[1:]}
 
 
 def build_task(cfg: DictConfig) -> Any:
     from wsss.models.deeplab import load_weights
-    from wsss.models.networks import build, segmenter_spec
+    from wsss.models.networks import build
     from wsss.tasks.segmentation import SegmenterTask
 
     scfg = cfg.seg
-    spec = segmenter_spec(cfg)
+    spec = network_spec(cfg)
     model = build(spec)
     if cfg.segmenter.get("weights"):
         load_weights(model, cfg.segmenter.weights)
@@ -83,8 +133,8 @@ def build_task(cfg: DictConfig) -> Any:
         weight_decay=float(scfg.weight_decay),
         poly_power=float(scfg.poly_power),
         max_steps=int(scfg.max_steps),
-        multi_scale_inputs=bool(scfg.multi_scale_inputs),
-        input_scales=[float(s) for s in scfg.input_scales],
+        loss=str(scfg.loss),
+        poly_step=int(scfg.poly_step),
     )
 
 
@@ -101,7 +151,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     task = build_task(cfg)
     monitor = scfg.get("monitor") or None
     datamodule = build_datamodule(cfg, pseudo_dir)
-    trainer_cfg, validation = step_validation(cfg)
+    trainer_cfg, validation = step_validation(trainer_settings(cfg))
     trainer = build_trainer(
         trainer_cfg,
         STAGE,

@@ -31,6 +31,7 @@ class RefinerTask(pl.LightningModule):
         lr_steps: Sequence[int] = (5, 10),
         lr_gamma: float = 0.1,
         top_class_only: bool = False,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -38,6 +39,7 @@ class RefinerTask(pl.LightningModule):
         self.lr_steps = [int(s) for s in lr_steps]
         self.lr_gamma = float(lr_gamma)
         self.top_class_only = bool(top_class_only)
+        self.align_corners = bool(align_corners)
         self.save_hyperparameters(
             {
                 "network": dict(network or {}),
@@ -45,13 +47,17 @@ class RefinerTask(pl.LightningModule):
                 "lr_steps": self.lr_steps,
                 "lr_gamma": self.lr_gamma,
                 "top_class_only": self.top_class_only,
+                "align_corners": self.align_corners,
             }
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Refined maps N (B, C, H, W): the network's scores upsampled bilinearly to the input size."""
+        """Refined maps N (B, C, H, W): the network's scores upsampled bilinearly to the input size
+        (``align_corners``: the release's grid)."""
         scores = self.model(images)
-        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(
+            scores, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
 
     def target(self, maps: torch.Tensor) -> torch.Tensor:
         return keep_top_class(maps) if self.top_class_only else maps

@@ -1,9 +1,17 @@
 """Training of a DeepLab segmenter on pseudo labels (``stage=seg``), validated by mIoU on ground truth.
 
-DeepLab v2's recipe: cross-entropy ignoring 255; SGD (momentum 0.9, weight decay 5e-4) with the
-model's parameter groups (classifier 10x weights / 20x biases); poly learning rate
-``lr * (1 - step / max_steps) ** power`` stepped after every optimizer step; optionally multi-scale
-inputs (scales 1, 0.75, 0.5 and their element-wise max, a loss on each, summed).
+DeepLab v2's recipe: SGD (momentum 0.9, weight decay 5e-4) with the model's parameter groups (classifier
+10x weights / 20x biases); poly learning rate ``lr * (1 - s / max_steps) ** power`` where ``s`` is the
+optimizer step rounded down to a multiple of ``poly_step`` (1: every step; the release's DeepLab-V2 code
+changes the rate every 10 steps), stepped after every optimizer step.
+
+The model returns one logits tensor, or in training a list (the multi-scale wrapper
+``wsss.models.deeplabv2.MultiScaleInputs``: full, scaled, max); the loss sums over them:
+
+- ``loss="ce"``: cross-entropy ignoring 255, each output's logits upsampled to the label size (wsss);
+- ``loss="release_v2"``: the release's DeepLab-V2 loss (``wsss.release_seg.release_deeplabv2_loss``):
+  labels resized to each output (PIL nearest), plus the cross-entropy against the network's own
+  prediction among the image's classes (``cls`` = the batch's ``label`` with background 1).
 """
 
 from __future__ import annotations
@@ -19,14 +27,24 @@ from torch import nn
 from wsss.constants import IGNORE_INDEX
 from wsss.metrics import ConfusionMatrix
 
+LOSSES = ("ce", "release_v2")
 
-def poly_factor(max_steps: int, power: float = 0.9) -> Callable[[int], float]:
-    """LR factor at optimizer step ``s``: ``(1 - s / max_steps) ** power`` (0 from ``max_steps`` on)."""
+
+def poly_factor(max_steps: int, power: float = 0.9, step: int = 1) -> Callable[[int], float]:
+    """LR factor at optimizer step ``s`` (0-based): ``(1 - t / max_steps) ** power`` with ``t`` = ``s``
+    rounded down to a multiple of ``step`` (0 from ``max_steps`` on).
+
+    ``step=10`` is the release's ``PolynomialLR(step_size=10)``, stepped with the 1-based iteration after
+    each update: iteration ``i`` runs at ``base * (1 - 10 * floor((i - 1) / 10) / max_steps) ** power``.
+    """
     if max_steps < 1:
         raise ValueError(f"seg.max_steps={max_steps}; the poly schedule needs at least 1 step")
+    if step < 1:
+        raise ValueError(f"seg.poly_step={step}; give 1 (every step) or more")
 
-    def factor(step: int) -> float:
-        return max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
+    def factor(s: int) -> float:
+        t = (s // step) * step
+        return max(0.0, 1.0 - min(t, max_steps) / max_steps) ** power
 
     return factor
 
@@ -39,23 +57,9 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def multi_scale_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[float]) -> list[torch.Tensor]:
-    """DeepLab v2 multi-scale inputs: logits of each scaled input, all at the size of the first scale's
-    logits, followed by their element-wise max."""
-    outputs: list[torch.Tensor] = []
-    for s in scales:
-        x = images
-        if float(s) != 1.0:
-            x = F.interpolate(images, scale_factor=float(s), mode="bilinear", align_corners=False)
-        logits = model(x)
-        outputs.append(logits if not outputs else resize_logits(logits, outputs[0].shape[-2:]))
-    if len(outputs) > 1:
-        outputs.append(torch.stack(outputs).amax(dim=0))
-    return outputs
-
-
 class SegmenterTask(pl.LightningModule):
-    """Trains ``model`` (logits at output stride 8) on ``{"image", "mask"}`` batches of pseudo labels.
+    """Trains ``model`` (logits at output stride 8, or at the input size) on ``{"image", "mask"}`` batches of
+    pseudo labels (plus ``label``, the (B, 20) image labels, for ``loss="release_v2"``).
 
     Validation batches hold ground truth at the original size (``{"image", "mask"}``, batch 1): the
     logits are upsampled to the mask, and a 21x21 confusion matrix (255 ignored) over the whole
@@ -74,8 +78,8 @@ class SegmenterTask(pl.LightningModule):
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
         max_steps: int = 20000,
-        multi_scale_inputs: bool = False,
-        input_scales: Sequence[float] = (1.0, 0.75, 0.5),
+        loss: str = "ce",
+        poly_step: int = 1,
     ) -> None:
         super().__init__()
         self.model = model
@@ -85,12 +89,11 @@ class SegmenterTask(pl.LightningModule):
         self.weight_decay = float(weight_decay)
         self.poly_power = float(poly_power)
         self.max_steps = int(max_steps)
-        self.multi_scale_inputs = bool(multi_scale_inputs)
-        self.input_scales = [float(s) for s in input_scales] if multi_scale_inputs else [1.0]
-        if self.input_scales[0] != 1.0:
-            raise ValueError(
-                f"seg.input_scales={list(input_scales)} must start with 1.0 (the full-size input)"
-            )
+        if loss not in LOSSES:
+            raise ValueError(f"seg.loss={loss!r}; choose one of {', '.join(LOSSES)}")
+        self.loss_name = str(loss)
+        self.poly_step = int(poly_step)
+        poly_factor(self.max_steps, self.poly_power, self.poly_step)  # checks the values now
         self.save_hyperparameters(
             {
                 "num_classes": self.num_classes,
@@ -99,8 +102,8 @@ class SegmenterTask(pl.LightningModule):
                 "weight_decay": self.weight_decay,
                 "poly_power": self.poly_power,
                 "max_steps": self.max_steps,
-                "multi_scale_inputs": self.multi_scale_inputs,
-                "input_scales": self.input_scales,
+                "loss": self.loss_name,
+                "poly_step": self.poly_step,
                 "network": dict(network or {}),
             }
         )
@@ -122,10 +125,29 @@ class SegmenterTask(pl.LightningModule):
             )
         return total
 
+    def release_v2_loss(
+        self, outputs: Sequence[torch.Tensor], masks: torch.Tensor, image_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The release's two-term DeepLab-V2 loss (module doc); ``image_labels`` (B, 20) without background."""
+        from wsss.release_seg import release_deeplabv2_loss, with_background
+
+        if not bool((masks != IGNORE_INDEX).any()):
+            return sum(o.sum() for o in outputs) * 0.0  # the release would give NaN here; skip the batch
+        cls = with_background(image_labels.float())
+        return release_deeplabv2_loss([o.float() for o in outputs], masks, cls)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"].long()
-        outputs = multi_scale_logits(self.model, images, self.input_scales)
-        loss = self.loss(outputs, masks)
+        out = self.model(images)
+        outputs = list(out) if isinstance(out, list | tuple) else [out]
+        if self.loss_name == "release_v2":
+            if "label" not in batch:
+                raise ValueError(
+                    "seg.loss=release_v2 needs the image labels in the batch (WSSSDataModule(image_labels=True))"
+                )
+            loss = self.release_v2_loss(outputs, masks, batch["label"])
+        else:
+            loss = self.loss(outputs, masks)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
         return loss
 
@@ -146,5 +168,6 @@ class SegmenterTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.param_groups(self.lr, self.weight_decay)
         optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_factor(self.max_steps, self.poly_power))
+        factor = poly_factor(self.max_steps, self.poly_power, self.poly_step)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
