@@ -157,9 +157,14 @@ def test_gpu_trainer_without_a_gpu_is_one_block(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_train(["-m", "experiment=toy", *_base(tmp_path), "trainer=ddp"], timeout=120, tracebacks=False)
+    says = ("trainer.accelerator=gpu", "no usable CUDA GPU", "trainer=ddp_sim")
+    proc = run_train(["experiment=toy", *_base(tmp_path), "trainer=ddp"], timeout=120, tracebacks=False)
+    assert_one_block(proc, "UnsupportedLaunchError", *says)
+    sweep = run_train(
+        ["-m", "experiment=toy", *_base(tmp_path), "trainer=ddp"], timeout=120, tracebacks=False
+    )
     assert_one_block(
-        proc, "UnsupportedLaunchError", "trainer.accelerator=gpu", "no usable CUDA GPU", "trainer=ddp_sim"
+        sweep, "SweepError", "1 of 1 jobs failed", "UnsupportedLaunchError: trainer.accelerator=gpu"
     )
 
 
