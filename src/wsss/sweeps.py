@@ -73,12 +73,14 @@ def with_seeds(config: DictConfig, arguments: list[str]) -> list[str]:
 
 def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
     """Everything a sweep must satisfy before its first job (see the module docstring)."""
+    from wsss.config import check_accelerator
     from wsss.ddp.jobs import check_launch
 
     configs = [_job_config(config, overrides) for overrides in jobs]
     check_unique_folders(jobs, configs)
     for job in configs:
         check_launch(config.hydra.launcher, job.trainer)
+        check_accelerator(job)
 
 
 def finish_sweep(sweep_dir: Path, n_jobs: int, failed: list) -> None:

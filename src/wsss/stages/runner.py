@@ -213,7 +213,7 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
     return steps
 
 
-BOOKKEEPING = {"identity.json", "config.yaml", ".complete", "metrics.json"}
+BOOKKEEPING = {"identity.json", "config.yaml", ".complete", "metrics.json", "wandb_run_id"}
 
 
 def _has_outputs(folder: Path) -> bool:
