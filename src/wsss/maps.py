@@ -161,6 +161,12 @@ class MapPredictor(pl.LightningModule):
         # a resumed run may leave fewer images than ranks: a rank with nothing to do is fine
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
+    def on_predict_start(self) -> None:
+        if self.device.type == "cpu":  # batched activations exceed glibc's mmap threshold: keep them
+            from wsss.cpu_memory import retain_freed_memory
+
+            retain_freed_memory()
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return multiscale_maps(self.net, images, self.scales, self.flip, labels)
 
