@@ -27,7 +27,33 @@ def sample_root(tmp: Path) -> Path:
     return tmp
 
 
-def loader_rate(root: Path, workers: int, images: int) -> float:
+def synthetic_voc(root: Path, n: int, size: tuple[int, int] = (375, 500), seed: int = 0) -> Path:
+    """A VOC2012 folder of ``n`` generated JPEGs (VOC's usual 500 x 375) and masks, list ``all``: loader
+    input where no real data is at hand (the GPU machine)."""
+    import numpy as np
+    from PIL import Image
+
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    ids = [f"s{i:05d}" for i in range(n)]
+    for i, image_id in enumerate(ids):
+        inside = ((yy - rng.uniform(0.3, 0.7) * h) / (0.25 * h)) ** 2 + (
+            (xx - rng.uniform(0.3, 0.7) * w) / (0.25 * w)
+        ) ** 2 < 1
+        rgb = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        Image.fromarray(rgb).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=90)
+        Image.fromarray(np.where(inside, 1 + i % 20, 0).astype(np.uint8)).save(
+            voc / "SegmentationClassAug" / f"{image_id}.png"
+        )
+    (voc / "ImageSets" / "Segmentation" / "all.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def loader_rate(root: Path, workers: int, images: int, pin_memory: bool = False) -> float:
     from wsss.data.datamodule import WSSSDataModule
 
     cfg = OmegaConf.create(
@@ -39,7 +65,7 @@ def loader_rate(root: Path, workers: int, images: int) -> float:
             "batch_size": 5,
             "num_workers": workers,
             "persistent_workers": True,
-            "pin_memory": False,
+            "pin_memory": pin_memory,
             "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225],
         }

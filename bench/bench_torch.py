@@ -69,7 +69,7 @@ def refine_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
 def seg_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
     from wsss.tasks.segmenter import SegmenterTask, poly_factor
 
-    net = segmenter(backbone).train()
+    net = segmenter(f"largefov_{backbone}").train()
     mine = copy.deepcopy(net)
     opt = torch.optim.SGD(mine.param_groups(2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_factor(20_000))

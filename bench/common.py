@@ -35,11 +35,11 @@ def classifier(backbone: str, drs: str = "learnable") -> nn.Module:
     return build_classifier(OmegaConf.create(BACKBONES[backbone]), cfg, NUM_CLASSES)
 
 
-def segmenter(backbone: str) -> nn.Module:
-    """DeepLab-LargeFOV (conf/segmenter/largefov_{vgg16,tiny}.yaml) with random weights."""
+def segmenter(name: str) -> nn.Module:
+    """The DeepLab of conf/segmenter/<name>.yaml (largefov_tiny, largefov_vgg16, aspp_r101) with random weights."""
     from wsss.models.deeplab import build_segmenter
 
-    cfg = OmegaConf.load(REPO / "conf" / "segmenter" / f"largefov_{backbone}.yaml")
+    cfg = OmegaConf.load(REPO / "conf" / "segmenter" / f"{name}.yaml")
     return build_segmenter(OmegaConf.to_container(cfg, resolve=True), NUM_CLASSES + 1)
 
 
