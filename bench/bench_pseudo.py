@@ -68,7 +68,7 @@ def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
         "spin_1proc": spins(1),
         f"spin_{workers}proc": spins(workers),
     }
-    times = interleave(variants, rounds, warmup=0)
+    times = interleave(variants, rounds, warmup=0, clock="wall")
     one, many, start = min(times["crf_1proc"]), min(times[f"crf_{workers}proc"]), min(times["pool_start"])
     steady = one / (workers * max(many - start, 1e-9))
     capacity = min(times["spin_1proc"]) / (workers * max(min(times[f"spin_{workers}proc"]) - start, 1e-9))
@@ -110,7 +110,7 @@ def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
 
 def run(opts: Any) -> Section:
     ids = sample_ids()
-    crf_ids = ids[: 6 if opts.quick else 16]
+    crf_ids = ids[: 6 if opts.quick else 10]
     f1, d1 = rules(ids, opts.rounds)
     f2, d2 = crf(crf_ids, opts.workers, opts.rounds)
     sizes = f"rules: {len(ids)} real images; CRF: {len(crf_ids)} real images, 1 vs {opts.workers} processes"

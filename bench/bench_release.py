@@ -11,13 +11,12 @@
   (``label_image`` from stored present-class maps in ``pseudo.workers`` processes); plus the whole path
   with the tiny refiner (network included: release loop vs wsss maps stage + pseudo stage).
 
-The allocator setting ``wsss.cpu_memory`` is process-wide: before a baseline the glibc default's steady
-state (mmap threshold 32 MiB) is set back, so every variant runs as it would in its own process.
+The allocator setting of ``wsss.cpu_memory`` is process-wide, so the training and maps variants each
+run in a process of their own (``timing.interleave_in_processes``), asked in turn round by round.
 """
 
 from __future__ import annotations
 
-import copy
 import cProfile
 import pstats
 import shutil
@@ -31,50 +30,29 @@ import numpy as np
 import release_paths as release
 import torch
 from common import Images, batch_loader, classifier, lightning_trainer, one_hot_labels, quiet, squashed
-from fixtures import SALIENCY, SAMPLE, Ids, mask_classes, noop, sample_ids
+from fixtures import SALIENCY, SAMPLE, Ids, mask_classes, noop, sample_ids, spin
 from results import Figure, Section, ratio
-from timing import interleave, speedup, summarize
+from timing import interleave, interleave_both, interleave_in_processes, now, speedup, summarize
 
 from wsss.bench.measure import fit_seconds_per_step, loop_seconds_per_step
-from wsss.cpu_memory import GLIBC_MAX_DYNAMIC, retain_freed_memory, set_malloc_thresholds
+from wsss.cpu_memory import retain_freed_memory
 
 SCALES = release.SCALES
-
-
-def glibc_default() -> None:
-    """The steady state of glibc's own thresholds (what a process that never called mallopt runs with)."""
-    set_malloc_thresholds(GLIBC_MAX_DYNAMIC, 2 * GLIBC_MAX_DYNAMIC)
-
-
-def as_default(fn: Callable[[], Any]) -> Callable[[], Any]:
-    def run() -> Any:
-        glibc_default()
-        return fn()
-
-    return run
-
-
-def as_retained(fn: Callable[[], Any]) -> Callable[[], Any]:
-    def run() -> Any:
-        retain_freed_memory()
-        return fn()
-
-    return run
 
 
 # --- training ---------------------------------------------------------------------------------------
 
 
-def training(
-    backbone: str, batch: int, size: int, steps: int, warmup: int, rounds: int
-) -> tuple[list[Figure], dict]:
+def training_variant(
+    variant: str, backbone: str, batch: int, size: int, steps: int, warmup: int
+) -> Callable[[], float]:
+    """(In its own process) one training variant on a seeded network and seeded batches; the callable
+    returns seconds per step after warm-up."""
     from wsss.tasks.classifier import ClassifierTask
 
+    quiet()
     torch.manual_seed(0)
     net = classifier(backbone).train()
-    theirs = copy.deepcopy(net)
-    opt = release.optimizer(theirs)
-    task = ClassifierTask(net, protocol="release", lr=1e-3, log_images=0)
 
     def make(g: torch.Generator) -> dict:
         return {
@@ -83,19 +61,25 @@ def training(
         }
 
     loader = batch_loader(make, warmup + steps)
+    if variant == "release_step":
+        opt = release.optimizer(net)
+        return lambda: loop_seconds_per_step(
+            lambda b: release.train_step(net, opt, b["image"], b["label"]), loader, steps, warmup, clock=now
+        )
+    if variant == "wsss_lightning_retained_memory":
+        retain_freed_memory()
+    task = ClassifierTask(net, protocol="release", lr=1e-3, log_images=0)
+    return lambda: fit_seconds_per_step(task, loader, steps, warmup, clock=now)
 
-    def release_step(b: dict) -> None:
-        release.train_step(theirs, opt, b["image"], b["label"])
 
-    variants = {
-        "release_step": as_default(lambda: loop_seconds_per_step(release_step, loader, steps, warmup)),
-        "wsss_lightning": as_default(lambda: fit_seconds_per_step(task, loader, steps, warmup)),
-        "wsss_lightning_retained_memory": as_retained(
-            lambda: fit_seconds_per_step(task, loader, steps, warmup)
-        ),
-    }
-    times = interleave(variants, rounds, warmup=0)
-    glibc_default()
+def training(
+    backbone: str, batch: int, size: int, steps: int, warmup: int, rounds: int
+) -> tuple[list[Figure], dict]:
+    args = {"backbone": backbone, "batch": batch, "size": size, "steps": steps, "warmup": warmup}
+    names = ("release_step", "wsss_lightning", "wsss_lightning_retained_memory")
+    times = interleave_in_processes(
+        {n: (training_variant, {"variant": n, **args}) for n in names}, rounds, warmup=0
+    )
     name = f"release/training/{backbone}"
     figs = [
         ratio(
@@ -118,46 +102,45 @@ def training(
 # --- maps -------------------------------------------------------------------------------------------
 
 
-def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figure], dict]:
-    from wsss.maps import present_class_maps, write_maps
+def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str) -> Callable[[], None]:
+    """(In its own process) one way of making the maps of seeded images with a seeded network, run once
+    here as warm-up (allocator, kernel choice) while the other variants' processes warm up too."""
+    import wsss.cpu_memory
+    from wsss.maps import write_maps
 
+    quiet()
     torch.manual_seed(0)
     net = classifier(backbone).eval()
-    x = torch.randn(images, 3, release.SQUASH, release.SQUASH)
+    x = torch.randn(images, 3, release.SQUASH, release.SQUASH, generator=torch.Generator().manual_seed(1))
     labels = one_hot_labels(images)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_maps_"))
-    data = Images(x, labels)
+    out = Path(tmp) / variant
+    out.mkdir(parents=True, exist_ok=True)
+    if variant == "release_loop":
+        release.map_loop(net, x, labels, out_dir=out)
+        return lambda: release.map_loop(net, x, labels, out_dir=out)
+    if variant == "wsss_stage_before_fix":  # MapPredictor without its retain_freed_memory call
+        wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
+    precision = "bf16-mixed" if variant == "wsss_stage_bf16" else "32-true"
 
-    def release_loop() -> None:
-        release.map_loop(net, x, labels, out_dir=tmp)
+    def stage() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        write_maps(
+            lightning_trainer(precision=precision), net, Images(x, labels), out, SCALES, batch_size=batch
+        )
 
-    def core() -> None:
-        with torch.inference_mode():
-            for start in range(0, images, batch):
-                for _, m in present_class_maps(
-                    net, x[start : start + batch], labels[start : start + batch], SCALES
-                ):
-                    m.cpu().numpy()
+    stage()
+    return stage
 
-    def stage(precision: str = "32-true") -> Callable[[], None]:
-        def run() -> None:
-            out = tmp / "stage"
-            shutil.rmtree(out, ignore_errors=True)
-            write_maps(lightning_trainer(precision=precision), net, data, out, SCALES, batch_size=batch)
 
-        return run
-
-    variants = {
-        "release_loop": as_default(release_loop),
-        "wsss_stage": as_default(stage()),  # MapPredictor retains freed memory itself on CPU
-        "wsss_batched_core_default_malloc": as_default(core),
-        "wsss_batched_core_retained_memory": as_retained(core),
-        "wsss_stage_bf16": as_default(stage("bf16-mixed")),
-    }
+def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figure], dict]:
+    tmp = tempfile.mkdtemp(prefix="bench_maps_")
+    args = {"backbone": backbone, "images": images, "batch": batch, "tmp": tmp}
+    names = ("release_loop", "wsss_stage", "wsss_stage_before_fix", "wsss_stage_bf16")
     try:
-        times = interleave(variants, rounds, warmup=1)
+        times = interleave_in_processes(
+            {n: (maps_variant, {"variant": n, **args}) for n in names}, rounds, warmup=0
+        )
     finally:
-        glibc_default()
         shutil.rmtree(tmp, ignore_errors=True)
     name = f"release/maps/{backbone}"
     base = times["release_loop"]
@@ -170,16 +153,10 @@ def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figu
             f"{images} images, wsss batch {batch}, write_maps stage path",
         ),
         ratio(
-            f"{name}/core_default_malloc",
-            speedup(base, times["wsss_batched_core_default_malloc"]),
+            f"{name}/before_fix",
+            speedup(base, times["wsss_stage_before_fix"]),
             "release per-image loop",
-            note="present_class_maps, glibc's default thresholds (before the fix)",
-        ),
-        ratio(
-            f"{name}/core_retained_memory",
-            speedup(base, times["wsss_batched_core_retained_memory"]),
-            "release per-image loop",
-            note="present_class_maps with retain_freed_memory (the fix)",
+            note="the stage path without retain_freed_memory (glibc's default thresholds)",
         ),
         ratio(
             f"{name}/bf16",
@@ -250,39 +227,59 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     def pool_start() -> None:
         crf_map(noop, range(workers), workers, progress=False, initializer=set_job, initargs=(job,))
 
+    def spins(k: int) -> Callable[[], object]:
+        return lambda: crf_map(spin, range(len(ids)), k, progress=False)
+
     variants = {
         "release_loop": release_loop,
         "wsss_1proc": stage(1),
         f"wsss_{workers}proc": stage(workers),
         "pool_start": pool_start,
+        "spin_1proc": spins(1),
+        f"spin_{workers}proc": spins(workers),
     }
-    times = interleave(variants, rounds, warmup=1)
+    both = interleave_both(variants, rounds, warmup=1)
+    wall, cpu = both["wall"], both["cpu"]
     n = len(ids)
-    parallel = times[f"wsss_{workers}proc"]
-    steady = [t - min(times["pool_start"]) for t in parallel]
+    start = min(wall["pool_start"])
+    steady = [t - start for t in wall[f"wsss_{workers}proc"]]
+    capacity = min(wall["spin_1proc"]) / (workers * max(min(wall[f"spin_{workers}proc"]) - start, 1e-9))
+    base = "release pseudo-label loop (after the network)"
     figs = [
         ratio(
             "release/pseudo/labels",
-            speedup(times["release_loop"], steady),
-            "release pseudo-label loop (after the network)",
+            speedup(wall["release_loop"], steady),
+            base,
             5.0,
-            f"{n} real images, {workers} workers, pool start-up ({min(times['pool_start']):.2f} s) subtracted: it is paid once per stage",
+            f"{n} real images, {workers} workers vs 1 process, wall clock, pool start-up ({start:.2f} s, paid once per stage) subtracted",
         ),
         ratio(
             "release/pseudo/labels_with_pool_start",
-            speedup(times["release_loop"], parallel),
-            "release pseudo-label loop (after the network)",
+            speedup(wall["release_loop"], wall[f"wsss_{workers}proc"]),
+            base,
             note=f"{n} images, start-up included",
         ),
         ratio(
-            "release/pseudo/labels_1proc",
-            speedup(times["release_loop"], times["wsss_1proc"]),
-            "release pseudo-label loop (after the network)",
-            note="one process: the per-image work alone",
+            "release/pseudo/labels_per_image_work",
+            speedup(cpu["release_loop"], cpu["wsss_1proc"]),
+            base,
+            note="one process each, CPU seconds: the per-image work alone",
         ),
-        Figure("release/pseudo/release_images_per_s", n / min(times["release_loop"]), "images/s"),
+        Figure(
+            f"release/pseudo/machine_parallel_capacity_{workers}proc",
+            capacity,
+            "share",
+            baseline="1 process",
+            note="pure CPU work in the same rounds: the share of the cores other users left",
+        ),
+        Figure(
+            "release/pseudo/release_images_per_s",
+            n / min(cpu["release_loop"]),
+            "images/s",
+            note="per CPU second",
+        ),
     ]
-    details: dict[str, Any] = {"release/pseudo": summarize(times, n, "images")}
+    details: dict[str, Any] = {"release/pseudo": {c: summarize(t, n, "images") for c, t in both.items()}}
     details["release/pseudo/where_the_time_goes"] = {
         "release": release_breakdown(ids, per_image, sal_dir, tmp / "release", palette),
         "wsss": profile_share(
@@ -296,24 +293,22 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
 
 def release_breakdown(ids, per_image, sal_dir: Path, out: Path, palette) -> dict[str, float]:
     """Seconds per image of each part of the release's loop body."""
-    import time
-
     from PIL import Image
 
     parts = {"read_saliency": 0.0, "upsample_fuse": 0.0, "rule": 0.0, "write_png": 0.0}
     for image_id, (scores, label) in zip(ids, per_image, strict=True):
-        t0 = time.perf_counter()
+        t0 = now()
         sal = np.asarray(Image.open(sal_dir / f"{image_id}.png").convert("L"))
-        t1 = time.perf_counter()
+        t1 = now()
         fused = None
         for s in scores:
             fused = release.upsample_scale(s, label, sal.shape, fused)
         maps = fused[0].detach().numpy()
-        t2 = time.perf_counter()
+        t2 = now()
         lab = release.label_from_maps(maps, sal)
-        t3 = time.perf_counter()
+        t3 = now()
         release.save_label(out / f"{image_id}.png", lab, palette)
-        t4 = time.perf_counter()
+        t4 = now()
         for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             parts[k] += dt
     return {k: round(v / len(ids), 5) for k, v in parts.items()}
@@ -380,15 +375,14 @@ def pseudo_end_to_end(rounds: int, workers: int) -> tuple[list[Figure], dict]:
         )
 
     times = interleave(
-        {"release_loop": as_default(release_loop), "wsss_maps_and_pseudo": as_default(wsss)}, rounds, warmup=1
+        {"release_loop": release_loop, "wsss_maps_and_pseudo": wsss}, rounds, warmup=1, clock="wall"
     )
-    glibc_default()
     shutil.rmtree(tmp, ignore_errors=True)
     fig = ratio(
         "release/pseudo/end_to_end_tiny",
         speedup(times["release_loop"], times["wsss_maps_and_pseudo"]),
         "release pseudo-label loop (refiner included)",
-        note=f"{len(ids)} real images, tiny refiner, pool start-up included",
+        note=f"{len(ids)} real images, tiny refiner, wall clock, pool start-up included",
     )
     return [fig], {"release/pseudo/end_to_end_tiny": summarize(times, len(ids), "images")}
 
@@ -399,20 +393,20 @@ def run(opts: Any) -> Section:
     details: dict = {}
     parts = [
         lambda: training("tiny", 8, 96, steps=20, warmup=3, rounds=opts.rounds),
-        lambda: maps("tiny", images=16, batch=8, rounds=opts.rounds),
+        lambda: maps("tiny", images=32, batch=8, rounds=opts.rounds),
         lambda: pseudo(opts.rounds, opts.workers),
         lambda: pseudo_end_to_end(opts.rounds, opts.workers),
     ]
     sizes = (
-        "tiny: training batch 8 at 96 px; maps 16 images at 320 (batch 8); pseudo: 46 real VOC images "
+        "tiny: training batch 8 at 96 px; maps 32 images at 320 (batch 8); pseudo: 46 real VOC images "
         "(~500x375) with real saliency"
     )
     if not opts.quick:
         parts += [
-            lambda: training("vgg16", 2, 224, steps=3, warmup=1, rounds=opts.rounds),
+            lambda: training("vgg16", 2, 160, steps=2, warmup=1, rounds=opts.rounds),
             lambda: maps("vgg16", images=4, batch=4, rounds=opts.rounds),
         ]
-        sizes += "; VGG-16 (random weights): training batch 2 at 224 px (release: 5 at 320), maps 4 images at 320 (the release's size), batch 4"
+        sizes += "; VGG-16 (random weights): training batch 2 at 160 px (release: 5 at 320), maps 4 images at 320 (the release's size), batch 4"
     for part in parts:
         start = time.perf_counter()
         f, d = part()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from common import batch_loader, classifier, quiet, segmenter
 from results import Figure, Section, ratio
-from timing import interleave, speedup, summarize
+from timing import interleave, now, speedup, summarize
 
 from wsss.bench.measure import fit_seconds_per_step, loop_seconds_per_step
 
@@ -102,8 +102,8 @@ def compare(
     loader = batch_loader(images_and(extra, batch, size), warmup + steps)
     times = interleave(
         {
-            "plain_loop": lambda: loop_seconds_per_step(step, loader, steps, warmup),
-            "lightning": lambda: fit_seconds_per_step(task, loader, steps, warmup),
+            "plain_loop": lambda: loop_seconds_per_step(step, loader, steps, warmup, clock=now),
+            "lightning": lambda: fit_seconds_per_step(task, loader, steps, warmup, clock=now),
         },
         rounds,
         warmup=0,

@@ -287,6 +287,7 @@ def maps_section(size: dict, device: torch.device, backbone: str) -> Section:
             2,
             warmup=1,
             device=device,
+            clock="wall",
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

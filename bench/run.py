@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import SCHEMA, machine, table, validate  # noqa: E402
+from timing import set_clock  # noqa: E402
 
 BENCHMARKS = {
     "release": "bench_release",
@@ -45,6 +46,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch intra-op threads (1: on a shared machine more threads wait on each other)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="single-process timings: CPU seconds (steady on a shared machine) or wall time; pools always wall",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes of the pseudo-label and CRF pools")
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes only (a smoke test, not a measurement)"
@@ -59,15 +66,22 @@ def run_all(opts: argparse.Namespace) -> dict:
     from wsss.artifacts import write_json
 
     torch.set_num_threads(opts.threads)
+    set_clock(opts.clock)
     started = time.perf_counter()
     results = {
         "schema": SCHEMA,
         "machine": machine(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"rounds": opts.rounds, "workers": opts.workers, "quick": opts.quick},
+        "settings": {
+            "rounds": opts.rounds,
+            "workers": opts.workers,
+            "quick": opts.quick,
+            "clock": opts.clock,
+        },
         "note": (
             "ratios: best interleaved round of each variant, measured in this run (a shared machine's "
-            "load hits every variant of a round alike); > 1 = wsss faster"
+            "load hits every variant of a round alike); > 1 = wsss faster. Single-process variants are "
+            "timed in CPU seconds of their process (settings.clock), pools in wall time"
         ),
         "benchmarks": {},
     }

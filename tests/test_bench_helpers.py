@@ -32,6 +32,41 @@ def test_interleave_records_a_returned_measurement_instead_of_the_call_time():
         timing.interleave({"x": lambda: None}, rounds=0)
 
 
+def test_interleave_both_times_the_same_calls_by_cpu_and_wall_clock():
+    both = timing.interleave_both({"sleep": lambda: __import__("time").sleep(0.05)}, rounds=2, warmup=0)
+    assert set(both) == {"cpu", "wall"}
+    assert len(both["cpu"]["sleep"]) == len(both["wall"]["sleep"]) == 2
+    assert min(both["wall"]["sleep"]) >= 0.05 > max(both["cpu"]["sleep"])  # sleeping costs no CPU
+
+
+def test_clock_choice_is_checked():
+    timing.set_clock("cpu")
+    try:
+        assert timing.clock_name() == "cpu"
+        with pytest.raises(ValueError, match="choose one of"):
+            timing.set_clock("gpu")
+    finally:
+        timing.set_clock("wall")
+
+
+def constant_factory(value: float):
+    """A variant for interleave_in_processes: built in the child, reports ``value`` as its seconds."""
+    return lambda: value
+
+
+def failing_factory():
+    raise RuntimeError("cannot build")
+
+
+def test_interleave_in_processes_asks_each_variant_in_its_process():
+    times = timing.interleave_in_processes(
+        {"a": (constant_factory, {"value": 0.5}), "b": (constant_factory, {"value": 0.25})}, rounds=2, warmup=1
+    )
+    assert times == {"a": [0.5, 0.5], "b": [0.25, 0.25]}
+    with pytest.raises(RuntimeError, match="variant 'x' failed in its process: RuntimeError: cannot build"):
+        timing.interleave_in_processes({"x": (failing_factory, {})}, rounds=1)
+
+
 def test_speedup_is_best_baseline_over_best_candidate():
     assert timing.speedup([3.0, 2.0, 4.0], [1.5, 1.0]) == 2.0
     assert timing.best([0.3, 0.1, 0.2]) == 0.1
@@ -123,6 +158,8 @@ def test_runner_writes_one_results_file_and_keeps_going_after_a_crash(tmp_path, 
     assert "RuntimeError: broken benchmark" in data["benchmarks"]["bad"]["error"]
     assert data["benchmarks"]["good"]["figures"][0]["met"] is True
     assert data["machine"]["threads"] == 1
+    assert data["settings"]["clock"] == "cpu"
+    timing.set_clock("wall")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU path")

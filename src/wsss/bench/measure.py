@@ -22,10 +22,15 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-class StepTimer(Callback):
-    """Records ``time.perf_counter()`` at the start of every training batch and at the end of the last."""
+Clock = Callable[[], float]
 
-    def __init__(self) -> None:
+
+class StepTimer(Callback):
+    """Records ``clock()`` (default ``time.perf_counter``) at the start of every training batch and at
+    the end of the last."""
+
+    def __init__(self, clock: Clock = time.perf_counter) -> None:
+        self.clock = clock
         self.starts: list[float] = []
         self.end: float | None = None
 
@@ -33,13 +38,13 @@ class StepTimer(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         _sync(pl_module.device)
-        self.starts.append(time.perf_counter())
+        self.starts.append(self.clock())
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         _sync(pl_module.device)
-        self.end = time.perf_counter()
+        self.end = self.clock()
 
     def seconds_per_step(self, warmup: int) -> float:
         """Mean seconds of the batches after the first ``warmup`` (data loading included)."""
@@ -56,17 +61,19 @@ def fit_seconds_per_step(
     data: Any,
     steps: int,
     warmup: int = 2,
+    clock: Clock = time.perf_counter,
     **trainer_kwargs: Any,
 ) -> float:
     """Seconds per optimizer step of ``task`` trained by a Trainer on ``data`` (a DataLoader or a
     LightningDataModule) for ``warmup + steps`` batches, without validation, checkpoints or progress bar.
 
-    ``trainer_kwargs`` (accelerator, precision, logger, callbacks, ...) override those defaults.
+    ``trainer_kwargs`` (accelerator, precision, logger, callbacks, ...) override those defaults; ``clock``
+    is wall time unless given (``time.process_time``: CPU seconds, steadier on a shared machine).
     Assumes one batch per optimizer step (no gradient accumulation).
     """
     if steps < 1:
         raise ValueError(f"steps={steps}; measure at least one step")
-    timer = StepTimer()
+    timer = StepTimer(clock)
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -101,6 +108,7 @@ def loop_seconds_per_step(
     steps: int,
     warmup: int = 2,
     device: torch.device | None = None,
+    clock: Clock = time.perf_counter,
 ) -> float:
     """Seconds per call of ``step(batch)`` over batches of ``loader``, after ``warmup`` calls
     (data loading included, as in ``fit_seconds_per_step``)."""
@@ -110,11 +118,11 @@ def loop_seconds_per_step(
     for _ in range(warmup):
         step(next(batches))
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         step(next(batches))
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def seconds_per_image(
@@ -123,6 +131,7 @@ def seconds_per_image(
     images_in: Callable[[Any], int],
     warmup: int = 1,
     device: torch.device | None = None,
+    clock: Clock = time.perf_counter,
 ) -> float:
     """Seconds per image of ``run(batch)`` (inference) over ``batches`` after ``warmup`` batches;
     ``images_in(batch)`` counts a batch's images."""
@@ -132,10 +141,10 @@ def seconds_per_image(
     for batch in items[:warmup]:
         run(batch)
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     images = 0
     for batch in items[warmup:]:
         run(batch)
         images += images_in(batch)
     _sync(device)
-    return (time.perf_counter() - start) / images
+    return (clock() - start) / images
