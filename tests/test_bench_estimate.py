@@ -50,6 +50,10 @@ def test_voc_work_counts_the_paper_recipe():
     no_refine = [w.stage for w in voc_work(refine=False, seg_val_every=None)]
     assert no_refine == ["cls", "maps_cls", "pseudo", "seg", "eval"]
     assert voc_work(seg_val_every=None)[-2].images == 0
+    release_seg = voc_work(seg_steps=10_000, seg_accumulate=2)[-2]  # 10k steps at batch 10 = 2 x 5
+    assert release_seg == Work("seg", steps=20_000, images=5 * 1_449)
+    with pytest.raises(ValueError, match="seg_accumulate=0"):
+        voc_work(seg_accumulate=0)
 
 
 def test_sweep_counts_each_shared_identity_once():

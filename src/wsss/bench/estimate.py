@@ -75,6 +75,7 @@ def voc_work(
     refine_epochs: int = 15,
     refine_batch: int = 5,
     seg_steps: int = 20_000,
+    seg_accumulate: int = 1,
     seg_val_every: int | None = 2_000,
     refine: bool = True,
     validate_cls: bool = True,
@@ -84,9 +85,12 @@ def voc_work(
 
     cls: epochs over train_aug, plus one validation pass over val per epoch when ``validate_cls``;
     maps: every train_aug image; refine (when ``refine``): epochs over train_aug and its maps; pseudo:
-    every train_aug image; seg: ``seg_steps`` steps plus a pass over val every ``seg_val_every`` steps;
-    eval: val.
+    every train_aug image; seg: ``seg_steps`` optimizer steps of ``seg_accumulate`` batches each plus a
+    pass over val every ``seg_val_every`` optimizer steps; eval: val. ``Work.steps`` counts batches (a
+    forward and backward pass each: what ``wsss.bench.measure`` times per step).
     """
+    if seg_accumulate < 1:
+        raise ValueError(f"seg_accumulate={seg_accumulate}; give 1 or more batches per optimizer step")
     train, val = images["train_aug"], images["val"]
     works = [
         Work("cls", epoch_steps(train, cls_batch, cls_epochs), cls_epochs * val if validate_cls else 0),
@@ -100,7 +104,7 @@ def voc_work(
     validations = seg_steps // seg_val_every if seg_val_every else 0
     works += [
         Work("pseudo", images=train),
-        Work("seg", seg_steps, validations * val),
+        Work("seg", seg_steps * seg_accumulate, validations * val),
         Work("eval", images=val),
     ]
     return works
