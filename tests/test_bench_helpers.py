@@ -60,7 +60,9 @@ def failing_factory():
 
 def test_interleave_in_processes_asks_each_variant_in_its_process():
     times = timing.interleave_in_processes(
-        {"a": (constant_factory, {"value": 0.5}), "b": (constant_factory, {"value": 0.25})}, rounds=2, warmup=1
+        {"a": (constant_factory, {"value": 0.5}), "b": (constant_factory, {"value": 0.25})},
+        rounds=2,
+        warmup=1,
     )
     assert times == {"a": [0.5, 0.5], "b": [0.25, 0.25]}
     with pytest.raises(RuntimeError, match="variant 'x' failed in its process: RuntimeError: cannot build"):
