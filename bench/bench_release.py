@@ -121,6 +121,8 @@ def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str)
     if variant == "wsss_stage_before_fix":  # MapPredictor without its retain_freed_memory call
         wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
     precision = "bf16-mixed" if variant == "wsss_stage_bf16" else "32-true"
+    if variant == "wsss_stage_channels_last":  # the network's weights NHWC: every activation follows
+        net = net.to(memory_format=torch.channels_last)
 
     def stage() -> None:
         shutil.rmtree(out, ignore_errors=True)
@@ -135,7 +137,13 @@ def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str)
 def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figure], dict]:
     tmp = tempfile.mkdtemp(prefix="bench_maps_")
     args = {"backbone": backbone, "images": images, "batch": batch, "tmp": tmp}
-    names = ("release_loop", "wsss_stage", "wsss_stage_before_fix", "wsss_stage_bf16")
+    names = (
+        "release_loop",
+        "wsss_stage",
+        "wsss_stage_before_fix",
+        "wsss_stage_channels_last",
+        "wsss_stage_bf16",
+    )
     try:
         times = interleave_in_processes(
             {n: (maps_variant, {"variant": n, **args}) for n in names}, rounds, warmup=0
@@ -157,6 +165,12 @@ def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figu
             speedup(base, times["wsss_stage_before_fix"]),
             "release per-image loop",
             note="the stage path without retain_freed_memory (glibc's default thresholds)",
+        ),
+        ratio(
+            f"{name}/channels_last",
+            speedup(base, times["wsss_stage_channels_last"]),
+            "release per-image loop",
+            note="stage path with the network in channels_last (same maps up to float rounding)",
         ),
         ratio(
             f"{name}/bf16",
