@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import release_paths as release  # noqa: E402
 import torch  # noqa: E402
 from common import Images, batch_loader, classifier, lightning_trainer, one_hot_labels, quiet, segmenter  # noqa: E402
-from results import SCHEMA, Figure, Section, machine, ratio, table, validate  # noqa: E402
+from results import SCHEMA, Figure, Section, finish, machine, ratio, run_section  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results_gpu.json"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -336,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
             "bench/gpu.py: no CUDA GPU here; skipping (python bench/gpu.py --device cpu --tiny is its CPU smoke test)"
         )
         return 0
-    from wsss.artifacts import write_json
-
     quiet()
     device = torch.device(opts.device)
     size = sizes(opts.tiny)
@@ -357,24 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in opts.only:
         print(f"== {name}", flush=True)
-        start = time.perf_counter()
-        entry: dict[str, Any] = {"sizes": "", "figures": [], "details": {}, "error": None}
-        try:
-            section = sections[name]()
-            entry.update(
-                sizes=section.sizes, figures=[f.to_dict() for f in section.figures], details=section.details
-            )
-        except Exception as err:
-            entry["error"] = f"{type(err).__name__}: {err}"
-            print(entry["error"], file=sys.stderr)
-        entry["seconds"] = round(time.perf_counter() - start, 1)
-        results["benchmarks"][name] = entry
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    validate(results)
-    write_json(opts.out, results)
-    print(table(results))
-    print(f"\n{results['seconds']:.0f} s; wrote {opts.out}")
-    return 1 if any(b["error"] for b in results["benchmarks"].values()) else 0
+        results["benchmarks"][name] = run_section(sections[name])
+    return finish(results, opts.out, started)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,35 @@ class Section:
     sizes: str
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def run_section(build: Callable[[], Section]) -> dict[str, Any]:
+    """A benchmark's entry in the results file: its section as dicts, its seconds, and the traceback
+    (``error``) when it crashed instead: a broken benchmark is reported, the others still run."""
+    start = time.perf_counter()
+    entry: dict[str, Any] = {"sizes": "", "figures": [], "details": {}, "error": None}
+    try:
+        section = build()
+        entry.update(
+            sizes=section.sizes, figures=[f.to_dict() for f in section.figures], details=section.details
+        )
+    except Exception:
+        entry["error"] = traceback.format_exc()
+        print(entry["error"], file=sys.stderr)
+    entry["seconds"] = round(time.perf_counter() - start, 1)
+    return entry
+
+
+def finish(results: dict[str, Any], out: Path, started: float) -> int:
+    """Total seconds, check, write ``out`` atomically, print the table; exit status 1 if a benchmark crashed."""
+    from wsss.artifacts import write_json
+
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    validate(results)
+    write_json(out, results)
+    print(table(results))
+    print(f"\n{results['seconds']:.0f} s; wrote {out}")
+    return 1 if any(b["error"] for b in results["benchmarks"].values()) else 0
 
 
 def cpu_model() -> str:

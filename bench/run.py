@@ -16,13 +16,12 @@ import argparse
 import importlib
 import sys
 import time
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import SCHEMA, machine, table, validate  # noqa: E402
+from results import SCHEMA, finish, machine, run_section  # noqa: E402
 from timing import set_clock  # noqa: E402
 
 BENCHMARKS = {
@@ -60,11 +59,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_all(opts: argparse.Namespace) -> dict:
+def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from wsss.artifacts import write_json
-
+    opts = parse(argv)
     torch.set_num_threads(opts.threads)
     set_clock(opts.clock)
     started = time.perf_counter()
@@ -87,30 +85,10 @@ def run_all(opts: argparse.Namespace) -> dict:
     }
     for name in opts.only or list(BENCHMARKS):
         print(f"== {name}", flush=True)
-        start = time.perf_counter()
-        entry: dict = {"sizes": "", "figures": [], "details": {}, "error": None}
-        try:
-            section = importlib.import_module(BENCHMARKS[name]).run(opts)
-            entry.update(
-                sizes=section.sizes, figures=[f.to_dict() for f in section.figures], details=section.details
-            )
-        except Exception:  # a broken benchmark is reported, the others still run
-            entry["error"] = traceback.format_exc()
-            print(entry["error"], file=sys.stderr)
-        entry["seconds"] = round(time.perf_counter() - start, 1)
-        results["benchmarks"][name] = entry
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    validate(results)
-    write_json(opts.out, results)
-    return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    opts = parse(argv)
-    results = run_all(opts)
-    print(table(results))
-    print(f"\n{results['seconds']:.0f} s; wrote {opts.out}")
-    return 1 if any(b["error"] for b in results["benchmarks"].values()) else 0
+        results["benchmarks"][name] = run_section(
+            lambda name=name: importlib.import_module(BENCHMARKS[name]).run(opts)
+        )
+    return finish(results, opts.out, started)
 
 
 if __name__ == "__main__":
