@@ -18,7 +18,7 @@ sweep ?=
 exp ?=
 args ?=
 
-.PHONY: default help install lock test test-all demo bench lint report clean
+.PHONY: default help install lock test test-all demo bench bench-gpu lint report clean
 
 default:
 ifneq ($(stage),)
@@ -61,8 +61,11 @@ test-all: install ## Run every test, slow ones included
 demo: install ## The method on built-in toy data: CAM vs DRS vs DRS-dagger, one table + Figure 1
 	$(ENV) $(PY) -m wsss.demo $(args)
 
-bench: install ## Benchmarks under bench/ (results in bench/results/)
-	@for f in bench/bench_*.py; do echo "== $$f"; $(TEST_ENV) $(PY) $$f || exit 1; done
+bench: install ## Every benchmark, one table and bench/results.json (< 15 min on 2 cores; args="--only release --rounds 5")
+	$(TEST_ENV) $(PY) bench/run.py $(args)
+
+bench-gpu: install ## GPU benchmarks (bf16, channels_last, compile, loaders, maps) -> bench/results_gpu.json; skips without a GPU
+	$(TEST_ENV) $(PY) bench/gpu.py $(args)
 
 lint: install ## ruff check + format check
 	$(PY) -m ruff check src tests bench train.py

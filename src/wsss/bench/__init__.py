@@ -1,0 +1,1 @@
+"""Cost of a run: per-step measurements (``measure``) and the projection of a full run from them (``estimate``)."""
