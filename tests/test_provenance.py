@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose_config, finish_as_made, run_stage, run_train
+from conftest import TINY_TOY, compose_config, finish_as_made, run_stage, run_train
 from wsss.artifacts import Experiment
 from wsss.errors import ArtifactMismatchError, MissingArtifactError, PlanError, StageCompleteError
 from wsss.provenance import expected_record, stage_config
@@ -136,17 +136,7 @@ def test_a_broken_plan_fails_in_seconds_through_train_py(tmp_path: Path) -> None
     assert elapsed < 5, elapsed  # measured 1.2 s: the plan is checked before torch is imported
 
 
-TINY = [
-    "data.toy.num_train=8",
-    "data.toy.num_val=2",
-    "data.toy.num_test=1",
-    "data.toy.size=48",
-    "cls.epochs=1",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "pseudo.source=cls",
-    "pseudo.workers=1",
-]
+TINY = [*TINY_TOY, "pseudo.source=cls", "pseudo.workers=1"]
 
 
 def test_force_on_the_classifier_makes_the_pipeline_redo_what_was_made_from_it(tmp_path: Path) -> None:

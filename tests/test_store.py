@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_config
+from conftest import REPO, TINY_TOY, compose_config
 from wsss.stages.runner import experiment, run_stages
 from wsss.store import Store, link
 from wsss.store import main as store_main
 
 TINY = [
-    "experiment=toy",
-    "data.toy.num_train=8",
-    "data.toy.num_val=2",
-    "data.toy.num_test=1",
-    "data.toy.size=48",
-    "cls.epochs=1",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
+    *TINY_TOY,
     "pseudo.source=cls",
     "pseudo.workers=1",
     "pipeline.stages=[cls,maps_cls]",

@@ -8,20 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_train
+from conftest import TINY_TOY, run_train
 from wsss.sweeps import job_dirname
 
-TINY = [
-    "experiment=toy",
-    "data.toy.num_train=8",
-    "data.toy.num_val=2",
-    "data.toy.num_test=1",
-    "data.toy.size=48",
-    "cls.epochs=1",
-    "logger=none",
-    "print_config=false",
-    "trainer.enable_progress_bar=false",
-]
+TINY = [*TINY_TOY, "print_config=false"]
 
 
 def _paths(tmp_path: Path) -> list[str]:
