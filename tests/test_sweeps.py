@@ -184,3 +184,32 @@ def test_the_launchers_compose(launcher: str, tmp_path: Path) -> None:
     ] in target
     if launcher == "slurm":
         assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices == 2  # SLURM starts one task per rank
+
+
+@pytest.mark.parametrize(
+    ("target", "strategy", "devices", "tasks", "refused"),
+    [
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", "ddp", 2, None, False),
+        ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "ddp", 2, None, True),
+        ("hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ddp", 2, None, True),
+        ("hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ddp_spawn", 2, None, False),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "ddp", 2, None, True),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "ddp", 2, 2, False),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "ddp", 2, 1, True),
+    ],
+)
+def test_the_ddp_rules_of_each_launcher(
+    target: str, strategy: str, devices: int, tasks: int | None, refused: bool
+) -> None:
+    from omegaconf import OmegaConf
+
+    from wsss.ddp.jobs import check_launch
+    from wsss.errors import UnsupportedLaunchError
+
+    launcher = OmegaConf.create({"_target_": target, **({"tasks_per_node": tasks} if tasks else {})})
+    trainer = OmegaConf.create({"strategy": strategy, "devices": devices})
+    if refused:
+        with pytest.raises(UnsupportedLaunchError, match="ddp_spawn|tasks_per_node"):
+            check_launch(launcher, trainer)
+    else:
+        check_launch(launcher, trainer)
