@@ -1,6 +1,6 @@
 """Seconds per training step and per inference image, measured on the machine at hand.
 
-``fit_seconds_per_step`` runs a LightningModule under a ``lightning.pytorch.Trainer`` for a few steps
+``fit_seconds_per_step`` runs a LightningModule under the stages' Trainer for a few steps
 and times the steady state (after ``warmup`` steps: allocator, kernel choice, worker start-up);
 ``loop_seconds_per_step`` times a plain training loop the same way, so the two compare. These are the
 measurement functions of the cost model (``wsss.bench.estimate``) and of the benchmarks under bench/.
@@ -62,15 +62,23 @@ def fit_seconds_per_step(
     steps: int,
     warmup: int = 2,
     clock: Clock = time.perf_counter,
+    callbacks: list[Callback] | None = None,
     **trainer_kwargs: Any,
 ) -> float:
-    """Seconds per optimizer step of ``task`` trained by a Trainer on ``data`` (a DataLoader or a
-    LightningDataModule) for ``warmup + steps`` batches, without validation, checkpoints or progress bar.
+    """Seconds per optimizer step of ``task`` trained on ``data`` (a DataLoader or a LightningDataModule)
+    for ``warmup + steps`` batches by the Trainer the stages get (``wsss.training.build_trainer``, with its
+    callbacks and its CPU allocator setting), without logger, validation, checkpoints or progress bar.
 
-    ``trainer_kwargs`` (accelerator, precision, logger, callbacks, ...) override those defaults; ``clock``
-    is wall time unless given (``time.process_time``: CPU seconds, steadier on a shared machine).
+    ``trainer_kwargs`` (accelerator, precision, benchmark, ...) override those defaults; ``clock`` is wall
+    time unless given (``time.process_time``: CPU seconds, steadier on a shared machine).
     Assumes one batch per optimizer step (no gradient accumulation).
     """
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from wsss.training import build_trainer
+
     if steps < 1:
         raise ValueError(f"steps={steps}; measure at least one step")
     timer = StepTimer(clock)
@@ -79,20 +87,21 @@ def fit_seconds_per_step(
         "devices": 1,
         "max_steps": warmup + steps,
         "max_epochs": -1,
-        "logger": False,
-        "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "limit_val_batches": 0,
         "num_sanity_val_steps": 0,
     }
     kwargs.update(trainer_kwargs)
-    kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
-    trainer = pl.Trainer(**kwargs)
-    if isinstance(data, pl.LightningDataModule):
-        trainer.fit(task, datamodule=data)
-    else:
-        trainer.fit(task, train_dataloaders=data)
+    cfg = OmegaConf.create({"trainer": kwargs})
+    with tempfile.TemporaryDirectory(prefix="wsss-measure-") as out:
+        trainer = build_trainer(
+            cfg, "measure", out, logger=False, checkpoint=False, callbacks=[*(callbacks or []), timer]
+        )
+        if isinstance(data, pl.LightningDataModule):
+            trainer.fit(task, datamodule=data)
+        else:
+            trainer.fit(task, train_dataloaders=data)
     return timer.seconds_per_step(warmup)
 
 
