@@ -15,7 +15,14 @@ from torch.utils.data import DataLoader, Dataset
 
 def quiet() -> None:
     """Silence the random-weights warning and Lightning's start-up messages."""
-    for name in ("wsss.models.weights", "lightning", "lightning.pytorch", "lightning.fabric"):
+    names = (
+        "wsss.models.weights",
+        "wsss.tasks.classification",
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+    )
+    for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -114,3 +121,32 @@ def stage_trainer(**trainer_kwargs: Any):
     }
     out = tempfile.mkdtemp(prefix="bench_trainer_")
     return build_trainer(OmegaConf.create({"trainer": node}), "bench", out, logger=False, checkpoint=False)
+
+
+def config(*overrides: str):
+    """The config train.py composes from ``overrides`` (no logger, no figures), for building a stage's
+    task exactly as the stage does (``wsss.stages.<stage>.build_task``); networks get random weights."""
+    from wsss.config import compose
+
+    return compose(["logger=none", "cls.log_images=0", *overrides])
+
+
+def cls_task(backbone: str, protocol: str = "paper"):
+    """The cls stage's ``ClassifierTask`` for ``backbone=<backbone> protocol=<protocol>``."""
+    from wsss.stages.cls import build_task
+
+    return build_task(config(f"backbone={backbone}", f"protocol={protocol}"))
+
+
+def refine_task(backbone: str, protocol: str = "paper"):
+    """The refine stage's ``RefinerTask`` for ``backbone=<backbone> protocol=<protocol>``."""
+    from wsss.stages.refine import build_task
+
+    return build_task(config(f"backbone={backbone}", f"protocol={protocol}"))
+
+
+def seg_task(segmenter_name: str, protocol: str = "paper"):
+    """The seg stage's ``SegmenterTask`` for ``segmenter=<name> protocol=<protocol>`` (20k steps)."""
+    from wsss.stages.seg import build_task
+
+    return build_task(config(f"segmenter={segmenter_name}", f"protocol={protocol}"))
