@@ -2,7 +2,8 @@
 
 Inputs: the real sample images (~500 x 375), their real saliency maps and stand-in maps made from the
 ground-truth masks (``fixtures.stand_in_maps``: smooth blobs at stride 8, like a network's).
-- rules: ``wsss.pseudo.make_label`` with the paper, release and fallback rules (one process).
+- rules: ``wsss.stages.pseudo_rules.make_label`` with the paper, release and fallback rules (one process),
+  on the present classes' maps (what the pseudo stage's worker gives them).
 - crf: the pseudo stage's CRF (``crf_label`` after the paper rule) through ``wsss.crf.crf_map`` with 1
   and N processes; parallel efficiency = rate(N) / (N x rate(1)), with the pool's start-up (measured
   on its own) subtracted, since a stage pays it once for 10,582 images; it is also given included.
@@ -22,18 +23,16 @@ from timing import interleave, summarize
 
 
 def rules(ids: list[str], rounds: int) -> tuple[list[Figure], dict]:
-    from wsss.data.maps_io import dense_maps
-    from wsss.pseudo import PseudoRule, make_label
+    from wsss.stages.pseudo_rules import PseudoRule, make_label
 
     data = []
     for image_id in ids:
         _, mask, saliency = read_sample(image_id)
-        classes = mask_classes(mask)
-        data.append((dense_maps(classes, stand_in_maps(mask, classes)), saliency))
+        data.append((stand_in_maps(mask, mask_classes(mask)), saliency))
     variants = {}
     for name, rule in {
-        "paper": PseudoRule(protocol="paper"),
-        "release": PseudoRule(protocol="release"),
+        "paper": PseudoRule(rule="paper"),
+        "release": PseudoRule(rule="release"),
         "fallback": PseudoRule(background="fallback"),
     }.items():
         variants[name] = lambda rule=rule: [
@@ -49,9 +48,9 @@ def rules(ids: list[str], rounds: int) -> tuple[list[Figure], dict]:
 
 def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
     from wsss.crf import crf_map
-    from wsss.pseudo import LabelJob, PseudoRule, set_job
+    from wsss.stages.pseudo_rules import LabelJob, PseudoRule, set_job
 
-    job = LabelJob(Ids(ids), None, None, None, PseudoRule(), None)  # what set_job ships: nothing big
+    job = LabelJob(Ids(ids, []), None, None, None, PseudoRule(), None)  # what set_job ships: nothing big
 
     def pool(fn, n: int):
         return lambda: crf_map(

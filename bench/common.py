@@ -77,17 +77,23 @@ def batch_loader(make: Any, n: int, seed: int = 0) -> DataLoader:
 
 
 class Images(Dataset):
-    """Images and labels as the map writer reads them: ``{"image", "label", "id"}`` samples, ``.ids``."""
+    """Images and labels as the map writer reads them: ``{"image", "label", "id"}`` samples (plus the
+    original ``size`` when given), ``.ids``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        self.images, self.labels, self.sizes = images, labels, sizes
         self.ids = [f"b{i:05d}" for i in range(len(images))]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.images[i], "label": self.labels[i], "id": self.ids[i]}
+        sample = {"image": self.images[i], "label": self.labels[i], "id": self.ids[i]}
+        if self.sizes is not None:
+            sample["size"] = self.sizes[i]
+        return sample
 
 
 def squashed(image: np.ndarray, side: int) -> torch.Tensor:
@@ -150,3 +156,16 @@ def seg_task(segmenter_name: str, protocol: str = "paper"):
     from wsss.stages.seg import build_task
 
     return build_task(config(f"segmenter={segmenter_name}", f"protocol={protocol}"))
+
+
+def map_stage(net: nn.Module, source: str = "cls", protocol: str = "release") -> tuple[Any, dict[str, str]]:
+    """The maps stage's ``MapPredictor`` for ``net`` under ``protocol`` (its scales and the maths of
+    ``maps.<source>``) and the storage arguments of ``write_maps`` (dtype, quantize)."""
+    from wsss.localization import MapMaths
+    from wsss.stages.maps_writer import MapPredictor
+
+    maps = config(f"protocol={protocol}").maps
+    recipe = maps[source]
+    scales = [float(s) for s in maps.scales]
+    predictor = MapPredictor(net, scales, bool(maps.flip), MapMaths.from_config(recipe), str(recipe.size))
+    return predictor, {"dtype": str(recipe.dtype), "quantize": str(recipe.quantize)}
