@@ -60,17 +60,22 @@ def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
     def spins(n: int):
         return lambda: crf_map(spin, range(len(ids)), n, progress=False)
 
+    def spin_pool_start() -> None:  # a pool without the stage's initializer (no wsss imports)
+        crf_map(noop, range(workers), workers, progress=False)
+
     variants = {
         "crf_1proc": pool(crf_sample, 1),
         f"crf_{workers}proc": pool(crf_sample, workers),
         "pool_start": pool(noop, workers),
+        "spin_pool_start": spin_pool_start,
         "spin_1proc": spins(1),
         f"spin_{workers}proc": spins(workers),
     }
     times = interleave(variants, rounds, warmup=0, clock="wall")
     one, many, start = min(times["crf_1proc"]), min(times[f"crf_{workers}proc"]), min(times["pool_start"])
     steady = one / (workers * max(many - start, 1e-9))
-    capacity = min(times["spin_1proc"]) / (workers * max(min(times[f"spin_{workers}proc"]) - start, 1e-9))
+    spin_start = min(times["spin_pool_start"])
+    capacity = min(times["spin_1proc"]) / (workers * max(min(times[f"spin_{workers}proc"]) - spin_start, 1e-9))
     n = len(ids)
     figs = [
         Figure(

@@ -254,11 +254,15 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     def spins(k: int) -> Callable[[], object]:
         return lambda: crf_map(spin, range(len(ids)), k, progress=False)
 
+    def spin_pool_start() -> None:  # a pool without the stage's initializer (no wsss imports)
+        crf_map(noop, range(workers), workers, progress=False)
+
     variants = {
         "release_loop": release_loop,
         "wsss_1proc": stage(1),
         f"wsss_{workers}proc": stage(workers),
         "pool_start": pool_start,
+        "spin_pool_start": spin_pool_start,
         "spin_1proc": spins(1),
         f"spin_{workers}proc": spins(workers),
     }
@@ -267,7 +271,8 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     n = len(ids)
     start = min(wall["pool_start"])
     steady = [t - start for t in wall[f"wsss_{workers}proc"]]
-    capacity = min(wall["spin_1proc"]) / (workers * max(min(wall[f"spin_{workers}proc"]) - start, 1e-9))
+    spin_start = min(wall["spin_pool_start"])
+    capacity = min(wall["spin_1proc"]) / (workers * max(min(wall[f"spin_{workers}proc"]) - spin_start, 1e-9))
     base = "release pseudo-label loop (after the network)"
     figs = [
         ratio(
