@@ -75,7 +75,9 @@ def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
     one, many, start = min(times["crf_1proc"]), min(times[f"crf_{workers}proc"]), min(times["pool_start"])
     steady = one / (workers * max(many - start, 1e-9))
     spin_start = min(times["spin_pool_start"])
-    capacity = min(times["spin_1proc"]) / (workers * max(min(times[f"spin_{workers}proc"]) - spin_start, 1e-9))
+    capacity = min(times["spin_1proc"]) / (
+        workers * max(min(times[f"spin_{workers}proc"]) - spin_start, 1e-9)
+    )
     n = len(ids)
     figs = [
         Figure(
