@@ -18,7 +18,7 @@ sweep ?=
 exp ?=
 args ?=
 
-.PHONY: default help install lock test test-all demo bench bench-gpu lint report clean
+.PHONY: default help install lock test test-all demo bench bench-gpu estimate lint report clean
 
 default:
 ifneq ($(stage),)
@@ -66,6 +66,9 @@ bench: install ## Every benchmark, one table and bench/results.json (< 15 min on
 
 bench-gpu: install ## GPU benchmarks (bf16, channels_last, compile, loaders, maps) -> bench/results_gpu.json; skips without a GPU
 	$(TEST_ENV) $(PY) bench/gpu.py $(args)
+
+estimate: install ## Projected wall time of a run on this machine: make estimate args="experiment=paper_vgg16" (-m for a sweep)
+	$(TEST_ENV) $(PY) -m wsss.bench.estimate $(args)
 
 lint: install ## ruff check + format check
 	$(PY) -m ruff check src tests bench train.py

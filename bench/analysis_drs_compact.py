@@ -37,10 +37,10 @@ from omegaconf import OmegaConf
 from wsss.artifacts import Experiment
 from wsss.data.maps_io import load_maps
 from wsss.data.voc import VOCDataset
-from wsss.drs import DRS, LAYERS, activation_from_config
+from wsss.drs import DRS, LAYERS
 from wsss.inference import to_input
-from wsss.maps import load_state
-from wsss.models.classifier import DRSClassifier, build_backbone, default_head_channels
+from wsss.models.checkpoint import network_state, read_checkpoint
+from wsss.models.networks import build, classifier_spec
 from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep
 
 VARIANTS: dict[str, list[str]] = {
@@ -115,9 +115,13 @@ def spread(maps_dir: Path, data: VOCDataset, thresholds: tuple[float, ...]) -> d
     }
 
 
-def tagged_classifier(cfg) -> DRSClassifier:
-    """The classifier of a saved stage config, each DRS module tagged with its block name (``layer``)."""
-    base = activation_from_config(cfg.drs)
+def tagged_classifier(cfg) -> torch.nn.Module:
+    """The classifier of a saved stage config (its ``_target_`` specs), each DRS module tagged with its
+    block name (``layer``): the activation factory of ``cfg.drs`` is wrapped before the network is built."""
+    from hydra.utils import get_class
+
+    spec = classifier_spec(cfg)
+    base = build(spec["activation"])
 
     def activation(layer: str, channels: int) -> torch.nn.Module:
         module = base(layer, channels)
@@ -125,9 +129,10 @@ def tagged_classifier(cfg) -> DRSClassifier:
             module.layer = layer
         return module
 
-    backbone = build_backbone(cfg.backbone, activation)
-    head = cfg.model.get("head_channels") or default_head_channels(backbone, str(cfg.backbone.name))
-    return DRSClassifier(backbone, int(cfg.data.num_classes), int(head), activation)
+    backbone_spec = {k: v for k, v in spec["backbone"].items() if k not in ("_target_", "activation")}
+    backbone = get_class(spec["backbone"]["_target_"])(activation=activation, **backbone_spec)
+    head = {k: v for k, v in spec.items() if k not in ("_target_", "backbone", "activation")}
+    return get_class(spec["_target_"])(backbone=backbone, activation=activation, **head)
 
 
 @torch.no_grad()
@@ -135,7 +140,8 @@ def controller(exp: Experiment, data: VOCDataset, batch: int = 32) -> dict:
     """Per DRS module (network order) and per block: mean G and the share of positive activations clipped."""
     cfg = OmegaConf.load(exp.stage_dir("cls") / "config.yaml")
     net = tagged_classifier(cfg)
-    net.load_state_dict(load_state(exp.stage_dir("cls") / "checkpoints" / "best.ckpt"))
+    path = exp.stage_dir("cls") / "checkpoints" / "best.ckpt"
+    net.load_state_dict(network_state(read_checkpoint(path), path))
     net.eval()
     modules = [m for m in net.modules() if isinstance(m, DRS)]
     if not modules:
@@ -250,7 +256,7 @@ def figure(runs: Path, out: Path, n_images: int = 3) -> Path:
     """image | CAM | DRS learnable | delta 0.55 | delta 0.8: first train images of each design, stacked."""
     from PIL import Image
 
-    from wsss.maps import figure1
+    from wsss.figures import figure1
 
     grids = []
     for design in DESIGNS:

@@ -6,8 +6,8 @@
   images, paper protocol (original size, scale 1) and release protocol (squashed to 320, scales
   256/320/384), vs the release's 20-channel uint8 .npy at 320 x 320. Random-weight networks make noisier
   maps than trained ones, so the wsss sizes are an upper bound.
-- eval: decode all 12,031 real SegmentationClassAug masks (``read_mask``), derive their image labels
-  (``label_from_mask``) and score a prediction against each (``wsss.metrics.ConfusionAccumulator``);
+- eval: decode all 12,031 real SegmentationClassAug masks (``read_index_png``), derive their image labels
+  (``label_from_mask``) and score a prediction against each (``wsss.metrics.ConfusionMatrix``);
   seconds and the share of each part.
 
     python bench/bench_growth.py --child-maps N   # the child process of the memory figure (prints JSON)
@@ -60,17 +60,17 @@ class Generated:
 def child_maps(n: int) -> dict[str, float]:
     """Write ``n`` maps in this process; its peak RSS (MB) and seconds."""
     import torch
-    from common import classifier, lightning_trainer
+    from common import classifier, stage_trainer
 
-    from wsss.maps import write_maps
+    from wsss.stages.maps_writer import MapPredictor, write_maps
 
     quiet()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = classifier("tiny").eval()
+    predictor = MapPredictor(classifier("tiny").eval())  # the paper's maths, one scale
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        written = write_maps(lightning_trainer(), net, Generated(n), tmp, (1.0,), batch_size=8)["written"]
+        written = write_maps(stage_trainer(), predictor, Generated(n), tmp, batch_size=8)["written"]
         seconds = time.perf_counter() - start
     return {"written": written, "peak_rss_mb": peak_rss_mb(), "seconds": seconds}
 
@@ -112,32 +112,34 @@ def memory(counts: tuple[int, int]) -> tuple[list[Figure], dict]:
 
 def storage() -> tuple[list[Figure], dict]:
     import torch
-    from common import classifier, squashed
+    from common import classifier, map_stage, squashed
     from PIL import Image
 
+    from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
     from wsss.data.maps_io import save_maps
-    from wsss.data.palette import read_mask
-    from wsss.maps import present_class_maps
-    from wsss.tasks.classifier import IMAGENET_MEAN, IMAGENET_STD
+    from wsss.data.palette import read_index_png
+    from wsss.localization import present_class_maps
 
     torch.manual_seed(0)
     net = classifier("tiny").eval()
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    recipes = {protocol: map_stage(net, "cls", protocol) for protocol in ("paper", "release")}
     sizes: dict[str, list[int]] = {"paper": [], "release": []}
     classes_per_image = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for image_id in sample_ids():
             rgb = np.array(Image.open(SAMPLE / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
-            mask = read_mask(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
+            mask = read_index_png(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
             label = torch.zeros(1, 20)
             label[0, torch.from_numpy(mask_classes(mask))] = 1
             classes_per_image.append(int(label.sum()))
             original = ((torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std)[None]
-            views = {"paper": (original, (1.0,)), "release": (squashed(rgb, 320)[None], (256, 320, 384))}
-            for protocol, (x, scales) in views.items():
-                [(present, maps)] = present_class_maps(net, x, label, scales)
+            views = {"paper": original, "release": squashed(rgb, 320)[None]}
+            for protocol, x in views.items():
+                predictor, storage = recipes[protocol]  # each protocol's scales, maths and storage
+                [(present, maps)] = present_class_maps(net, x, label, predictor.scales, maths=predictor.maths)
                 path = Path(tmp) / f"{protocol}_{image_id}.npz"
-                save_maps(path, present.numpy(), maps.numpy())
+                save_maps(path, present.numpy(), maps.numpy(), **storage)
                 sizes[protocol].append(path.stat().st_size)
         np.save(Path(tmp) / "release.npy", np.zeros((20, 320, 320), np.uint8))
         npy = (Path(tmp) / "release.npy").stat().st_size
@@ -181,19 +183,19 @@ def storage() -> tuple[list[Figure], dict]:
 
 
 def evaluation(limit: int | None = None) -> tuple[list[Figure], dict]:
-    from wsss.data.palette import read_mask
+    from wsss.data.palette import read_index_png
     from wsss.data.voc import label_from_mask
-    from wsss.metrics import ConfusionAccumulator
+    from wsss.metrics import ConfusionMatrix
 
     paths = sorted(MASKS_ALL.glob("*.png"))[:limit]
     if not paths:
         raise FileNotFoundError(f"no masks in {MASKS_ALL}; set WSSS_SHARED_DATA=<folder with voc_masks_all>")
-    acc = ConfusionAccumulator(21)
+    acc = ConfusionMatrix(21)
     decode = labels = score = 0.0
     pixels = 0
     for path in paths:
         t0 = now()
-        gt = read_mask(path)
+        gt = read_index_png(path)
         t1 = now()
         label_from_mask(gt)
         t2 = now()

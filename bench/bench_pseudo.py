@@ -2,7 +2,8 @@
 
 Inputs: the real sample images (~500 x 375), their real saliency maps and stand-in maps made from the
 ground-truth masks (``fixtures.stand_in_maps``: smooth blobs at stride 8, like a network's).
-- rules: ``wsss.pseudo.make_label`` with the paper, release and fallback rules (one process).
+- rules: ``wsss.stages.pseudo_rules.make_label`` with the paper, release and fallback rules (one process),
+  on the present classes' maps (what the pseudo stage's worker gives them).
 - crf: the pseudo stage's CRF (``crf_label`` after the paper rule) through ``wsss.crf.crf_map`` with 1
   and N processes; parallel efficiency = rate(N) / (N x rate(1)), with the pool's start-up (measured
   on its own) subtracted, since a stage pays it once for 10,582 images; it is also given included.
@@ -22,18 +23,16 @@ from timing import interleave, summarize
 
 
 def rules(ids: list[str], rounds: int) -> tuple[list[Figure], dict]:
-    from wsss.data.maps_io import dense_maps
-    from wsss.pseudo import PseudoRule, make_label
+    from wsss.stages.pseudo_rules import PseudoRule, make_label
 
     data = []
     for image_id in ids:
         _, mask, saliency = read_sample(image_id)
-        classes = mask_classes(mask)
-        data.append((dense_maps(classes, stand_in_maps(mask, classes)), saliency))
+        data.append((stand_in_maps(mask, mask_classes(mask)), saliency))
     variants = {}
     for name, rule in {
-        "paper": PseudoRule(protocol="paper"),
-        "release": PseudoRule(protocol="release"),
+        "paper": PseudoRule(rule="paper"),
+        "release": PseudoRule(rule="release"),
         "fallback": PseudoRule(background="fallback"),
     }.items():
         variants[name] = lambda rule=rule: [
@@ -49,9 +48,9 @@ def rules(ids: list[str], rounds: int) -> tuple[list[Figure], dict]:
 
 def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
     from wsss.crf import crf_map
-    from wsss.pseudo import LabelJob, PseudoRule, set_job
+    from wsss.stages.pseudo_rules import LabelJob, PseudoRule, set_job
 
-    job = LabelJob(Ids(ids), None, None, None, PseudoRule(), None)  # what set_job ships: nothing big
+    job = LabelJob(Ids(ids, []), None, None, None, PseudoRule(), None)  # what set_job ships: nothing big
 
     def pool(fn, n: int):
         return lambda: crf_map(
@@ -61,17 +60,24 @@ def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
     def spins(n: int):
         return lambda: crf_map(spin, range(len(ids)), n, progress=False)
 
+    def spin_pool_start() -> None:  # a pool without the stage's initializer (no wsss imports)
+        crf_map(noop, range(workers), workers, progress=False)
+
     variants = {
         "crf_1proc": pool(crf_sample, 1),
         f"crf_{workers}proc": pool(crf_sample, workers),
         "pool_start": pool(noop, workers),
+        "spin_pool_start": spin_pool_start,
         "spin_1proc": spins(1),
         f"spin_{workers}proc": spins(workers),
     }
     times = interleave(variants, rounds, warmup=0, clock="wall")
     one, many, start = min(times["crf_1proc"]), min(times[f"crf_{workers}proc"]), min(times["pool_start"])
     steady = one / (workers * max(many - start, 1e-9))
-    capacity = min(times["spin_1proc"]) / (workers * max(min(times[f"spin_{workers}proc"]) - start, 1e-9))
+    spin_start = min(times["spin_pool_start"])
+    capacity = min(times["spin_1proc"]) / (
+        workers * max(min(times[f"spin_{workers}proc"]) - spin_start, 1e-9)
+    )
     n = len(ids)
     figs = [
         Figure(

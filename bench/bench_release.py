@@ -29,13 +29,23 @@ from typing import Any
 import numpy as np
 import release_paths as release
 import torch
-from common import Images, batch_loader, classifier, lightning_trainer, one_hot_labels, quiet, squashed
+from common import (
+    Images,
+    batch_loader,
+    classifier,
+    cls_task,
+    map_stage,
+    one_hot_labels,
+    quiet,
+    refiner,
+    squashed,
+    stage_trainer,
+)
 from fixtures import SALIENCY, SAMPLE, Ids, mask_classes, noop, sample_ids, spin
 from results import Figure, Section, ratio
 from timing import interleave, interleave_both, interleave_in_processes, now, speedup, summarize
 
 from wsss.bench.measure import fit_seconds_per_step, loop_seconds_per_step
-from wsss.cpu_memory import retain_freed_memory
 
 SCALES = release.SCALES
 
@@ -48,11 +58,9 @@ def training_variant(
 ) -> Callable[[], float]:
     """(In its own process) one training variant on a seeded network and seeded batches; the callable
     returns seconds per step after warm-up."""
-    from wsss.tasks.classifier import ClassifierTask
+    import wsss.cpu_memory
 
     quiet()
-    torch.manual_seed(0)
-    net = classifier(backbone).train()
 
     def make(g: torch.Generator) -> dict:
         return {
@@ -61,14 +69,16 @@ def training_variant(
         }
 
     loader = batch_loader(make, warmup + steps)
+    torch.manual_seed(0)
     if variant == "release_step":
+        net = classifier(backbone).train()
         opt = release.optimizer(net)
         return lambda: loop_seconds_per_step(
             lambda b: release.train_step(net, opt, b["image"], b["label"]), loader, steps, warmup, clock=now
         )
-    if variant == "wsss_lightning_retained_memory":
-        retain_freed_memory()
-    task = ClassifierTask(net, protocol="release", lr=1e-3, log_images=0)
+    if variant == "wsss_lightning_before_fix":  # the stage's Trainer without its allocator setting
+        wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
+    task = cls_task(backbone, protocol="release")  # the cls stage's task: four lr groups, nesterov
     return lambda: fit_seconds_per_step(task, loader, steps, warmup, clock=now)
 
 
@@ -76,7 +86,7 @@ def training(
     backbone: str, batch: int, size: int, steps: int, warmup: int, rounds: int
 ) -> tuple[list[Figure], dict]:
     args = {"backbone": backbone, "batch": batch, "size": size, "steps": steps, "warmup": warmup}
-    names = ("release_step", "wsss_lightning", "wsss_lightning_retained_memory")
+    names = ("release_step", "wsss_lightning", "wsss_lightning_before_fix")
     times = interleave_in_processes(
         {n: (training_variant, {"variant": n, **args}) for n in names}, rounds, warmup=0
     )
@@ -87,13 +97,13 @@ def training(
             speedup(times["release_step"], times["wsss_lightning"]),
             "release training step",
             1.0,
-            f"batch {batch} at {size} px, s/step",
+            f"batch {batch} at {size} px, s/step; the cls stage's task and Trainer",
         ),
         ratio(
-            f"{name}/retained_memory",
-            speedup(times["release_step"], times["wsss_lightning_retained_memory"]),
+            f"{name}/before_fix",
+            speedup(times["release_step"], times["wsss_lightning_before_fix"]),
             "release training step",
-            note="with wsss.cpu_memory.retain_freed_memory (not yet in training)",
+            note="without wsss.cpu_memory.retain_freed_memory (glibc's default thresholds)",
         ),
     ]
     return figs, {name: summarize(times, 1, "steps")}
@@ -106,7 +116,7 @@ def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str)
     """(In its own process) one way of making the maps of seeded images with a seeded network, run once
     here as warm-up (allocator, kernel choice) while the other variants' processes warm up too."""
     import wsss.cpu_memory
-    from wsss.maps import write_maps
+    from wsss.stages.maps_writer import write_maps
 
     quiet()
     torch.manual_seed(0)
@@ -118,16 +128,17 @@ def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str)
     if variant == "release_loop":
         release.map_loop(net, x, labels, out_dir=out)
         return lambda: release.map_loop(net, x, labels, out_dir=out)
-    if variant == "wsss_stage_before_fix":  # MapPredictor without its retain_freed_memory call
+    if variant == "wsss_stage_before_fix":  # the stage's Trainer without its allocator setting
         wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
     precision = "bf16-mixed" if variant == "wsss_stage_bf16" else "32-true"
     if variant == "wsss_stage_channels_last":  # the network's weights NHWC: every activation follows
         net = net.to(memory_format=torch.channels_last)
+    predictor, storage = map_stage(net, "cls", "release")  # scales 0.8/1/1.2 of 320, relu before, uint8
 
     def stage() -> None:
         shutil.rmtree(out, ignore_errors=True)
         write_maps(
-            lightning_trainer(precision=precision), net, Images(x, labels), out, SCALES, batch_size=batch
+            stage_trainer(precision=precision), predictor, Images(x, labels), out, batch_size=batch, **storage
         )
 
     stage()
@@ -158,7 +169,7 @@ def maps(backbone: str, images: int, batch: int, rounds: int) -> tuple[list[Figu
             speedup(base, times["wsss_stage"]),
             "release per-image loop",
             1.2,
-            f"{images} images, wsss batch {batch}, write_maps stage path",
+            f"{images} images, wsss batch {batch}, write_maps stage path (protocol=release maths)",
         ),
         ratio(
             f"{name}/before_fix",
@@ -200,8 +211,8 @@ def real_scores(mask: np.ndarray, classes: np.ndarray, side: int) -> torch.Tenso
 def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     from wsss.crf import crf_map
     from wsss.data.maps_io import save_maps
-    from wsss.data.palette import read_mask, voc_palette
-    from wsss.pseudo import LabelJob, PseudoRule, label_image, set_job
+    from wsss.data.palette import read_index_png, voc_palette
+    from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 
     ids = sample_ids()
     sal_dir = SALIENCY
@@ -209,21 +220,20 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     (tmp / "maps").mkdir()
     palette = voc_palette().flatten().tolist()
     per_image: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+    sizes = []
     for image_id in ids:
-        mask = read_mask(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
+        mask = read_index_png(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
+        sizes.append(mask.shape)
         classes = mask_classes(mask)
         scores = [real_scores(mask, classes, s) for s in SCALES]
         label = torch.zeros(1, 20)
         label[0, torch.from_numpy(classes)] = 1
         per_image.append((scores, label))
-        fused = torch.stack(
-            [
-                torch.nn.functional.interpolate(s, size=(320, 320), mode="bilinear", align_corners=True)
-                for s in scores
-            ]
-        ).amax(0)[0, classes]
-        save_maps(tmp / "maps" / f"{image_id}.npz", classes, fused.clamp(0, 1).numpy())
-    job = LabelJob(Ids(ids), tmp / "maps", tmp / "wsss", sal_dir, PseudoRule(protocol="release"), None)
+        fused = None
+        for score in scores:  # what the maps stage stores under protocol=release: float32 at the image size
+            fused = release.upsample_scale(score, label, mask.shape, fused)
+        save_maps(tmp / "maps" / f"{image_id}.npz", classes, fused[0, classes].numpy(), dtype="float32")
+    job = LabelJob(Ids(ids, sizes), tmp / "maps", tmp / "wsss", sal_dir, PseudoRule(rule="release"), None)
     (tmp / "wsss").mkdir()
     (tmp / "release").mkdir()
 
@@ -244,11 +254,15 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     def spins(k: int) -> Callable[[], object]:
         return lambda: crf_map(spin, range(len(ids)), k, progress=False)
 
+    def spin_pool_start() -> None:  # a pool without the stage's initializer (no wsss imports)
+        crf_map(noop, range(workers), workers, progress=False)
+
     variants = {
         "release_loop": release_loop,
         "wsss_1proc": stage(1),
         f"wsss_{workers}proc": stage(workers),
         "pool_start": pool_start,
+        "spin_pool_start": spin_pool_start,
         "spin_1proc": spins(1),
         f"spin_{workers}proc": spins(workers),
     }
@@ -257,7 +271,8 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     n = len(ids)
     start = min(wall["pool_start"])
     steady = [t - start for t in wall[f"wsss_{workers}proc"]]
-    capacity = min(wall["spin_1proc"]) / (workers * max(min(wall[f"spin_{workers}proc"]) - start, 1e-9))
+    spin_start = min(wall["spin_pool_start"])
+    capacity = min(wall["spin_1proc"]) / (workers * max(min(wall[f"spin_{workers}proc"]) - spin_start, 1e-9))
     base = "release pseudo-label loop (after the network)"
     figs = [
         ratio(
@@ -298,9 +313,16 @@ def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
         "release": release_breakdown(ids, per_image, sal_dir, tmp / "release", palette),
         "wsss": profile_share(
             lambda: stage(1)(),
-            ("load_maps", "read_saliency", "resize_maps", "dense_maps", "make_label", "save_mask"),
+            ("load_maps", "read_saliency", "resize_maps", "make_label", "save_mask"),
         ),
     }
+    same = [
+        np.array_equal(
+            read_index_png(tmp / "wsss" / f"{i}.png"), read_index_png(tmp / "release" / f"{i}.png")
+        )
+        for i in ids
+    ]
+    details["release/pseudo/labels_identical_to_the_release"] = f"{sum(same)} of {len(ids)} images"
     shutil.rmtree(tmp, ignore_errors=True)
     return figs, details
 
@@ -349,25 +371,23 @@ def pseudo_end_to_end(rounds: int, workers: int) -> tuple[list[Figure], dict]:
 
     from wsss.crf import crf_map
     from wsss.data.palette import voc_palette
-    from wsss.maps import write_maps
-    from wsss.pseudo import LabelJob, PseudoRule, label_image, set_job
+    from wsss.stages.maps_writer import write_maps
+    from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 
     ids = sample_ids()
     sal_dir = SALIENCY
     torch.manual_seed(0)
-    net = classifier("tiny", drs="off").eval()
-    x = torch.stack(
-        [
-            squashed(np.asarray(Image.open(SAMPLE / "JPEGImages" / f"{i}.jpg").convert("RGB")), 320)
-            for i in ids
-        ]
-    )
+    net = refiner("tiny").eval()
+    rgbs = [np.asarray(Image.open(SAMPLE / "JPEGImages" / f"{i}.jpg").convert("RGB")) for i in ids]
+    sizes = [rgb.shape[:2] for rgb in rgbs]
+    x = torch.stack([squashed(rgb, release.SQUASH) for rgb in rgbs])
     labels = one_hot_labels(len(ids), 2)
     tmp = Path(tempfile.mkdtemp(prefix="bench_pseudo_e2e_"))
     palette = voc_palette().flatten().tolist()
-    data = Images(x, labels)
+    data = Images(x, labels, sizes)
     data.ids = ids
-    job = LabelJob(Ids(ids), tmp / "maps", tmp / "wsss", sal_dir, PseudoRule(protocol="release"), None)
+    predictor, storage = map_stage(net, "refine", "release")  # raw outputs at the image size, float32
+    job = LabelJob(Ids(ids, sizes), tmp / "maps", tmp / "wsss", sal_dir, PseudoRule(rule="release"), None)
 
     def release_loop() -> None:
         out = tmp / "release"
@@ -377,7 +397,7 @@ def pseudo_end_to_end(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     def wsss() -> None:
         shutil.rmtree(tmp / "maps", ignore_errors=True)
         (tmp / "wsss").mkdir(exist_ok=True)
-        write_maps(lightning_trainer(), net, data, tmp / "maps", SCALES, batch_size=8)
+        write_maps(stage_trainer(), predictor, data, tmp / "maps", batch_size=8, **storage)
         crf_map(
             label_image,
             range(len(ids)),

@@ -1,9 +1,11 @@
 """wsss's Lightning training stages against a plain PyTorch loop on the same model, batches and threads.
 
 Per stage, seconds per optimizer step after warm-up (``wsss.bench.measure``): the stage's
-LightningModule (``ClassifierTask``, ``RefinerTask``, ``SegmenterTask``) under a Trainer (no logger,
-checkpoint or progress bar: those are the user's choice) vs the loop a user would write: the same
-loss, optimizer and schedule, nothing else. The tiny networks make Lightning's per-step cost most
+LightningModule (``ClassifierTask``, ``RefinerTask``, ``SegmenterTask``, built by the stage's own
+``build_task`` from the composed config, protocol=paper) under the stages' Trainer
+(``wsss.training.build_trainer``; no logger, checkpoint or progress bar: those are the user's choice) vs
+the loop a user would write on a copy of the same network: the same loss, optimizer and schedule,
+nothing else. Both run with the CPU allocator setting every stage gets (``wsss.cpu_memory``). The tiny networks make Lightning's per-step cost most
 visible (a step is tens of ms); VGG-16 shows it at the paper's network (the classifier's VGG-16 case is
 release/training: the release's step is such a plain loop).
 """
@@ -16,11 +18,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import batch_loader, classifier, quiet, segmenter
+from common import batch_loader, cls_task, quiet, refine_task, seg_task
 from results import Figure, Section, ratio
 from timing import interleave, now, speedup, summarize
 
 from wsss.bench.measure import fit_seconds_per_step, loop_seconds_per_step
+from wsss.cpu_memory import retain_freed_memory
 
 
 def images_and(extra: Callable[[torch.Generator, int, int], dict], batch: int, size: int) -> Callable:
@@ -31,11 +34,11 @@ def images_and(extra: Callable[[torch.Generator, int, int], dict], batch: int, s
 
 
 def cls_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
-    from wsss.tasks.classifier import ClassifierTask
-
-    net = classifier(backbone).train()
-    mine = copy.deepcopy(net)
-    opt = torch.optim.SGD(mine.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    task = cls_task(backbone)  # paper protocol: one SGD group
+    mine = copy.deepcopy(task.model)
+    opt = torch.optim.SGD(
+        mine.parameters(), lr=task.lr, momentum=task.momentum, weight_decay=task.weight_decay
+    )
 
     def step(b: dict) -> None:
         loss = F.multilabel_soft_margin_loss(mine(b["image"]).mean(dim=(2, 3)), b["label"])
@@ -44,15 +47,13 @@ def cls_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
         opt.step()
 
     labels = lambda g, n, s: {"label": (torch.rand(n, 20, generator=g) < 0.15).float()}  # noqa: E731
-    return ClassifierTask(net, protocol="paper", log_images=0), step, labels
+    return task, step, labels
 
 
 def refine_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
-    from wsss.tasks.refiner import RefinerTask
-
-    net = classifier(backbone, drs="off").train()
-    mine = copy.deepcopy(net)
-    opt = torch.optim.Adam(mine.parameters(), lr=1e-4)
+    task = refine_task(backbone)  # paper protocol: MSE against the whole maps
+    mine = copy.deepcopy(task.model)
+    opt = torch.optim.Adam(mine.parameters(), lr=task.lr)
 
     def step(b: dict) -> None:
         x = b["image"]
@@ -63,16 +64,16 @@ def refine_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
         opt.step()
 
     maps = lambda g, n, s: {"maps": torch.rand(n, 20, s, s, generator=g)}  # noqa: E731
-    return RefinerTask(net), step, maps
+    return task, step, maps
 
 
 def seg_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
-    from wsss.tasks.segmenter import SegmenterTask, poly_factor
+    from wsss.tasks.segmentation import poly_factor
 
-    net = segmenter(f"largefov_{backbone}").train()
-    mine = copy.deepcopy(net)
-    opt = torch.optim.SGD(mine.param_groups(2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_factor(20_000))
+    task = seg_task(f"largefov_{backbone}")  # paper protocol: cross-entropy, poly every step
+    mine = copy.deepcopy(task.model)
+    opt = torch.optim.SGD(mine.param_groups(task.lr, task.weight_decay), lr=task.lr, momentum=task.momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_factor(task.max_steps, task.poly_power))
 
     def step(b: dict) -> None:
         x, mask = b["image"], b["mask"]
@@ -88,7 +89,7 @@ def seg_case(backbone: str) -> tuple[Any, Callable[[dict], None], Callable]:
         mask[:, : s // 8] = 255
         return {"mask": mask}
 
-    return SegmenterTask(net, max_steps=20_000), step, masks
+    return task, step, masks
 
 
 CASES = {"cls": cls_case, "refine": refine_case, "seg": seg_case}
@@ -121,6 +122,7 @@ def compare(
 
 def run(opts: Any) -> Section:
     quiet()
+    retain_freed_memory()  # what every stage's Trainer sets on the CPU: both variants run with it
     cases = [(stage, "tiny", 8, 96, 20, 3) for stage in CASES]
     sizes = "tiny: batch 8 at 96 px (the toy recipe), 20 steps per round after 3 warm-up"
     if not opts.quick:

@@ -8,39 +8,44 @@ from typing import Any
 
 import numpy as np
 import torch
-from fixtures import NUM_CLASSES, REPO
-from omegaconf import OmegaConf
+from fixtures import NUM_CLASSES
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-from wsss.drs import LAYERS
-
-BACKBONES: dict[str, dict[str, Any]] = {
-    "vgg16": {"name": "vgg16", "weights": None},
-    "tiny": {"name": "tiny", "width": 8, "weights": None},
-}
 
 
 def quiet() -> None:
     """Silence the random-weights warning and Lightning's start-up messages."""
-    for name in ("wsss.models.classifier", "lightning", "lightning.pytorch", "lightning.fabric"):
+    names = (
+        "wsss.models.weights",
+        "wsss.tasks.classification",
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+    )
+    for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def classifier(backbone: str, drs: str = "learnable") -> nn.Module:
-    """The DRS classifier (DRS on layer1..layer6) with random weights; ``drs="off"`` = the refiner."""
-    from wsss.models.classifier import build_classifier
+    """The classifier of ``conf/backbone/<backbone>`` with ``conf/drs/<drs>`` (DRS on layer1..layer6),
+    random weights, built as the cls stage builds it."""
+    from wsss.models.networks import classifier_from_files
 
-    cfg = OmegaConf.create({"mode": drs, "delta": 0.55, "placement": list(LAYERS)})
-    return build_classifier(OmegaConf.create(BACKBONES[backbone]), cfg, NUM_CLASSES)
+    return classifier_from_files(backbone, drs, num_classes=NUM_CLASSES)
+
+
+def refiner(backbone: str) -> nn.Module:
+    """The refinement network (the classifier's architecture with plain ReLUs), random weights."""
+    from wsss.models.networks import classifier_from_files
+
+    return classifier_from_files(backbone, "off", num_classes=NUM_CLASSES, refiner=True)
 
 
 def segmenter(name: str) -> nn.Module:
-    """The DeepLab of conf/segmenter/<name>.yaml (largefov_tiny, largefov_vgg16, aspp_r101) with random weights."""
-    from wsss.models.deeplab import build_segmenter
+    """The DeepLab of conf/segmenter/<name>.yaml (largefov_tiny, largefov_vgg16, aspp_r101), random weights."""
+    from wsss.models.networks import segmenter_from_files
 
-    cfg = OmegaConf.load(REPO / "conf" / "segmenter" / f"{name}.yaml")
-    return build_segmenter(OmegaConf.to_container(cfg, resolve=True), NUM_CLASSES + 1)
+    return segmenter_from_files(name)
 
 
 def one_hot_labels(n: int, classes_per_image: int = 1, seed: int = 0) -> torch.Tensor:
@@ -72,24 +77,30 @@ def batch_loader(make: Any, n: int, seed: int = 0) -> DataLoader:
 
 
 class Images(Dataset):
-    """Images and labels as the map writer reads them: ``{"image", "label", "id"}`` samples, ``.ids``."""
+    """Images and labels as the map writer reads them: ``{"image", "label", "id"}`` samples (plus the
+    original ``size`` when given), ``.ids``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        self.images, self.labels, self.sizes = images, labels, sizes
         self.ids = [f"b{i:05d}" for i in range(len(images))]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.images[i], "label": self.labels[i], "id": self.ids[i]}
+        sample = {"image": self.images[i], "label": self.labels[i], "id": self.ids[i]}
+        if self.sizes is not None:
+            sample["size"] = self.sizes[i]
+        return sample
 
 
 def squashed(image: np.ndarray, side: int) -> torch.Tensor:
     """An RGB uint8 image squashed to side x side (PIL bilinear), ImageNet-normalised, (3, side, side)."""
     from PIL import Image
 
-    from wsss.tasks.classifier import IMAGENET_MEAN, IMAGENET_STD
+    from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 
     resized = (
         np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
@@ -98,16 +109,63 @@ def squashed(image: np.ndarray, side: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def lightning_trainer(**kwargs: Any):
-    """A CPU Trainer without logger, checkpoints, progress bar or summary (what a predict needs)."""
-    import lightning.pytorch as pl
+def stage_trainer(**trainer_kwargs: Any):
+    """The Trainer a stage gets (``wsss.training.build_trainer``: its callbacks, its CPU allocator setting)
+    on the CPU, without logger, checkpoints, progress bar or summary (what a predict needs)."""
+    import tempfile
 
-    defaults = {
+    from omegaconf import OmegaConf
+
+    from wsss.training import build_trainer
+
+    node = {
         "accelerator": "cpu",
         "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
+        **trainer_kwargs,
     }
-    return pl.Trainer(**{**defaults, **kwargs})
+    out = tempfile.mkdtemp(prefix="bench_trainer_")
+    return build_trainer(OmegaConf.create({"trainer": node}), "bench", out, logger=False, checkpoint=False)
+
+
+def config(*overrides: str):
+    """The config train.py composes from ``overrides`` (no logger, no figures), for building a stage's
+    task exactly as the stage does (``wsss.stages.<stage>.build_task``); networks get random weights."""
+    from wsss.config import compose
+
+    return compose(["logger=none", "cls.log_images=0", *overrides])
+
+
+def cls_task(backbone: str, protocol: str = "paper"):
+    """The cls stage's ``ClassifierTask`` for ``backbone=<backbone> protocol=<protocol>``."""
+    from wsss.stages.cls import build_task
+
+    return build_task(config(f"backbone={backbone}", f"protocol={protocol}"))
+
+
+def refine_task(backbone: str, protocol: str = "paper"):
+    """The refine stage's ``RefinerTask`` for ``backbone=<backbone> protocol=<protocol>``."""
+    from wsss.stages.refine import build_task
+
+    return build_task(config(f"backbone={backbone}", f"protocol={protocol}"))
+
+
+def seg_task(segmenter_name: str, protocol: str = "paper"):
+    """The seg stage's ``SegmenterTask`` for ``segmenter=<name> protocol=<protocol>`` (20k steps)."""
+    from wsss.stages.seg import build_task
+
+    return build_task(config(f"segmenter={segmenter_name}", f"protocol={protocol}"))
+
+
+def map_stage(net: nn.Module, source: str = "cls", protocol: str = "release") -> tuple[Any, dict[str, str]]:
+    """The maps stage's ``MapPredictor`` for ``net`` under ``protocol`` (its scales and the maths of
+    ``maps.<source>``) and the storage arguments of ``write_maps`` (dtype, quantize)."""
+    from wsss.localization import MapMaths
+    from wsss.stages.maps_writer import MapPredictor
+
+    maps = config(f"protocol={protocol}").maps
+    recipe = maps[source]
+    scales = [float(s) for s in maps.scales]
+    predictor = MapPredictor(net, scales, bool(maps.flip), MapMaths.from_config(recipe), str(recipe.size))
+    return predictor, {"dtype": str(recipe.dtype), "quantize": str(recipe.quantize)}

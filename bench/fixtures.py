@@ -1,7 +1,7 @@
 """The real VOC files the benchmarks read, and what they send to worker processes.
 
 Imports nothing heavy (no torch): pool workers unpickle functions from here, as the pseudo stage's
-workers import only ``wsss.pseudo``.
+workers import only ``wsss.stages.pseudo_rules``.
 """
 
 from __future__ import annotations
@@ -53,19 +53,22 @@ def read_sample(image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RGB (H, W, 3) uint8, mask (H, W) uint8 and saliency (H, W) uint8 of one sample image."""
     from PIL import Image
 
-    from wsss.data.palette import read_mask
-    from wsss.pseudo import read_saliency
+    from wsss.data.palette import read_index_png
+    from wsss.data.voc import read_saliency
 
     rgb = np.array(Image.open(SAMPLE / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
-    mask = read_mask(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
+    mask = read_index_png(SAMPLE / "SegmentationClassAug" / f"{image_id}.png")
     return rgb, mask, read_saliency(SALIENCY / f"{image_id}.png")
 
 
 class Ids:
-    """The one thing ``wsss.pseudo.label_image`` asks of its dataset when saliency gives the size."""
+    """What ``wsss.stages.pseudo_rules.label_image`` asks of its dataset without a CRF: ids and sizes."""
 
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = ids
+    def __init__(self, ids: list[str], sizes: list[tuple[int, int]]) -> None:
+        self.ids, self.sizes = ids, sizes
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.sizes[index]
 
 
 def noop(index: int) -> int:
@@ -75,17 +78,17 @@ def noop(index: int) -> int:
 
 def crf_sample(image_id: str) -> int:
     """The pseudo stage's CRF on one real image: paper rule scores from stand-in maps and the real
-    saliency, then ``wsss.pseudo.crf_label`` (dense CRF, SPEC parameters). Returns the labelled pixels."""
+    saliency, then the dense CRF (``make_label`` with ``crf_params``, SPEC parameters). Returns the
+    labelled pixels."""
     from wsss.crf import CRFParams
-    from wsss.data.maps_io import dense_maps
-    from wsss.pseudo import PseudoRule, crf_label
+    from wsss.stages.pseudo_rules import PseudoRule, make_label
 
     rgb, mask, saliency = read_sample(image_id)
     classes = mask_classes(mask)
-    rule = PseudoRule(protocol="paper")
-    maps = dense_maps(classes, stand_in_maps(mask, classes))
-    label = rule.label(maps, saliency, mask.shape)
-    return int((crf_label(rgb, rule.scores(maps, saliency, mask.shape), label, CRFParams()) != 255).sum())
+    label = make_label(
+        PseudoRule(rule="paper"), stand_in_maps(mask, classes), saliency, mask.shape, rgb, CRFParams()
+    )
+    return int((label != 255).sum())
 
 
 def spin(index: int, loops: int = 3_000_000) -> int:

@@ -5,13 +5,16 @@
 
 Measures, each in its own time box, on one GPU:
 - train: images/s and peak GPU memory of the cls (VGG-16, learnable DRS), refine (VGG-16) and seg
-  (LargeFOV VGG-16, ASPP ResNet-101) training steps at the paper's sizes (batch 5, crop 321) under a
-  Lightning Trainer, for fp32 / bf16 autocast x contiguous / channels_last, and torch.compile on the best
-  of them; and the release's classifier step (fp32, ``loss.item()`` every step): target >= 1.5x.
-- loader: the classifier loader's images/s with 4, 8 and 16 workers (pinned memory, persistent
-  workers) on generated 500 x 375 JPEGs.
-- maps: the release's per-image map loop (batch 1, fp32, autograd on) vs wsss's stage path
-  (``write_maps``, batch 16, inference mode), fp32 and bf16: target >= 3x.
+  (LargeFOV VGG-16, ASPP ResNet-101) training steps at the paper's sizes (batch 5, crop 321): each
+  stage's own task (its ``build_task`` with ``<stage>.channels_last`` / ``<stage>.compile``) under the
+  stages' Trainer (``wsss.training.build_trainer``, ``precision``, ``benchmark`` as ``trainer=gpu`` sets
+  them), for fp32 / bf16 autocast x contiguous / channels_last, and torch.compile on bf16 channels_last;
+  and the release's classifier step (fp32, ``loss.item()`` every step): target >= 1.5x.
+- loader: the cls stage's loader's images/s with 4, 8 and 16 workers (pinned memory, persistent
+  workers, as ``trainer=gpu``) on generated 500 x 375 JPEGs (``wsss.bench.synthetic``).
+- maps: the release's per-image map loop (batch 1, fp32, autograd on) vs the maps stage's path
+  (``write_maps`` with the protocol=release ``MapPredictor``, batch 16, inference mode), fp32 and bf16:
+  target >= 3x.
 Whatever does not fit in ``--budget`` seconds is recorded as skipped. Results: bench/results_gpu.json
 (the schema of bench/results.json) and one table.
 """
@@ -31,7 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import release_paths as release  # noqa: E402
 import torch  # noqa: E402
-from common import Images, batch_loader, classifier, lightning_trainer, one_hot_labels, quiet, segmenter  # noqa: E402
+from common import (  # noqa: E402
+    Images,
+    batch_loader,
+    classifier,
+    config,
+    map_stage,
+    one_hot_labels,
+    quiet,
+    stage_trainer,
+)
 from results import SCHEMA, Figure, Section, finish, machine, ratio, run_section  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results_gpu.json"
@@ -91,39 +103,38 @@ def sizes(tiny: bool) -> dict[str, Any]:
 # --- training steps ---------------------------------------------------------------------------------
 
 
-def build_task(stage: str, backbone: str, channels_last: bool, compile_: bool):
-    """The stage's LightningModule on a random-weight network (``backbone``: cls/refine backbone name or,
-    for seg, a conf/segmenter name), and what its batches hold besides the image."""
-    from wsss.tasks.classifier import ClassifierTask
-    from wsss.tasks.refiner import RefinerTask
-    from wsss.tasks.segmenter import SegmenterTask
-
+def build_task(stage: str, network: str, channels_last: bool, compile_: bool):
+    """The stage's LightningModule exactly as the stage builds it (its ``build_task`` on the composed
+    config with ``<stage>.channels_last`` / ``<stage>.compile``; random weights): ``network`` is a
+    backbone name for cls and refine, a conf/segmenter name for seg. Also what its batches hold besides
+    the image."""
+    speed = [
+        f"{stage}.channels_last={str(channels_last).lower()}",
+        f"{stage}.compile={str(compile_).lower()}",
+    ]
     if stage == "seg":
-        net = segmenter(backbone)  # a conf/segmenter name
-    else:
-        net = classifier(backbone, drs="learnable" if stage == "cls" else "off")
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if compile_:
-        net.compile()  # in place, as the cls stage's cls.compile does
-    if stage == "cls":
-        task = ClassifierTask(net, protocol="paper", log_images=0)
-        extra = lambda g, n, s: {"label": (torch.rand(n, 20, generator=g) < 0.15).float()}  # noqa: E731
+        from wsss.stages.seg import build_task as build
+
+        cfg = config(f"segmenter={network}", *speed)
+        extra = lambda g, n, s: {"mask": torch.randint(0, 21, (n, s, s), generator=g)}  # noqa: E731
     elif stage == "refine":
-        task = RefinerTask(net)
+        from wsss.stages.refine import build_task as build
+
+        cfg = config(f"backbone={network}", *speed)
         extra = lambda g, n, s: {"maps": torch.rand(n, 20, s, s, generator=g)}  # noqa: E731
     else:
-        task = SegmenterTask(net, max_steps=20_000)
-        extra = lambda g, n, s: {"mask": torch.randint(0, 21, (n, s, s), generator=g)}  # noqa: E731
-    return task, extra
+        from wsss.stages.cls import build_task as build
+
+        cfg = config(f"backbone={network}", *speed)
+        extra = lambda g, n, s: {"label": (torch.rand(n, 20, generator=g) < 0.15).float()}  # noqa: E731
+    return build(cfg), extra
 
 
-def loader_of(extra: Callable, batch: int, crop: int, n: int, channels_last: bool):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+def loader_of(extra: Callable, batch: int, crop: int, n: int):
+    """``n`` prepared batches (contiguous images: the task converts them as the stage's loader's would be)."""
 
     def make(g: torch.Generator) -> dict:
-        image = torch.randn(batch, 3, crop, crop, generator=g).contiguous(memory_format=fmt)
-        return {"image": image, **extra(g, batch, crop)}
+        return {"image": torch.randn(batch, 3, crop, crop, generator=g), **extra(g, batch, crop)}
 
     return batch_loader(make, n)
 
@@ -146,7 +157,7 @@ def measure_train(
     v = VARIANTS[variant]
     torch.manual_seed(0)
     task, extra = build_task(stage, backbone, v["channels_last"], v["compile"])
-    loader = loader_of(extra, size["batch"], size["crop"], size["warmup"] + size["steps"], v["channels_last"])
+    loader = loader_of(extra, size["batch"], size["crop"], size["warmup"] + size["steps"])
     reset_peak(device)
     sps = fit_seconds_per_step(
         task,
@@ -155,7 +166,7 @@ def measure_train(
         size["warmup"],
         accelerator="gpu" if device.type == "cuda" else "cpu",
         precision=v["precision"],
-        benchmark=device.type == "cuda",  # cudnn.benchmark
+        benchmark=device.type == "cuda",  # cudnn.benchmark, as trainer=gpu sets it
     )
     return {"seconds_per_step": sps, "images_per_s": size["batch"] / sps, "peak_memory_mb": peak_mb(device)}
 
@@ -167,7 +178,7 @@ def measure_release_train(size: dict, device: torch.device, backbone: str) -> di
     net = classifier(backbone).to(device).train()
     opt = release.optimizer(net)
     extra = lambda g, n, s: {"label": (torch.rand(n, 20, generator=g) < 0.15).float()}  # noqa: E731
-    loader = loader_of(extra, size["batch"], size["crop"], size["warmup"] + size["steps"], False)
+    loader = loader_of(extra, size["batch"], size["crop"], size["warmup"] + size["steps"])
 
     def step(b: dict) -> None:
         release.train_step(net, opt, b["image"].to(device), b["label"].to(device))
@@ -231,11 +242,15 @@ def train_section(size: dict, device: torch.device, budget: Budget, box: float) 
 
 
 def loader_section(size: dict, device: torch.device) -> Section:
-    from bench_data import loader_rate, synthetic_voc
+    """The cls stage's loader (as ``trainer=gpu`` sets it: pinned memory, persistent workers) on
+    generated 500 x 375 JPEGs, for each worker count."""
+    from bench_data import loader_rate
+
+    from wsss.bench.synthetic import synthetic_voc
 
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = synthetic_voc(Path(tmp), max(20, size["loader_images"] // 3))
+        root = synthetic_voc(Path(tmp), {"all": max(20, size["loader_images"] // 3)}, saliency=False)
         for workers in size["workers"]:
             rates[workers] = loader_rate(
                 root, workers, size["loader_images"], pin_memory=device.type == "cuda"
@@ -252,9 +267,11 @@ def loader_section(size: dict, device: torch.device) -> Section:
 
 
 def maps_section(size: dict, device: torch.device, backbone: str) -> Section:
+    """The release's per-image loop vs the maps stage's path (``write_maps`` with the protocol=release
+    ``MapPredictor``, batch ``maps_batch``, the stage's Trainer), fp32 and bf16."""
     from timing import interleave, speedup, summarize
 
-    from wsss.maps import write_maps
+    from wsss.stages.maps_writer import write_maps
 
     torch.manual_seed(0)
     net = classifier(backbone).to(device).eval()
@@ -263,6 +280,8 @@ def maps_section(size: dict, device: torch.device, backbone: str) -> Section:
     labels = one_hot_labels(n)
     tmp = Path(tempfile.mkdtemp(prefix="bench_gpu_maps_"))
     accel = "gpu" if device.type == "cuda" else "cpu"
+    predictor, storage = map_stage(net, "cls", "release")
+    predictor.scales = [s / side for s in scales]  # absolute sides -> factors of the squashed input
 
     def release_loop() -> None:
         release.map_loop(net, x.to(device), labels.to(device), scales=scales)
@@ -271,12 +290,12 @@ def maps_section(size: dict, device: torch.device, backbone: str) -> Section:
         def go() -> None:
             shutil.rmtree(tmp / precision, ignore_errors=True)
             write_maps(
-                lightning_trainer(accelerator=accel, precision=precision),
-                net,
+                stage_trainer(accelerator=accel, precision=precision),
+                predictor,
                 Images(x, labels),
                 tmp / precision,
-                scales,
                 batch_size=size["maps_batch"],
+                **storage,
             )
 
         return go

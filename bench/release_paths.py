@@ -17,14 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from wsss.models.classifier import PARAM_GROUPS
+from wsss.tasks.classification import RELEASE_LR_MULT as LR_MULT
 
 SCALES = (256, 320, 384)
 """The release's map scales: square input sides, after squashing the image to 320x320."""
 SQUASH = 320
 EPS = 1e-5
-LR_MULT = dict(zip(PARAM_GROUPS, (1.0, 2.0, 10.0, 20.0), strict=True))
-"""Backbone weights x1, backbone biases x2, new conv weights and DRS FCs x10, new conv biases x20."""
 
 
 def class_maps(
@@ -64,11 +62,12 @@ def optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.SGD:
     """The release's classifier optimizer: nesterov SGD, momentum 0.9, wd 5e-4, four lr groups.
 
     ``model.param_groups()`` (``wsss.models.classifier.DRSClassifier``) splits the parameters the way
-    the release's ``get_parameter_groups`` does.
+    the release's ``get_parameter_groups`` does; the multipliers (x1 backbone weights, x2 backbone biases,
+    x10 new weights and DRS FCs, x20 new biases) are ``wsss.tasks.classification.RELEASE_LR_MULT``.
     """
     groups = model.param_groups()
     return torch.optim.SGD(
-        [{"params": groups[name], "lr": lr * LR_MULT[name]} for name in PARAM_GROUPS if groups[name]],
+        [{"params": groups[name], "lr": lr * mult} for name, mult in LR_MULT.items() if groups[name]],
         lr=lr,
         momentum=0.9,
         weight_decay=5e-4,

@@ -9,8 +9,6 @@ ratio measured in the same run (``unit="x"``, > 1 = wsss faster) and may carry a
 from __future__ import annotations
 
 import math
-import os
-import platform
 import sys
 import time
 import traceback
@@ -93,33 +91,11 @@ def finish(results: dict[str, Any], out: Path, started: float) -> int:
     return 1 if any(b["error"] for b in results["benchmarks"].values()) else 0
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str = "cpu") -> dict[str, Any]:
-    """Where the run happened: platform, CPU model, cores, torch threads, torch version, device."""
-    import torch
+    """Where the run happened (``wsss.bench.measure.machine``)."""
+    from wsss.bench.measure import machine as describe
 
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    return info
+    return describe(device)
 
 
 def validate(results: dict[str, Any]) -> None:

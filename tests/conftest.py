@@ -50,17 +50,10 @@ def one_thread():
 
 def compose_config(overrides: list[str], runs: Path | None = None):
     """Compose the real config the way train.py does (with the hydra node set), for tests."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from wsss.config import compose
 
-    from wsss.config import register_resolvers
-
-    register_resolvers()
     extra = [f"paths.runs={runs}", f"paths.data={runs.parent / 'data'}"] if runs is not None else []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose([*overrides, *extra])
 
 
 def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600, tracebacks: bool = True):
@@ -86,70 +79,33 @@ def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600, tracebacks:
     )
 
 
-CONF = REPO / "conf"
-
-
 def net_config(group: str, name: str, **overrides):
-    """A network config node as the config group holds it (``conf/<group>/<name>.yaml``), with dotted
-    ``overrides`` (``backbone__output_stride=4`` -> ``backbone.output_stride=4``), resolved."""
-    from omegaconf import OmegaConf
+    """A network config node as the config group holds it (``wsss.models.networks.group_config``)."""
+    from wsss.models.networks import group_config
 
-    node = OmegaConf.load(CONF / group / f"{name}.yaml")
-    if "defaults" in node:  # a group file built on another one of its group ([base, _self_])
-        bases = [d for d in node.pop("defaults") if d != "_self_"]
-        node = OmegaConf.merge(*(net_config(group, base) for base in bases), node)
-    if overrides:
-        dotted = {k.replace("__", "."): v for k, v in overrides.items()}
-        node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
-    root = OmegaConf.create({"data": {"num_classes": 20, "seg_classes": 21}, group: node})
-    return OmegaConf.create(OmegaConf.to_container(root[group], resolve=True))
+    return group_config(group, name, **overrides)
 
 
-def make_classifier(
-    backbone: str = "tiny",
-    drs: str = "learnable",
-    placement: list[str] | None = None,
-    delta: float | None = None,
-    num_classes: int = 20,
-    head_channels: int | None = None,
-    refiner: bool = False,
-    **backbone_overrides,
-):
-    """A classifier (or refiner) built the way the stages build it, from the real config files."""
-    from omegaconf import OmegaConf
+def make_classifier(backbone: str = "tiny", drs: str = "learnable", **kwargs):
+    """A classifier (or refiner, ``refiner=True``) built the way the stages build it, from the real config
+    files (``wsss.models.networks.classifier_from_files``)."""
+    from wsss.models.networks import classifier_from_files
 
-    from wsss.models.networks import build, classifier_spec, refiner_spec
-
-    drs_node = net_config("drs", drs)
-    if placement is not None:
-        drs_node.placement = list(placement)
-    if delta is not None:
-        drs_node.delta = delta
-    model = net_config("model", "classifier")
-    model.num_classes, model.head_channels = num_classes, head_channels
-    cfg = OmegaConf.create(
-        {"backbone": net_config("backbone", backbone, **backbone_overrides), "drs": drs_node, "model": model}
-    )
-    return build(refiner_spec(cfg) if refiner else classifier_spec(cfg))
+    return classifier_from_files(backbone, drs, **kwargs)
 
 
 def segmenter_spec(name: str = "largefov_tiny", **overrides) -> dict:
     """The ``_target_`` spec of ``conf/segmenter/<name>.yaml`` with dotted ``overrides``."""
-    from wsss.models.networks import spec
+    from wsss.models.networks import group_config, spec
 
-    return spec(net_config("segmenter", name, **overrides))
+    return spec(group_config("segmenter", name, **overrides))
 
 
 def make_segmenter(name: str = "largefov_tiny", **overrides):
-    """A segmenter built from ``conf/segmenter/<name>.yaml`` (weights from ``weights=`` if given)."""
-    from wsss.models.deeplab import load_weights
-    from wsss.models.networks import build
+    """A segmenter built from ``conf/segmenter/<name>.yaml`` (``wsss.models.networks.segmenter_from_files``)."""
+    from wsss.models.networks import segmenter_from_files
 
-    node = net_config("segmenter", name, **overrides)
-    model = build(segmenter_spec(name, **overrides))
-    if node.get("weights"):
-        load_weights(model, node.weights)
-    return model
+    return segmenter_from_files(name, **overrides)
 
 
 def make_seg_stage(cfg, model, network: dict):

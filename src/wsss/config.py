@@ -9,11 +9,15 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.constants import DRS_LAYERS, DRS_MODES
 from wsss.errors import ConfigError, UnknownKeyError, UnsupportedLaunchError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The repository's config folder (what train.py composes)."""
 
 OPTIMIZERS = ("sgd", "adam")
 MAP_SOURCES = ("cls", "refine")
@@ -22,6 +26,7 @@ __all__ = [
     "ConfigError",
     "check_accelerator",
     "check_added_keys",
+    "compose",
     "print_config",
     "register_resolvers",
     "run_id",
@@ -48,6 +53,20 @@ def register_resolvers() -> None:
         from wsss.sweeps import job_dirname
 
         OmegaConf.register_new_resolver("wsss_dirname", job_dirname)
+
+
+def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONF_DIR) -> DictConfig:
+    """The config ``train.py <overrides>`` runs with (the ``hydra`` node included and made current, so
+    ``${hydra:...}`` resolves), composed without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def _check(value: object, allowed: Sequence[object], key: str) -> None:

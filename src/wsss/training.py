@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -227,6 +228,7 @@ def build_trainer(
     ``overrides`` (e.g. ``max_epochs=15``) fill in what the stage decides; a non-null value in
     ``cfg.trainer`` for the same key wins, so ``trainer.max_epochs=1`` shortens any stage.
     ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint.
+    On the CPU, freed tensor memory is kept for reuse (``wsss.cpu_memory.retain_freed_memory``).
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
@@ -245,7 +247,7 @@ def build_trainer(
     ]
     if record is not None:
         all_callbacks.append(RecordProvenance(record))
-    return pl.Trainer(
+    trainer = pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger or False,
         callbacks=all_callbacks,
@@ -253,6 +255,11 @@ def build_trainer(
         plugins=[AtomicCheckpointIO(stage)],
         **kwargs,
     )
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        from wsss.cpu_memory import retain_freed_memory
+
+        retain_freed_memory()  # big activations reuse freed heap memory (see wsss.cpu_memory)
+    return trainer
 
 
 def check_trainer_arguments(names: list[str]) -> None:

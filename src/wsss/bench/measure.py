@@ -1,6 +1,6 @@
 """Seconds per training step and per inference image, measured on the machine at hand.
 
-``fit_seconds_per_step`` runs a LightningModule under a ``lightning.pytorch.Trainer`` for a few steps
+``fit_seconds_per_step`` runs a LightningModule under the stages' Trainer for a few steps
 and times the steady state (after ``warmup`` steps: allocator, kernel choice, worker start-up);
 ``loop_seconds_per_step`` times a plain training loop the same way, so the two compare. These are the
 measurement functions of the cost model (``wsss.bench.estimate``) and of the benchmarks under bench/.
@@ -15,6 +15,39 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what ``platform`` knows."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """Where a measurement ran: platform, CPU model, cores, torch threads and version, device, python."""
+    import os
+    import platform
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
 
 
 def _sync(device: torch.device | None) -> None:
@@ -62,15 +95,23 @@ def fit_seconds_per_step(
     steps: int,
     warmup: int = 2,
     clock: Clock = time.perf_counter,
+    callbacks: list[Callback] | None = None,
     **trainer_kwargs: Any,
 ) -> float:
-    """Seconds per optimizer step of ``task`` trained by a Trainer on ``data`` (a DataLoader or a
-    LightningDataModule) for ``warmup + steps`` batches, without validation, checkpoints or progress bar.
+    """Seconds per optimizer step of ``task`` trained on ``data`` (a DataLoader or a LightningDataModule)
+    for ``warmup + steps`` batches by the Trainer the stages get (``wsss.training.build_trainer``, with its
+    callbacks and its CPU allocator setting), without logger, validation, checkpoints or progress bar.
 
-    ``trainer_kwargs`` (accelerator, precision, logger, callbacks, ...) override those defaults; ``clock``
-    is wall time unless given (``time.process_time``: CPU seconds, steadier on a shared machine).
+    ``trainer_kwargs`` (accelerator, precision, benchmark, ...) override those defaults; ``clock`` is wall
+    time unless given (``time.process_time``: CPU seconds, steadier on a shared machine).
     Assumes one batch per optimizer step (no gradient accumulation).
     """
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from wsss.training import build_trainer
+
     if steps < 1:
         raise ValueError(f"steps={steps}; measure at least one step")
     timer = StepTimer(clock)
@@ -79,20 +120,21 @@ def fit_seconds_per_step(
         "devices": 1,
         "max_steps": warmup + steps,
         "max_epochs": -1,
-        "logger": False,
-        "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "limit_val_batches": 0,
         "num_sanity_val_steps": 0,
     }
     kwargs.update(trainer_kwargs)
-    kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
-    trainer = pl.Trainer(**kwargs)
-    if isinstance(data, pl.LightningDataModule):
-        trainer.fit(task, datamodule=data)
-    else:
-        trainer.fit(task, train_dataloaders=data)
+    cfg = OmegaConf.create({"trainer": kwargs})
+    with tempfile.TemporaryDirectory(prefix="wsss-measure-") as out:
+        trainer = build_trainer(
+            cfg, "measure", out, logger=False, checkpoint=False, callbacks=[*(callbacks or []), timer]
+        )
+        if isinstance(data, pl.LightningDataModule):
+            trainer.fit(task, datamodule=data)
+        else:
+            trainer.fit(task, train_dataloaders=data)
     return timer.seconds_per_step(warmup)
 
 
@@ -148,3 +190,49 @@ def seconds_per_image(
         images += images_in(batch)
     _sync(device)
     return (clock() - start) / images
+
+
+class PhaseTimer(Callback):
+    """Records when every training, validation and predict batch ends (``time.perf_counter``) and writes
+    them to ``path`` (JSON) when the Trainer is done: ``{"train": [[epoch, t], ...], "val": [[pass, t], ...],
+    "predict": [[images, t], ...], "start", "end"}``.
+
+    Added to a stage through the config (``callbacks.bench_timer``), so the cost model times the stages
+    themselves; ``wsss.bench.probe`` turns the times into seconds per step, per image and per epoch.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.times: dict[str, Any] = {"train": [], "val": [], "predict": [], "start": None, "end": None}
+        self._val_pass = -1
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        _sync(pl_module.device)
+        return time.perf_counter()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.times["start"] is None:
+            self.times["start"] = self._now(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.times["train"].append([trainer.current_epoch, self._now(pl_module)])
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self._val_pass += 1
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:  # noqa: ANN001
+        self.times["val"].append([self._val_pass, self._now(pl_module)])
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self.times["predict"].append([len(batch), self._now(pl_module)])
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from pathlib import Path
+
+        from wsss.artifacts import write_json
+
+        self.times["end"] = self._now(pl_module)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.times)

@@ -12,23 +12,27 @@ import logging
 import math
 from typing import Any
 
+from omegaconf import DictConfig
+
 from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.data.datamodule import WSSSDataModule
+def build_task(cfg: DictConfig) -> Any:
+    """The refinement network (``backbone.weights`` as its init) wrapped in its LightningModule, per
+    ``cfg.refine`` (``refine.compile``: ``torch.compile`` in place; ``refine.channels_last``)."""
     from wsss.models.networks import build, refiner_spec
     from wsss.models.weights import init_score_network
     from wsss.tasks.refinement import RefinerTask
-    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
-    cfg, rcfg = ctx.cfg, ctx.cfg.refine
+    rcfg = cfg.refine
     spec = refiner_spec(cfg)
     net = build(spec)
     init_score_network(net, cfg.backbone.get("weights"))
-    task = RefinerTask(
+    if bool(rcfg.get("compile", False)):
+        net.compile()  # in place: parameter names (and checkpoint keys) stay the same
+    return RefinerTask(
         net,
         network=spec,
         lr=float(rcfg.lr),
@@ -36,7 +40,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         lr_gamma=float(rcfg.lr_gamma),
         top_class_only=bool(rcfg.top_class_only),
         align_corners=bool(rcfg.get("align_corners", False)),
+        channels_last=bool(rcfg.get("channels_last", False)),
     )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from wsss.data.datamodule import WSSSDataModule
+    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
+
+    cfg, rcfg = ctx.cfg, ctx.cfg.refine
+    task = build_task(cfg)
     datamodule = WSSSDataModule(
         cfg.data,
         "refine",

@@ -124,6 +124,8 @@ def build_task(cfg: DictConfig) -> Any:
     model = build(spec)
     if cfg.segmenter.get("weights"):
         load_weights(model, cfg.segmenter.weights)
+    if bool(scfg.get("compile", False)):
+        model.compile()  # in place: parameter names (and checkpoint keys) stay the same
     return SegmenterTask(
         model,
         network=spec,
@@ -135,6 +137,7 @@ def build_task(cfg: DictConfig) -> Any:
         max_steps=int(scfg.max_steps),
         loss=str(scfg.loss),
         poly_step=int(scfg.poly_step),
+        channels_last=bool(scfg.get("channels_last", False)),
     )
 
 

@@ -36,6 +36,7 @@ from wsss.config import OPTIMIZERS
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.localization import class_maps, maps_to_segmentation
 from wsss.metrics import ConfusionMatrix, exact_match_accuracy
+from wsss.tasks.speed import channels_last_input, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ class ClassifierTask(pl.LightningModule):
         self.channels_last = bool(channels_last)
         self.mean, self.std = tuple(mean), tuple(std)
         self.save_hyperparameters(ignore=["model"])
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        use_channels_last(self.model, self.channels_last)
         self.val_accuracy = MultilabelExactMatch(num_labels=self.num_classes, threshold=0.5)
         self.val_ap = MultilabelAveragePrecision(num_labels=self.num_classes, average=None)
         self.val_support = MultilabelStatScores(num_labels=self.num_classes, average=None)
@@ -115,9 +115,7 @@ class ClassifierTask(pl.LightningModule):
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
         """Class score maps F (B, C, h, w)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
+        return self.model(channels_last_input(images, self.channels_last))
 
     @staticmethod
     def pool(scores: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.tasks.speed import channels_last_input, use_channels_last
+
 
 def keep_top_class(maps: torch.Tensor) -> torch.Tensor:
     """Zero every class but each pixel's highest one in (B, C, H, W) maps (the release's target)."""
@@ -20,7 +22,7 @@ class RefinerTask(pl.LightningModule):
     """Trains ``model`` (a score-map network, no DRS) so that its upsampled output matches the maps.
 
     Batches are dicts with ``image`` (B, 3, H, W) and ``maps`` (B, C, H, W) dense maps in [0, 1].
-    Adam with a MultiStepLR schedule stepped per epoch.
+    Adam with a MultiStepLR schedule stepped per epoch. ``channels_last``: ``wsss.tasks.speed``.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class RefinerTask(pl.LightningModule):
         lr_gamma: float = 0.1,
         top_class_only: bool = False,
         align_corners: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -40,6 +43,8 @@ class RefinerTask(pl.LightningModule):
         self.lr_gamma = float(lr_gamma)
         self.top_class_only = bool(top_class_only)
         self.align_corners = bool(align_corners)
+        self.channels_last = bool(channels_last)
+        use_channels_last(self.model, self.channels_last)
         self.save_hyperparameters(
             {
                 "network": dict(network or {}),
@@ -48,13 +53,14 @@ class RefinerTask(pl.LightningModule):
                 "lr_gamma": self.lr_gamma,
                 "top_class_only": self.top_class_only,
                 "align_corners": self.align_corners,
+                "channels_last": self.channels_last,
             }
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Refined maps N (B, C, H, W): the network's scores upsampled bilinearly to the input size
         (``align_corners``: the release's grid)."""
-        scores = self.model(images)
+        scores = self.model(channels_last_input(images, self.channels_last))
         return F.interpolate(
             scores, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )

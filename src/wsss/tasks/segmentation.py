@@ -26,6 +26,7 @@ from torch import nn
 
 from wsss.constants import IGNORE_INDEX
 from wsss.metrics import ConfusionMatrix
+from wsss.tasks.speed import channels_last_input, use_channels_last
 
 LOSSES = ("ce", "release_v2")
 
@@ -66,6 +67,7 @@ class SegmenterTask(pl.LightningModule):
     split gives ``val/miou`` (plus precision, recall, pixel accuracy).
     ``model`` must offer ``param_groups(lr, weight_decay)`` (``wsss.models.deeplab.DeepLab``).
     ``network`` (its ``_target_`` spec) is kept in the checkpoint so later stages rebuild it.
+    ``channels_last``: ``wsss.tasks.speed``.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class SegmenterTask(pl.LightningModule):
         max_steps: int = 20000,
         loss: str = "ce",
         poly_step: int = 1,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -94,6 +97,8 @@ class SegmenterTask(pl.LightningModule):
         self.loss_name = str(loss)
         self.poly_step = int(poly_step)
         poly_factor(self.max_steps, self.poly_power, self.poly_step)  # checks the values now
+        self.channels_last = bool(channels_last)
+        use_channels_last(self.model, self.channels_last)
         self.save_hyperparameters(
             {
                 "num_classes": self.num_classes,
@@ -104,6 +109,7 @@ class SegmenterTask(pl.LightningModule):
                 "max_steps": self.max_steps,
                 "loss": self.loss_name,
                 "poly_step": self.poly_step,
+                "channels_last": self.channels_last,
                 "network": dict(network or {}),
             }
         )
@@ -112,7 +118,7 @@ class SegmenterTask(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, H, W) upsampled to the input size."""
-        return resize_logits(self.model(images), images.shape[-2:])
+        return resize_logits(self.model(channels_last_input(images, self.channels_last)), images.shape[-2:])
 
     def loss(self, outputs: Sequence[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
         """Sum over the outputs of the cross-entropy (255 ignored) at the label size."""
@@ -138,7 +144,7 @@ class SegmenterTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"].long()
-        out = self.model(images)
+        out = self.model(channels_last_input(images, self.channels_last))
         outputs = list(out) if isinstance(out, list | tuple) else [out]
         if self.loss_name == "release_v2":
             if "label" not in batch:
@@ -153,7 +159,7 @@ class SegmenterTask(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"].long()
-        logits = resize_logits(self.model(images), masks.shape[-2:])
+        logits = resize_logits(self.model(channels_last_input(images, self.channels_last)), masks.shape[-2:])
         self.val_confusion.update(logits.argmax(dim=1), masks)
 
     def on_validation_epoch_end(self) -> None:
