@@ -88,6 +88,9 @@ def test_settings_that_do_not_change_the_artifact_are_not_defining(tmp_path: Pat
         tmp_path, "cls.log_images=0", "cls.channels_last=true", "trainer.devices=2", "maps.batch_size=1"
     )
     assert expected_record(speed, "maps_cls") == expected_record(_cfg(tmp_path), "maps_cls")
+    fast = ("refine.channels_last=true", "refine.compile=true", "seg.channels_last=true", "seg.compile=true")
+    for name in ("refine", "seg"):
+        assert expected_record(_cfg(tmp_path, *fast), name) == expected_record(_cfg(tmp_path), name)
     pseudo = expected_record(_cfg(tmp_path, "pseudo.source=cls"), "pseudo")
     assert list(pseudo["upstream"]) == ["maps_cls"] and list(pseudo["upstream"]["maps_cls"]["upstream"]) == [
         "cls"

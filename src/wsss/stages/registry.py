@@ -144,6 +144,7 @@ STAGES: dict[str, Stage] = {
                 "refine",
                 *TRAINING,
             ),
+            ignore=("refine.compile", "refine.channels_last"),
             data="refine",
         ),
         _maps("refine"),
@@ -173,6 +174,7 @@ STAGES: dict[str, Stage] = {
                 "seg",
                 *TRAINING,
             ),
+            ignore=("seg.compile", "seg.channels_last"),
             data="seg",
         ),
         Stage(
