@@ -16,17 +16,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_TOY = [
-    "experiment=toy",
-    "data.toy.num_train=8",
-    "data.toy.num_val=2",
-    "data.toy.num_test=1",
-    "data.toy.size=48",
-    "cls.epochs=1",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-]
-"""The toy recipe shrunk to seconds: 8 train images of 48 px, one classifier epoch, no logger."""
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
