@@ -207,3 +207,59 @@ def test_bad_stage_and_missing_folders_are_named(cfg) -> None:
         WSSSDataModule(cfg.data, "refine")
     with pytest.raises(ValueError, match=r"needs pseudo_dir"):
         WSSSDataModule(cfg.data, "seg")
+
+
+def _epochs(dm: WSSSDataModule, epochs: int) -> list[dict]:
+    """Samples of ``epochs`` passes over the train set, with the augmentation stream fixed."""
+    torch.manual_seed(0)
+    dm.train_set.transform.set_random_seed(0)
+    dm.train_set._seeded_pid = __import__("os").getpid()
+    return [dm.train_set[i] for _ in range(epochs) for i in range(len(dm.train_set))]
+
+
+@pytest.mark.parametrize("kind", ["cls", "refine", "seg"])
+def test_the_decoded_input_cache_gives_the_same_samples(cfg, tmp_path: Path, kind: str) -> None:
+    WSSSDataModule(cfg.data, "cls").prepare_data()  # the toy data, when this test runs alone
+    train = voc(cfg, "train_aug")
+    folders = {}
+    if kind == "refine":
+        folders["maps_dir"] = tmp_path / "maps"
+        for i, image_id in enumerate(train.ids):
+            classes = np.nonzero(train.label(i))[0]
+            maps = np.random.default_rng(i).random((len(classes), 20, 20), dtype=np.float32)
+            save_maps(folders["maps_dir"] / f"{image_id}.npz", classes, maps)
+    if kind == "seg":
+        folders["pseudo_dir"] = tmp_path / "pseudo"
+        for i, image_id in enumerate(train.ids):
+            save_mask(folders["pseudo_dir"] / f"{image_id}.png", train.mask(i))
+    samples = {}
+    for megabytes in (0, 64):
+        with open_dict(cfg):
+            cfg.data.cache_mb = megabytes
+        dm = WSSSDataModule(cfg.data, kind, **folders)
+        dm.setup("fit")
+        samples[megabytes] = _epochs(dm, 3)  # 3 epochs: the cached inputs are not changed by the pipeline
+        assert (dm.train_set._cached_bytes > 0) == (megabytes > 0)
+        assert len(dm.train_set._cache) == (len(train) if megabytes else 0)
+    with open_dict(cfg):
+        cfg.data.cache_mb = 0
+    for plain, cached in zip(samples[0], samples[64], strict=True):
+        assert plain.keys() == cached.keys()
+        for key, value in plain.items():
+            assert torch.equal(value, cached[key]) if torch.is_tensor(value) else value == cached[key], key
+
+
+def test_the_cache_stops_at_its_budget_and_refuses_a_negative_size(cfg) -> None:
+    with open_dict(cfg):
+        cfg.data.cache_mb = 0.01  # ~10 KB: one 40 px image (4.8 KB) and its mask fit, a few more do not
+    dm = WSSSDataModule(cfg.data, "cls")
+    dm.setup("fit")
+    _epochs(dm, 1)
+    assert 0 < dm.train_set._cached_bytes <= 0.01 * 2**20
+    assert 0 < len(dm.train_set._cache) < len(dm.train_set)
+    with open_dict(cfg):
+        cfg.data.cache_mb = -1
+    with pytest.raises(ValueError, match=r"data.cache_mb=-1 must be >= 0"):
+        WSSSDataModule(cfg.data, "cls").setup("fit")
+    with open_dict(cfg):
+        cfg.data.cache_mb = 0

@@ -85,7 +85,12 @@ def test_settings_that_do_not_change_the_artifact_are_not_defining(tmp_path: Pat
     no_drs = expected_record(_cfg(tmp_path, "drs=fixed", "drs.placement=[]"), "cls")["identity"]
     assert no_drs == expected_record(_cfg(tmp_path, "drs=off"), "cls")["identity"]  # DRS on no layer = CAM
     speed = _cfg(
-        tmp_path, "cls.log_images=0", "cls.channels_last=true", "trainer.devices=2", "maps.batch_size=1"
+        tmp_path,
+        "cls.log_images=0",
+        "cls.channels_last=true",
+        "trainer.devices=2",
+        "maps.batch_size=1",
+        "data.cache_mb=0",
     )
     assert expected_record(speed, "maps_cls") == expected_record(_cfg(tmp_path), "maps_cls")
     fast = ("refine.channels_last=true", "refine.compile=true", "seg.channels_last=true", "seg.compile=true")

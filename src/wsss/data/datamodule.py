@@ -44,7 +44,7 @@ from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
 from wsss.data.transforms import JITTER, SEG_SCALES, build_transforms
 from wsss.data.voc import VOCDataset, check_mask, preview_ids
-from wsss.errors import MaskSizeError, MissingArtifactError
+from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError
 from wsss.localization import resize_maps
 from wsss.stages.registry import STAGES
 
@@ -67,6 +67,8 @@ class StageDataset(Dataset):
         with_label: add the image label (always for cls, refine and infer).
         maps_squashed: ``refine``: the pipeline squashes the maps with the image (``Squash``), so they
             are not resized to the original image first.
+        cache_bytes: keep up to this many bytes of decoded inputs (image, maps, label; before the
+            random augmentation, so samples are unchanged) in memory for the next epochs; 0: none.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class StageDataset(Dataset):
         with_size: bool = False,
         with_label: bool = False,
         maps_squashed: bool = False,
+        cache_bytes: int = 0,
     ) -> None:
         self.voc = voc
         self.ids = voc.ids
@@ -91,6 +94,9 @@ class StageDataset(Dataset):
         self.with_size = with_size
         self.with_label = with_label or kind in ("cls", "refine", "infer")
         self.maps_squashed = maps_squashed
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cached_bytes = 0
         self._seeded_pid: int | None = None
 
     def __len__(self) -> int:
@@ -107,8 +113,19 @@ class StageDataset(Dataset):
             self.transform.set_random_seed(torch.initial_seed() % 2**32)
             self._seeded_pid = pid
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        self._seed_transform()
+    def _inputs(self, i: int) -> dict[str, np.ndarray]:
+        """The decoded inputs of sample ``i`` (copies from the cache when it holds them)."""
+        cached = self._cache.get(i)
+        if cached is None:
+            cached = self._decode(i)
+            nbytes = sum(a.nbytes for a in cached.values())
+            if self._cached_bytes + nbytes > self.cache_bytes:
+                return cached
+            self._cache[i] = cached
+            self._cached_bytes += nbytes
+        return {key: array.copy() for key, array in cached.items()}  # the pipeline writes in place
+
+    def _decode(self, i: int) -> dict[str, np.ndarray]:
         image = self.voc.image(i)
         size = image.shape[:2]
         inputs: dict[str, np.ndarray] = {"image": image}
@@ -132,6 +149,12 @@ class StageDataset(Dataset):
             inputs["mask"] = check_mask(label, path, None)
         elif self.with_mask:
             inputs["mask"] = self.voc.mask(i)
+        return inputs
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        self._seed_transform()
+        inputs = self._inputs(i)
+        size = inputs["image"].shape[:2]
         out = self.transform(**inputs)
         sample: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
@@ -252,6 +275,13 @@ class WSSSDataModule(pl.LightningDataModule):
             seg_resize=self.seg_resize,
         )
 
+    def _cache_bytes(self) -> int:
+        """``data.cache_mb``: decoded inputs kept in memory per training/validation set and loader process."""
+        megabytes = float(self._get("cache_mb", 0))
+        if megabytes < 0:
+            raise ConfigError(f"data.cache_mb={megabytes:g} must be >= 0 (0: no cache)")
+        return int(megabytes * 2**20)
+
     def per_device_batch_size(self) -> int:
         """``data.batch_size`` divided by the world size of the attached trainer (1 without one)."""
         total = int(self.batch_size or self.cfg.batch_size)
@@ -279,10 +309,13 @@ class WSSSDataModule(pl.LightningDataModule):
         if kind == "cls":
             train = self._voc(self.split or self.cfg.train_split)
             train.labels()  # derive once here, before workers fork
-            self.train_set = StageDataset(train, "cls", self._transforms("cls", True))
+            cache = self._cache_bytes()
+            self.train_set = StageDataset(train, "cls", self._transforms("cls", True), cache_bytes=cache)
             val = self._voc(self.cfg.val_split)
             val.labels()
-            self.val_set = StageDataset(val, "cls", self._transforms("eval", False), with_mask=val.has_masks)
+            self.val_set = StageDataset(
+                val, "cls", self._transforms("eval", False), with_mask=val.has_masks, cache_bytes=cache
+            )
         elif kind == "refine":
             train = self._voc(self.split or self.cfg.maps_split)
             assert self.maps_dir is not None
@@ -296,6 +329,7 @@ class WSSSDataModule(pl.LightningDataModule):
                 self._transforms("refine", True),
                 maps_dir=self.maps_dir,
                 maps_squashed=self.squash_size is not None,
+                cache_bytes=self._cache_bytes(),
             )
         elif kind == "seg":
             train = self._voc(self.split or self.cfg.maps_split)
@@ -309,10 +343,16 @@ class WSSSDataModule(pl.LightningDataModule):
                 self._transforms("seg", True),
                 pseudo_dir=self.pseudo_dir,
                 with_label=self.image_labels,
+                cache_bytes=self._cache_bytes(),
             )
             val = self._voc(self.cfg.val_split, require_masks=True)
             self.val_set = StageDataset(
-                val, "eval", self._transforms("eval", False), with_mask=True, with_size=True
+                val,
+                "eval",
+                self._transforms("eval", False),
+                with_mask=True,
+                with_size=True,
+                cache_bytes=self._cache_bytes(),
             )
         elif kind == "infer":
             voc = self._voc(self.split or self.cfg.maps_split)
