@@ -38,10 +38,29 @@ def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values).reshape(-1).astype(np.int64, copy=False))
 
 
+def _both_uint8_arrays(pred: object, gt: object) -> bool:
+    return all(isinstance(a, np.ndarray) and a.dtype == np.uint8 for a in (pred, gt))
+
+
+def _uint8_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``confusion_counts`` of label images (masks, PNG labels): values that are not classes (255,
+    21..254) go to one extra row/column by table look-up, dropped after a single bincount."""
+    if pred.size != gt.size:
+        raise ValueError(f"prediction has {pred.size} pixels but ground truth has {gt.size}")
+    n = num_classes + 1
+    lookup = np.full(256, num_classes, dtype=np.uint16)
+    lookup[:num_classes] = np.arange(num_classes, dtype=np.uint16)
+    cell = lookup[gt.reshape(-1)] * np.uint16(n) + lookup[pred.reshape(-1)]
+    counts = np.bincount(cell, minlength=n * n).reshape(n, n)[:num_classes, :num_classes]
+    return torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64))
+
+
 def confusion_counts(
     pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, num_classes: int = 21
 ) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts of the pixels whose truth and prediction are both classes."""
+    if _both_uint8_arrays(pred, gt) and num_classes < 256:
+        return _uint8_counts(pred, gt, num_classes)
     p, g = _as_tensor(pred), _as_tensor(gt)
     if p.numel() != g.numel():
         raise ValueError(f"prediction has {p.numel()} pixels but ground truth has {g.numel()}")

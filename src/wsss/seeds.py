@@ -45,12 +45,14 @@ class SeedSweep:
         maps = resize_maps(np.asarray(maps, dtype=np.float32), gt.shape)
         if maps.shape[0]:
             top = maps.max(axis=0)
-            top_class = np.asarray(classes, dtype=np.int64)[maps.argmax(axis=0)] + 1
+            top_class = (np.asarray(classes, dtype=np.int64) + 1).astype(np.uint8)[maps.argmax(axis=0)]
         else:
             top = np.zeros(gt.shape, np.float32)
-            top_class = np.zeros(gt.shape, np.int64)
+            top_class = np.zeros(gt.shape, np.uint8)
+        background = np.uint8(0)
         for k, t in enumerate(self.thresholds):
-            self.cms[k] += confusion_counts(np.where(top > t, top_class, 0), gt, self.num_classes).numpy()
+            labels = np.where(top > t, top_class, background)
+            self.cms[k] += confusion_counts(labels, gt, self.num_classes).numpy()
         self.images += 1
 
     def curve(self) -> list[dict[str, float]]:
