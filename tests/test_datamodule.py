@@ -151,6 +151,8 @@ def test_seg_reads_pseudo_labels_and_validates_at_full_size(cfg, tmp_path: Path)
     assert set(val) == {"image", "mask", "id", "size"} and val["size"].tolist() == [[40, 40]]
     shutil.copy(pseudo / f"{train.ids[0]}.png", tmp_path / "x.png")
     save_mask(pseudo / f"{train.ids[0]}.png", np.zeros((20, 40), np.uint8))
+    dm = WSSSDataModule(cfg.data, "seg", pseudo_dir=pseudo)  # a new stage reads the files again
+    dm.setup("fit")
     with pytest.raises(ValueError, match=r"pseudo label is 40x20 but its image is 40x40"):
         dm.train_set[0]
 
