@@ -41,6 +41,8 @@ def test_experiments_with_the_same_settings_share_one_entry(tmp_path: Path, caps
     assert (runs / "a" / "cls").is_symlink() and (runs / "a" / "cls" / "checkpoints" / "best.ckpt").is_file()
     assert os.readlink(runs / "a" / "cls") == os.path.join("..", "store", "cls", shared.identity)  # relative
     assert second["maps_cls/images"] == 8  # the reused artifact's metrics are the job's metrics
+    for name in ("a", "b"):  # the maps b reused are drawn in b's own figures/ too
+        assert (runs / name / "figures" / "figure1.png").is_file(), name
     store_main(["list", "--runs", str(runs)])
     listing = capsys.readouterr().out
     assert "a/cls, b/cls" in listing and "c/cls" in listing and "complete" in listing

@@ -57,7 +57,6 @@ def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, 
 def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     """Seed mIoU sweep on ``data.eval_split`` and the Figure-1 grid (rank 0)."""
     from wsss.data.voc import VOCDataset
-    from wsss.figures import figure1
     from wsss.seeds import evaluate_seeds
     from wsss.training import log_image, log_metrics
 
@@ -66,13 +65,29 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
     _write_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)
-    n_fig = int(cfg.maps.get("figure_images", 4))
-    if n_fig > 0:
-        ids = [i for i in gt.ids if (out / f"{i}.npz").is_file()][:n_fig]
-        columns = figure_columns(cfg, ctx.exp, ctx.stage.name)
-        png = figure1(ids, gt, columns, ctx.exp.root / "figures" / "figure1.png")
+    png = draw_figure1(ctx, gt)
+    if png is not None:
         log_image(logger, f"{ctx.stage.name}/figure1", png)
     return metrics
+
+
+def draw_figure1(ctx: StageContext, gt: Any) -> Path | None:
+    """``<exp>/figures/figure1.png``: the first ``maps.figure_images`` images with this experiment's maps."""
+    from wsss.figures import figure1
+
+    n_fig = int(ctx.cfg.maps.get("figure_images", 4))
+    if n_fig <= 0:
+        return None
+    ids = [i for i in gt.ids if (ctx.out / f"{i}.npz").is_file()][:n_fig]
+    columns = figure_columns(ctx.cfg, ctx.exp, ctx.stage.name)
+    return figure1(ids, gt, columns, ctx.exp.root / "figures" / "figure1.png")
+
+
+def figures(ctx: StageContext) -> Path | None:
+    """The figure of stored maps this experiment reuses (the runner calls it on reuse)."""
+    from wsss.data.voc import VOCDataset
+
+    return draw_figure1(ctx, VOCDataset(ctx.cfg.data.root, str(ctx.cfg.data.eval_split)))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -148,6 +148,17 @@ def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | Non
     return save_grid(rows, path, titles=["image", "ground truth", f"pseudo label ({rule_name})"])
 
 
+def figures(ctx: StageContext) -> Path | None:
+    """The figure of stored pseudo labels this experiment reuses (the runner calls it on reuse)."""
+    cfg = ctx.cfg
+    n_fig = int(cfg.pseudo.get("figure_images", 4))
+    if n_fig <= 0:
+        return None
+    rule = rule_from_config(cfg, ctx.input(f"maps_{cfg.pseudo.source}"))
+    gt = voc_dataset(cfg, str(cfg.data.eval_split))
+    return figure(gt, ctx.out, ctx.exp.root / "figures" / "pseudo.png", n_fig, rule.name)
+
+
 def voc_dataset(cfg: DictConfig, split: str) -> Any:
     """The images (and masks) of one split of ``data.root``."""
     from wsss.data.voc import VOCDataset

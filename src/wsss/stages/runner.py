@@ -258,6 +258,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         elif step.action == "reuse":
             if _rank() == 0:
                 _reuse(exp, step.name, step.record["identity"])
+                _redraw(cfg, exp, declared, step.record)
             barrier()
             metrics = exp.metrics(step.name)
         elif _rank() != 0 and declared.rank_zero_only:
@@ -301,6 +302,22 @@ def _reuse(exp: Experiment, name: str, identity: str) -> None:
     log.info("stage %s: reusing the stored artifact %s (identical settings and inputs)", name, entry)
 
 
+def _redraw(cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any]) -> None:
+    """Draw a reused stage's figures into this experiment's ``figures/`` (its module's ``figures(ctx)``,
+    where it has one); a figure that cannot be drawn is a warning, never a failed stage."""
+    import importlib
+
+    draw = getattr(importlib.import_module(f"wsss.stages.{declared.module}"), "figures", None)
+    if draw is None:
+        return
+    staged = staged_config(cfg, declared.name)
+    inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
+    try:
+        draw(StageContext(staged, exp, declared, record, inputs))
+    except Exception as err:  # noqa: BLE001 - a picture must not fail a reused artifact
+        log.warning("stage %s: reused, but its figures could not be drawn: %s", declared.name, err)
+
+
 def _run_one(
     cfg: DictConfig,
     exp: Experiment,
@@ -316,6 +333,7 @@ def _run_one(
     with exp.store.lock(declared.name, identity) if stored and _rank() == 0 else nullcontext():
         if stored and not force and _rank() == 0 and exp.stored(declared.name, identity):
             _reuse(exp, declared.name, identity)  # another job made it while this one waited
+            _redraw(cfg, exp, declared, record)
             return exp.metrics(declared.name)
         return _make(cfg, staged, exp, declared, record, force, resuming)
 
