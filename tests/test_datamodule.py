@@ -212,10 +212,8 @@ def test_bad_stage_and_missing_folders_are_named(cfg) -> None:
 
 
 def _epochs(dm: WSSSDataModule, epochs: int) -> list[dict]:
-    """Samples of ``epochs`` passes over the train set, with the augmentation stream fixed."""
+    """Samples of ``epochs`` passes over a fresh train set, whose augmentation is seeded from torch's seed."""
     torch.manual_seed(0)
-    dm.train_set.transform.set_random_seed(0)
-    dm.train_set._seeded_pid = __import__("os").getpid()
     return [dm.train_set[i] for _ in range(epochs) for i in range(len(dm.train_set))]
 
 
@@ -236,32 +234,49 @@ def test_the_decoded_input_cache_gives_the_same_samples(cfg, tmp_path: Path, kin
             save_mask(folders["pseudo_dir"] / f"{image_id}.png", train.mask(i))
     samples = {}
     for megabytes in (0, 64):
-        with open_dict(cfg):
-            cfg.data.cache_mb = megabytes
-        dm = WSSSDataModule(cfg.data, kind, **folders)
+        dm = WSSSDataModule(_with_cache(cfg, megabytes), kind, **folders)
         dm.setup("fit")
         samples[megabytes] = _epochs(dm, 3)  # 3 epochs: the cached inputs are not changed by the pipeline
         assert (dm.train_set._cached_bytes > 0) == (megabytes > 0)
         assert len(dm.train_set._cache) == (len(train) if megabytes else 0)
-    with open_dict(cfg):
-        cfg.data.cache_mb = 0
     for plain, cached in zip(samples[0], samples[64], strict=True):
         assert plain.keys() == cached.keys()
         for key, value in plain.items():
             assert torch.equal(value, cached[key]) if torch.is_tensor(value) else value == cached[key], key
 
 
-def test_the_cache_stops_at_its_budget_and_refuses_a_negative_size(cfg) -> None:
-    with open_dict(cfg):
-        cfg.data.cache_mb = 0.01  # ~10 KB: one 40 px image (4.8 KB) and its mask fit, a few more do not
-    dm = WSSSDataModule(cfg.data, "cls")
+def _with_cache(cfg, megabytes: object):
+    """A copy of the ``data`` config with ``cache_mb`` set (the module's cfg stays as it is)."""
+    data = cfg.data.copy()
+    with open_dict(data):
+        data.cache_mb = megabytes
+    return data
+
+
+class _InPlace:
+    """A transform that writes into its input arrays (albumentations' do not; a user's may)."""
+
+    def set_random_seed(self, seed: int) -> None:
+        pass
+
+    def __call__(self, **inputs):
+        inputs["image"] += 1
+        return {"image": inputs["image"].astype(np.float32)}
+
+
+def test_a_transform_that_writes_in_place_does_not_change_the_cache(cfg) -> None:
+    WSSSDataModule(cfg.data, "cls").prepare_data()
+    ds = StageDataset(voc(cfg, "train_aug"), "cls", _InPlace(), cache_bytes=2**20)
+    first, again = ds[0]["image"], ds[0]["image"]
+    assert len(ds._cache) == 1 and torch.equal(first, again)
+
+
+def test_the_cache_stops_at_its_budget_and_refuses_a_bad_size(cfg) -> None:
+    dm = WSSSDataModule(_with_cache(cfg, 0.01), "cls")  # ~10 KB: two 40 px images (4.8 KB each) fit
     dm.setup("fit")
     _epochs(dm, 1)
     assert 0 < dm.train_set._cached_bytes <= 0.01 * 2**20
-    assert 0 < len(dm.train_set._cache) < len(dm.train_set)
-    with open_dict(cfg):
-        cfg.data.cache_mb = -1
-    with pytest.raises(ValueError, match=r"data.cache_mb=-1 must be >= 0"):
-        WSSSDataModule(cfg.data, "cls").setup("fit")
-    with open_dict(cfg):
-        cfg.data.cache_mb = 0
+    assert len(dm.train_set._cache) == 2 < len(dm.train_set)
+    for bad in (-1, "lots"):
+        with pytest.raises(ValueError, match=rf"data.cache_mb={bad} must be a number of megabytes >= 0"):
+            WSSSDataModule(_with_cache(cfg, bad), "cls").setup("fit")

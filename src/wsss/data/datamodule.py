@@ -123,7 +123,7 @@ class StageDataset(Dataset):
                 return cached
             self._cache[i] = cached
             self._cached_bytes += nbytes
-        return {key: array.copy() for key, array in cached.items()}  # the pipeline writes in place
+        return {key: array.copy() for key, array in cached.items()}  # a transform may write in place
 
     def _decode(self, i: int) -> dict[str, np.ndarray]:
         image = self.voc.image(i)
@@ -277,9 +277,13 @@ class WSSSDataModule(pl.LightningDataModule):
 
     def _cache_bytes(self) -> int:
         """``data.cache_mb``: decoded inputs kept in memory per training/validation set and loader process."""
-        megabytes = float(self._get("cache_mb", 0))
-        if megabytes < 0:
-            raise ConfigError(f"data.cache_mb={megabytes:g} must be >= 0 (0: no cache)")
+        value = self._get("cache_mb", 0)
+        try:
+            megabytes = float(value)
+        except (TypeError, ValueError):
+            megabytes = -1.0
+        if not megabytes >= 0:  # also NaN
+            raise ConfigError(f"data.cache_mb={value} must be a number of megabytes >= 0 (0: no cache)")
         return int(megabytes * 2**20)
 
     def per_device_batch_size(self) -> int:
@@ -306,10 +310,10 @@ class WSSSDataModule(pl.LightningDataModule):
 
         ensure_toy(self.cfg)  # idempotent; covers use without a Trainer (prepare_data not called)
         kind = self.stage
+        cache = self._cache_bytes() if kind in ("cls", "refine", "seg") else 0  # sets read every epoch
         if kind == "cls":
             train = self._voc(self.split or self.cfg.train_split)
             train.labels()  # derive once here, before workers fork
-            cache = self._cache_bytes()
             self.train_set = StageDataset(train, "cls", self._transforms("cls", True), cache_bytes=cache)
             val = self._voc(self.cfg.val_split)
             val.labels()
@@ -329,7 +333,7 @@ class WSSSDataModule(pl.LightningDataModule):
                 self._transforms("refine", True),
                 maps_dir=self.maps_dir,
                 maps_squashed=self.squash_size is not None,
-                cache_bytes=self._cache_bytes(),
+                cache_bytes=cache,
             )
         elif kind == "seg":
             train = self._voc(self.split or self.cfg.maps_split)
@@ -352,7 +356,7 @@ class WSSSDataModule(pl.LightningDataModule):
                 self._transforms("eval", False),
                 with_mask=True,
                 with_size=True,
-                cache_bytes=self._cache_bytes(),
+                cache_bytes=cache,
             )
         elif kind == "infer":
             voc = self._voc(self.split or self.cfg.maps_split)
