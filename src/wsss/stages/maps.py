@@ -84,7 +84,7 @@ def draw_figure1(ctx: StageContext, gt: Any) -> Path | None:
 
 
 def figures(ctx: StageContext) -> Path | None:
-    """The figure of stored maps this experiment reuses (the runner calls it on reuse)."""
+    """``draw_figure1`` on the eval split (the runner calls it when it reuses stored maps)."""
     from wsss.data.voc import VOCDataset
 
     return draw_figure1(ctx, VOCDataset(ctx.cfg.data.root, str(ctx.cfg.data.eval_split)))

@@ -149,7 +149,7 @@ def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | Non
 
 
 def figures(ctx: StageContext) -> Path | None:
-    """The figure of stored pseudo labels this experiment reuses (the runner calls it on reuse)."""
+    """``<exp>/figures/pseudo.png`` of the stage's labels (also called by the runner when it reuses them)."""
     cfg = ctx.cfg
     n_fig = int(cfg.pseudo.get("figure_images", 4))
     if n_fig <= 0:
@@ -242,8 +242,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     logger = build_logger(cfg, STAGE)
     log_metrics(logger, metrics, prefix=STAGE)
-    n_fig = int(pcfg.get("figure_images", 4))
-    png = figure(gt, out, ctx.exp.root / "figures" / "pseudo.png", n_fig, rule.name) if n_fig > 0 else None
+    png = figures(ctx)
     if png is not None:
         log_image(logger, f"{STAGE}/figure", png)
     finalize_logger(logger)

@@ -257,8 +257,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             metrics = exp.metrics(step.name)
         elif step.action == "reuse":
             if _rank() == 0:
-                _reuse(exp, step.name, step.record["identity"])
-                _redraw(cfg, exp, declared, step.record)
+                _reuse(cfg, exp, declared, step.record)
             barrier()
             metrics = exp.metrics(step.name)
         elif _rank() != 0 and declared.rank_zero_only:
@@ -297,23 +296,25 @@ def _prepare(exp: Experiment, declared: Stage, identity: str, force: bool, resum
         exp.clear(name)
 
 
-def _reuse(exp: Experiment, name: str, identity: str) -> None:
-    entry = exp.attach(name, identity)
-    log.info("stage %s: reusing the stored artifact %s (identical settings and inputs)", name, entry)
+def _context(
+    staged: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any], resuming: bool = False
+) -> StageContext:
+    inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
+    return StageContext(staged, exp, declared, record, inputs, resuming)
 
 
-def _redraw(cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any]) -> None:
-    """Draw a reused stage's figures into this experiment's ``figures/`` (its module's ``figures(ctx)``,
-    where it has one); a figure that cannot be drawn is a warning, never a failed stage."""
+def _reuse(cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, Any]) -> None:
+    """Link the stored artifact (rank 0) and draw its figures into this experiment's ``figures/`` (the
+    stage module's ``figures(ctx)``, where it has one; a figure that fails is a warning, not a failure)."""
     import importlib
 
+    entry = exp.attach(declared.name, record["identity"])
+    log.info("stage %s: reusing the stored artifact %s (identical settings and inputs)", declared.name, entry)
     draw = getattr(importlib.import_module(f"wsss.stages.{declared.module}"), "figures", None)
     if draw is None:
         return
-    staged = staged_config(cfg, declared.name)
-    inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
     try:
-        draw(StageContext(staged, exp, declared, record, inputs))
+        draw(_context(staged_config(cfg, declared.name), exp, declared, record))
     except Exception as err:  # noqa: BLE001 - a picture must not fail a reused artifact
         log.warning("stage %s: reused, but its figures could not be drawn: %s", declared.name, err)
 
@@ -332,8 +333,7 @@ def _run_one(
     stored = exp.store is not None and declared.artifact
     with exp.store.lock(declared.name, identity) if stored and _rank() == 0 else nullcontext():
         if stored and not force and _rank() == 0 and exp.stored(declared.name, identity):
-            _reuse(exp, declared.name, identity)  # another job made it while this one waited
-            _redraw(cfg, exp, declared, record)
+            _reuse(cfg, exp, declared, record)  # another job made it while this one waited
             return exp.metrics(declared.name)
         return _make(cfg, staged, exp, declared, record, force, resuming)
 
@@ -361,8 +361,7 @@ def _make(
             exp.stage_dir(declared.name) / "config.yaml",
             OmegaConf.to_yaml(OmegaConf.masked_copy(staged, job_keys), resolve=True),
         )
-    inputs = {up: exp.stage_dir(up) for up in declared.upstream(staged)}
-    ctx = StageContext(staged, exp, declared, record, inputs, resuming)
+    ctx = _context(staged, exp, declared, record, resuming)
     seed_everything(int(cfg.seed), workers=True)
     log.info("running stage %s -> %s", declared.name, ctx.out)
     metrics = importlib.import_module(f"wsss.stages.{declared.module}").run(ctx) or {}
