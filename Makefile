@@ -59,7 +59,7 @@ test-all: install ## Run every test, slow ones included
 	$(TEST_ENV) $(PY) -m pytest -q
 
 demo: install ## The method on built-in toy data: CAM vs DRS vs DRS-dagger, one table + Figure 1
-	$(ENV) $(PY) -m wsss.demo $(args)
+	$(ENV) $(PY) -m wsss.experiments.demo $(args)
 
 bench: install ## Every benchmark, one table and bench/results.json (< 15 min on 2 cores; args="--only release --rounds 5")
 	$(TEST_ENV) $(PY) bench/run.py $(args)
@@ -75,7 +75,7 @@ lint: install ## ruff check + format check
 	$(PY) -m ruff format --check src tests bench train.py
 
 report: install ## Paper-shaped table from a sweep folder: make report dir=runs/sweeps/<name>
-	$(PY) -m wsss.report $(dir)
+	$(PY) -m wsss.experiments.report $(dir)
 
 clean: ## Remove caches and run outputs (keeps .venv, data/ and bench/results/)
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

@@ -22,8 +22,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from wsss.config import register_resolvers
 from wsss.errors import WsssError
+from wsss.pipeline.config import register_resolvers
 
 register_resolvers()
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -44,7 +44,7 @@ class MetricNotFoundError(WsssError, KeyError):
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
     from wsss.ddp import prepare_job
-    from wsss.stages.runner import run_stages
+    from wsss.pipeline.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     try:
@@ -58,7 +58,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
             from wsss.ddp.sync import end_job
-            from wsss.training import finish_wandb
+            from wsss.pipeline.runner import finish_wandb
 
             finish_wandb()
             end_job()
@@ -68,7 +68,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 def preflight(cfg: DictConfig) -> None:
     """Everything checked before any work: values, ``+key`` typos, the accelerator, the plan of stages,
     then (cached) every data split the stages that will run read."""
-    from wsss.config import check_accelerator, print_config, validate
+    from wsss.pipeline.config import check_accelerator, print_config, validate
 
     validate(cfg)
     _check_added_keys(cfg)
@@ -82,7 +82,7 @@ def preflight(cfg: DictConfig) -> None:
 def _check_added_keys(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.config import check_added_keys
+    from wsss.pipeline.config import check_added_keys
 
     if not HydraConfig.initialized():
         return
@@ -92,24 +92,28 @@ def _check_added_keys(cfg: DictConfig) -> None:
     added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
     trainer_keys = [k.split(".", 1)[1] for k in added if k.startswith("trainer.")]
     if trainer_keys:  # new Trainer arguments: check them now, not after the first stage has started
-        from wsss.training import check_trainer_arguments
+        from wsss.tasks.trainer import check_trainer_arguments
 
         check_trainer_arguments(trainer_keys)
 
 
 def _check_plan_and_data(cfg: DictConfig) -> None:
-    """The plan first (seconds, no torch), then every data split the stages that will run read (cached)."""
+    """The data's content fingerprints (cached), the plan (seconds, no torch), then every data split the
+    stages that will run read (cached)."""
+    from wsss.data.content import attach_content
     from wsss.data.verify import verify_for_stages
-    from wsss.stages.runner import check_plan, experiment, pipeline_names
+    from wsss.pipeline.runner import check_plan, experiment, pipeline_names, planned_closure
 
-    steps = check_plan(cfg, experiment(cfg), pipeline_names(cfg))
+    names = pipeline_names(cfg)
+    attach_content(cfg, planned_closure(cfg, names))  # identities name the data by content, not path
+    steps = check_plan(cfg, experiment(cfg), names)
     verify_for_stages(cfg, [s.name for s in steps if s.action in ("run", "resume")])
 
 
 def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.report import record_job
+    from wsss.experiments.report import record_job
 
     if HydraConfig.initialized():
         record_job(HydraConfig.get().runtime.output_dir, cfg, metrics, error)
@@ -118,7 +122,7 @@ def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseExce
 def check_optimized_metric(cfg: DictConfig) -> None:
     """Before any work: ``optimized_metric`` must come from a stage this run makes."""
     from wsss.errors import ConfigError
-    from wsss.stages.runner import pipeline_names
+    from wsss.pipeline.runner import pipeline_names
 
     name = cfg.get("optimized_metric")
     stages = pipeline_names(cfg)

@@ -34,14 +34,14 @@ import torch
 from bench_demo_seeds import DESIGNS, REPO, exp_name, pretrain, run_pipeline
 from omegaconf import OmegaConf
 
-from wsss.artifacts import Experiment
 from wsss.data.maps_io import load_maps
 from wsss.data.voc import VOCDataset
-from wsss.drs import DRS, LAYERS
-from wsss.inference import to_input
+from wsss.method.drs import DRS, LAYERS
+from wsss.method.inference import to_input
+from wsss.method.seed_labels import DEFAULT_THRESHOLDS, SeedSweep
 from wsss.models.checkpoint import network_state, read_checkpoint
 from wsss.models.networks import build, classifier_spec
-from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep
+from wsss.pipeline.artifacts import Experiment
 
 VARIANTS: dict[str, list[str]] = {
     "cam": ["drs=off"],
@@ -256,7 +256,7 @@ def figure(runs: Path, out: Path, n_images: int = 3) -> Path:
     """image | CAM | DRS learnable | delta 0.55 | delta 0.8: first train images of each design, stacked."""
     from PIL import Image
 
-    from wsss.figures import figure1
+    from wsss.data.figures import figure1
 
     grids = []
     for design in DESIGNS:

@@ -31,10 +31,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from wsss.artifacts import Experiment
+from wsss.data.maps_io import MapsFolder
 from wsss.data.voc import VOCDataset
-from wsss.demo import train
-from wsss.seeds import DEFAULT_THRESHOLDS, evaluate_seeds
+from wsss.experiments.demo import train
+from wsss.method.seed_labels import DEFAULT_THRESHOLDS, evaluate_seeds
+from wsss.pipeline.artifacts import Experiment
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGNS: dict[str, list[str]] = {"elongated": [], "compact": ["data=toy_compact"]}
@@ -95,7 +96,9 @@ def seed_scores(exp: Experiment) -> dict:
     whatever sweep its maps stage ran, so runs made before the sweep changed compare fairly."""
     cfg = OmegaConf.load(exp.stage_dir("cls") / "config.yaml")
     data = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
-    metrics, _ = evaluate_seeds(exp.stage_dir("maps_cls"), list(data.ids), data.mask, DEFAULT_THRESHOLDS)
+    metrics, _ = evaluate_seeds(
+        MapsFolder(exp.stage_dir("maps_cls")), list(data.ids), data.mask, DEFAULT_THRESHOLDS
+    )
     return metrics
 
 

@@ -7,7 +7,7 @@
   256/320/384), vs the release's 20-channel uint8 .npy at 320 x 320. Random-weight networks make noisier
   maps than trained ones, so the wsss sizes are an upper bound.
 - eval: decode all 12,031 real SegmentationClassAug masks (``read_index_png``), derive their image labels
-  (``label_from_mask``) and score a prediction against each (``wsss.metrics.ConfusionMatrix``);
+  (``label_from_mask``) and score a prediction against each (``wsss.method.metrics.ConfusionMatrix``);
   seconds and the share of each part.
 
     python bench/bench_growth.py --child-maps N   # the child process of the memory figure (prints JSON)
@@ -118,7 +118,7 @@ def storage() -> tuple[list[Figure], dict]:
     from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
     from wsss.data.maps_io import save_maps
     from wsss.data.palette import read_index_png
-    from wsss.localization import present_class_maps
+    from wsss.method.localization import present_class_maps
 
     torch.manual_seed(0)
     net = classifier("tiny").eval()
@@ -185,7 +185,7 @@ def storage() -> tuple[list[Figure], dict]:
 def evaluation(limit: int | None = None) -> tuple[list[Figure], dict]:
     from wsss.data.palette import read_index_png
     from wsss.data.voc import label_from_mask
-    from wsss.metrics import ConfusionMatrix
+    from wsss.method.metrics import ConfusionMatrix
 
     paths = sorted(MASKS_ALL.glob("*.png"))[:limit]
     if not paths:

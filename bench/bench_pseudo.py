@@ -4,7 +4,7 @@ Inputs: the real sample images (~500 x 375), their real saliency maps and stand-
 ground-truth masks (``fixtures.stand_in_maps``: smooth blobs at stride 8, like a network's).
 - rules: ``wsss.stages.pseudo_rules.make_label`` with the paper, release and fallback rules (one process),
   on the present classes' maps (what the pseudo stage's worker gives them).
-- crf: the pseudo stage's CRF (``crf_label`` after the paper rule) through ``wsss.crf.crf_map`` with 1
+- crf: the pseudo stage's CRF (``crf_label`` after the paper rule) through ``wsss.method.crf.crf_map`` with 1
   and N processes; parallel efficiency = rate(N) / (N x rate(1)), with the pool's start-up (measured
   on its own) subtracted, since a stage pays it once for 10,582 images; it is also given included.
   Other users of a shared machine take cores from the N processes, not from the one: pure CPU work
@@ -47,7 +47,7 @@ def rules(ids: list[str], rounds: int) -> tuple[list[Figure], dict]:
 
 
 def crf(ids: list[str], workers: int, rounds: int) -> tuple[list[Figure], dict]:
-    from wsss.crf import crf_map
+    from wsss.method.crf import crf_map
     from wsss.stages.pseudo_rules import LabelJob, PseudoRule, set_job
 
     job = LabelJob(Ids(ids, []), None, None, None, PseudoRule(), None)  # what set_job ships: nothing big

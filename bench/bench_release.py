@@ -11,7 +11,7 @@
   (``label_image`` from stored present-class maps in ``pseudo.workers`` processes); plus the whole path
   with the tiny refiner (network included: release loop vs wsss maps stage + pseudo stage).
 
-The allocator setting of ``wsss.cpu_memory`` is process-wide, so the training and maps variants each
+The allocator setting of ``wsss.tasks.memory`` is process-wide, so the training and maps variants each
 run in a process of their own (``timing.interleave_in_processes``), asked in turn round by round.
 """
 
@@ -58,7 +58,7 @@ def training_variant(
 ) -> Callable[[], float]:
     """(In its own process) one training variant on a seeded network and seeded batches; the callable
     returns seconds per step after warm-up."""
-    import wsss.cpu_memory
+    import wsss.tasks.memory
 
     quiet()
 
@@ -77,7 +77,7 @@ def training_variant(
             lambda b: release.train_step(net, opt, b["image"], b["label"]), loader, steps, warmup, clock=now
         )
     if variant == "wsss_lightning_before_fix":  # the stage's Trainer without its allocator setting
-        wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
+        wsss.tasks.memory.retain_freed_memory = lambda *a, **k: False
     task = cls_task(backbone, protocol="release")  # the cls stage's task: four lr groups, nesterov
     return lambda: fit_seconds_per_step(task, loader, steps, warmup, clock=now)
 
@@ -103,7 +103,7 @@ def training(
             f"{name}/before_fix",
             speedup(times["release_step"], times["wsss_lightning_before_fix"]),
             "release training step",
-            note="without wsss.cpu_memory.retain_freed_memory (glibc's default thresholds)",
+            note="without wsss.tasks.memory.retain_freed_memory (glibc's default thresholds)",
         ),
     ]
     return figs, {name: summarize(times, 1, "steps")}
@@ -115,7 +115,7 @@ def training(
 def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str) -> Callable[[], None]:
     """(In its own process) one way of making the maps of seeded images with a seeded network, run once
     here as warm-up (allocator, kernel choice) while the other variants' processes warm up too."""
-    import wsss.cpu_memory
+    import wsss.tasks.memory
     from wsss.stages.maps_writer import write_maps
 
     quiet()
@@ -129,7 +129,7 @@ def maps_variant(variant: str, backbone: str, images: int, batch: int, tmp: str)
         release.map_loop(net, x, labels, out_dir=out)
         return lambda: release.map_loop(net, x, labels, out_dir=out)
     if variant == "wsss_stage_before_fix":  # the stage's Trainer without its allocator setting
-        wsss.cpu_memory.retain_freed_memory = lambda *a, **k: False
+        wsss.tasks.memory.retain_freed_memory = lambda *a, **k: False
     precision = "bf16-mixed" if variant == "wsss_stage_bf16" else "32-true"
     if variant == "wsss_stage_channels_last":  # the network's weights NHWC: every activation follows
         net = net.to(memory_format=torch.channels_last)
@@ -209,9 +209,9 @@ def real_scores(mask: np.ndarray, classes: np.ndarray, side: int) -> torch.Tenso
 
 
 def pseudo(rounds: int, workers: int) -> tuple[list[Figure], dict]:
-    from wsss.crf import crf_map
     from wsss.data.maps_io import save_maps
     from wsss.data.palette import read_index_png, voc_palette
+    from wsss.method.crf import crf_map
     from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 
     ids = sample_ids()
@@ -369,8 +369,8 @@ def pseudo_end_to_end(rounds: int, workers: int) -> tuple[list[Figure], dict]:
     """Network included, tiny refiner: release loop vs wsss maps stage (refiner) + pseudo stage."""
     from PIL import Image
 
-    from wsss.crf import crf_map
     from wsss.data.palette import voc_palette
+    from wsss.method.crf import crf_map
     from wsss.stages.maps_writer import write_maps
     from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 

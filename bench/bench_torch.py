@@ -3,9 +3,9 @@
 Per stage, seconds per optimizer step after warm-up (``wsss.bench.measure``): the stage's
 LightningModule (``ClassifierTask``, ``RefinerTask``, ``SegmenterTask``, built by the stage's own
 ``build_task`` from the composed config, protocol=paper) under the stages' Trainer
-(``wsss.training.build_trainer``; no logger, checkpoint or progress bar: those are the user's choice) vs
+(``wsss.tasks.trainer.build_trainer``; no logger, checkpoint or progress bar: those are the user's choice) vs
 the loop a user would write on a copy of the same network: the same loss, optimizer and schedule,
-nothing else. Both run with the CPU allocator setting every stage gets (``wsss.cpu_memory``). The tiny networks make Lightning's per-step cost most
+nothing else. Both run with the CPU allocator setting every stage gets (``wsss.tasks.memory``). The tiny networks make Lightning's per-step cost most
 visible (a step is tens of ms); VGG-16 shows it at the paper's network (the classifier's VGG-16 case is
 release/training: the release's step is such a plain loop).
 """
@@ -23,7 +23,7 @@ from results import Figure, Section, ratio
 from timing import interleave, now, speedup, summarize
 
 from wsss.bench.measure import fit_seconds_per_step, loop_seconds_per_step
-from wsss.cpu_memory import retain_freed_memory
+from wsss.tasks.memory import retain_freed_memory
 
 
 def images_and(extra: Callable[[torch.Generator, int, int], dict], batch: int, size: int) -> Callable:

@@ -110,13 +110,13 @@ def squashed(image: np.ndarray, side: int) -> torch.Tensor:
 
 
 def stage_trainer(**trainer_kwargs: Any):
-    """The Trainer a stage gets (``wsss.training.build_trainer``: its callbacks, its CPU allocator setting)
+    """The Trainer a stage gets (``wsss.tasks.trainer.build_trainer``: its callbacks, its CPU allocator setting)
     on the CPU, without logger, checkpoints, progress bar or summary (what a predict needs)."""
     import tempfile
 
     from omegaconf import OmegaConf
 
-    from wsss.training import build_trainer
+    from wsss.tasks.trainer import build_trainer
 
     node = {
         "accelerator": "cpu",
@@ -132,7 +132,7 @@ def stage_trainer(**trainer_kwargs: Any):
 def config(*overrides: str):
     """The config train.py composes from ``overrides`` (no logger, no figures), for building a stage's
     task exactly as the stage does (``wsss.stages.<stage>.build_task``); networks get random weights."""
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     return compose(["logger=none", "cls.log_images=0", *overrides])
 
@@ -161,7 +161,7 @@ def seg_task(segmenter_name: str, protocol: str = "paper"):
 def map_stage(net: nn.Module, source: str = "cls", protocol: str = "release") -> tuple[Any, dict[str, str]]:
     """The maps stage's ``MapPredictor`` for ``net`` under ``protocol`` (its scales and the maths of
     ``maps.<source>``) and the storage arguments of ``write_maps`` (dtype, quantize)."""
-    from wsss.localization import MapMaths
+    from wsss.method.localization import MapMaths
     from wsss.stages.maps_writer import MapPredictor
 
     maps = config(f"protocol={protocol}").maps

@@ -80,7 +80,7 @@ def crf_sample(image_id: str) -> int:
     """The pseudo stage's CRF on one real image: paper rule scores from stand-in maps and the real
     saliency, then the dense CRF (``make_label`` with ``crf_params``, SPEC parameters). Returns the
     labelled pixels."""
-    from wsss.crf import CRFParams
+    from wsss.method.crf import CRFParams
     from wsss.stages.pseudo_rules import PseudoRule, make_label
 
     rgb, mask, saliency = read_sample(image_id)

@@ -7,7 +7,7 @@ Measures, each in its own time box, on one GPU:
 - train: images/s and peak GPU memory of the cls (VGG-16, learnable DRS), refine (VGG-16) and seg
   (LargeFOV VGG-16, ASPP ResNet-101) training steps at the paper's sizes (batch 5, crop 321): each
   stage's own task (its ``build_task`` with ``<stage>.channels_last`` / ``<stage>.compile``) under the
-  stages' Trainer (``wsss.training.build_trainer``, ``precision``, ``benchmark`` as ``trainer=gpu`` sets
+  stages' Trainer (``wsss.tasks.trainer.build_trainer``, ``precision``, ``benchmark`` as ``trainer=gpu`` sets
   them), for fp32 / bf16 autocast x contiguous / channels_last, and torch.compile on bf16 channels_last;
   and the release's classifier step (fp32, ``loss.item()`` every step): target >= 1.5x.
 - loader: the cls stage's loader's images/s with 4, 8 and 16 workers (pinned memory, persistent

@@ -81,7 +81,7 @@ def run_section(build: Callable[[], Section]) -> dict[str, Any]:
 
 def finish(results: dict[str, Any], out: Path, started: float) -> int:
     """Total seconds, check, write ``out`` atomically, print the table; exit status 1 if a benchmark crashed."""
-    from wsss.artifacts import write_json
+    from wsss.pipeline.artifacts import write_json
 
     results["seconds"] = round(time.perf_counter() - started, 1)
     validate(results)

@@ -39,7 +39,7 @@ def one_thread():
 
 def compose_config(overrides: list[str], runs: Path | None = None):
     """Compose the real config the way train.py does (with the hydra node set), for tests."""
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     extra = [f"paths.runs={runs}", f"paths.data={runs.parent / 'data'}"] if runs is not None else []
     return compose([*overrides, *extra])
@@ -101,7 +101,7 @@ def make_seg_stage(cfg, model, network: dict):
     """A finished seg stage of ``cfg``'s experiment holding ``model`` as a SegmenterTask checkpoint would."""
     import torch
 
-    from wsss.artifacts import Experiment
+    from wsss.pipeline.artifacts import Experiment
 
     folder = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs).stage_dir("seg") / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def make_seg_stage(cfg, model, network: dict):
 
 def run_stage(cfg) -> dict:
     """Run ``cfg.stage`` through the runner (plan check, records, .complete); returns its own metrics."""
-    from wsss.stages.runner import run_stages
+    from wsss.pipeline.runner import run_stages
 
     results = run_stages(cfg)
     return {k.split("/", 1)[1]: v for k, v in results.items()}
@@ -125,8 +125,8 @@ def run_stage(cfg) -> dict:
 def finish_as_made(cfg, name: str, metrics: dict | None = None) -> None:
     """Mark the stage ``name`` of ``cfg``'s experiment complete, with the record the config expects
     (for tests that write an upstream artifact by hand)."""
-    from wsss.artifacts import Experiment
-    from wsss.provenance import expected_record
+    from wsss.pipeline.artifacts import Experiment
+    from wsss.pipeline.provenance import expected_record
 
     exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
     record = expected_record(cfg, name)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsss.artifacts import COMPLETE, RECORD, Experiment, atomic_path, read_json, save_npz, write_json
-from wsss.config import run_id
+from wsss.constants import COMPLETE, RECORD
+from wsss.pipeline.artifacts import Experiment, atomic_path, read_json, save_npz, write_json
+from wsss.pipeline.config import run_id
 
 
 def test_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_killed_writer_leaves_no_file_under_final_name(tmp_path: Path) -> None:
     started = tmp_path / "started"
     code = (
         "import sys, time, pathlib\n"
-        "from wsss.artifacts import atomic_path\n"
+        "from wsss.pipeline.artifacts import atomic_path\n"
         f"with atomic_path({str(target)!r}) as tmp:\n"
         "    fh = open(tmp, 'wb'); fh.write(b'x' * 1000); fh.flush()\n"
         f"    pathlib.Path({str(started)!r}).touch()\n"
@@ -87,7 +88,7 @@ def test_a_figure_that_fails_half_way_leaves_nothing(tmp_path: Path, monkeypatch
     import numpy as np
     from PIL import Image
 
-    from wsss.figures import save_grid
+    from wsss.data.figures import save_grid
 
     target = tmp_path / "figures" / "figure1.png"
     save_grid([[np.zeros((4, 4, 3), np.uint8)]], target)

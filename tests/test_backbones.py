@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import make_classifier
-from wsss.drs import DRS, LAYERS, count_drs, make_activation
+from wsss.method.drs import DRS, LAYERS, count_drs, make_activation
 from wsss.models.classifier import DRSClassifier
 from wsss.models.tiny import TinyBackbone
 from wsss.models.vgg import conv_indices

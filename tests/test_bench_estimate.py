@@ -1,24 +1,13 @@
 """The cost model: its arithmetic (wsss.bench.estimate), its plan of a command (wsss.bench.plan: stages,
-counts from the recipe, shared identities of a sweep), the probe's timing arithmetic (wsss.bench.probe)
+counts from the recipe, shared identities of a sweep), the probe's timing arithmetic (wsss.bench.trial)
 and the step timer (wsss.bench.measure). No timing is asserted: measured rates are stubbed."""
 
 from __future__ import annotations
 
 import pytest
 
-from wsss.bench.estimate import (
-    VOC_IMAGES,
-    Rate,
-    Work,
-    format_projection,
-    format_report,
-    measure_rates,
-    project,
-    projection,
-    stage_seconds,
-    sweep_cost,
-    with_pipeline,
-)
+from wsss.bench.costs import VOC_IMAGES, Rate, Work, project, stage_seconds, sweep_cost
+from wsss.bench.estimate import format_projection, format_report, measure_rates, projection, with_pipeline
 from wsss.bench.measure import StepTimer, loop_seconds_per_step, seconds_per_image
 from wsss.bench.plan import (
     VOC,
@@ -31,7 +20,7 @@ from wsss.bench.plan import (
     shared_runs,
     stage_work,
 )
-from wsss.bench.probe import predict_rate, stage_walls, trainer_rates, upstream_closure
+from wsss.bench.trial import predict_rate, stage_walls, trainer_rates, upstream_closure
 
 # --- arithmetic -----------------------------------------------------------------------------------
 
@@ -118,7 +107,7 @@ def test_paper_pipeline_counts_on_voc(paper_plan):
 
 
 def test_release_counts_follow_its_protocol():
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     cfg = compose(["stage=pipeline", "experiment=release"])
     assert stage_work(cfg, "refine", VOC) == Work("refine", steps=2116 * 30, epochs=30)
@@ -126,7 +115,7 @@ def test_release_counts_follow_its_protocol():
 
 
 def test_trainer_overrides_and_debug_limits_shorten_the_counts():
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     cfg = compose(["experiment=paper_vgg16", "+trainer.max_epochs=2", "trainer.limit_train_batches=10"])
     assert stage_work(cfg, "cls", VOC) == Work("cls", steps=20, images=2 * 1_449, epochs=2)
@@ -135,7 +124,7 @@ def test_trainer_overrides_and_debug_limits_shorten_the_counts():
 
 
 def test_toy_recipe_is_projected_onto_its_own_data():
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     cfg = compose(["experiment=toy", "data.toy.num_train=24", "data.toy.num_val=8", "cls.epochs=3"])
     data = dataset_for(cfg)
@@ -196,7 +185,7 @@ def test_table4_shares_the_classifier_chain_between_segmenters(table4):
 
 
 def test_cost_keys_follow_speed_not_seeds_or_rates():
-    from wsss.config import compose
+    from wsss.pipeline.config import compose
 
     base = compose(["experiment=paper_vgg16"])
     assert cost_key(base, "cls") == cost_key(
@@ -213,7 +202,7 @@ def test_cost_keys_follow_speed_not_seeds_or_rates():
 
 
 def test_each_cost_key_is_probed_once(table4, monkeypatch):
-    import wsss.bench.probe as probe_module
+    import wsss.bench.trial as probe_module
 
     calls = []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsss.config import compose
+from wsss.pipeline.config import compose
 
 
 def test_trainer_gpu_turns_on_bf16_cudnn_autotuning_channels_last_and_a_fed_loader():
@@ -50,11 +50,11 @@ def test_channels_last_keeps_the_outputs_and_compile_wraps_the_network(stage):
 
 
 def test_the_stages_trainer_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
-    import wsss.cpu_memory
-    from wsss.training import build_trainer
+    import wsss.tasks.memory
+    from wsss.tasks.trainer import build_trainer
 
     calls = []
-    monkeypatch.setattr(wsss.cpu_memory, "retain_freed_memory", lambda *a, **k: calls.append(a) or True)
+    monkeypatch.setattr(wsss.tasks.memory, "retain_freed_memory", lambda *a, **k: calls.append(a) or True)
     cfg = compose(["experiment=toy", "logger=none"])
     build_trainer(cfg, "cls", tmp_path, checkpoint=False)
     assert calls == [()]

@@ -1,5 +1,5 @@
 """The benchmark helpers under bench/: interleaved timing, ratios, the results.json schema, the runner,
-the GPU script's CPU fallback, and wsss.cpu_memory. No timed assertions."""
+the GPU script's CPU fallback, and wsss.tasks.memory. No timed assertions."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_gpu_budget_records_skipped_measurements(monkeypatch):
 
 
 def test_retain_freed_memory_sets_glibc_thresholds():
-    from wsss.cpu_memory import GLIBC_MAX_DYNAMIC, retain_freed_memory, set_malloc_thresholds
+    from wsss.tasks.memory import GLIBC_MAX_DYNAMIC, retain_freed_memory, set_malloc_thresholds
 
     with pytest.raises(ValueError, match="give 1 .."):
         retain_freed_memory(0)

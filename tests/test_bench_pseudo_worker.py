@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.crf import CRFParams
 from wsss.data.maps_io import dense_maps, load_maps, save_maps
 from wsss.data.palette import read_index_png
 from wsss.data.voc import read_saliency
-from wsss.localization import resize_maps
+from wsss.method.crf import CRFParams
+from wsss.method.localization import resize_maps
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, make_label, set_job
 
 IMAGES = 6

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from conftest import make_classifier
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
-from wsss.localization import class_maps as localization_maps
-from wsss.localization import maps_to_segmentation
-from wsss.metrics import exact_match_accuracy
+from wsss.errors import ConfigError
+from wsss.method.localization import class_maps as localization_maps
+from wsss.method.localization import maps_to_segmentation
+from wsss.method.metrics import exact_match_accuracy
 from wsss.tasks.classification import ClassifierTask
 
 COLOURS = {0: (1.0, 0.0, 0.0), 1: (0.0, 1.0, 0.0), 2: (0.0, 0.0, 1.0), 3: (1.0, 1.0, 0.0)}
@@ -174,7 +175,7 @@ def test_map_miou_without_masks_is_a_clear_error(tmp_path: Path) -> None:
     samples = toy_samples(n=2)  # no "mask"
     task = ClassifierTask(make_classifier("tiny"), map_miou=True, log_images=0)
     trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, default_root_dir=tmp_path)
-    with pytest.raises(RuntimeError, match="no validation batch carried a 'mask'"):
+    with pytest.raises(ConfigError, match="no validation batch carried a 'mask'"):
         trainer.fit(task, loader(samples, batch_size=2), loader(samples, batch_size=2))
 
 
@@ -199,8 +200,8 @@ def test_stage_cls_writes_checkpoints_and_metrics(tmp_path: Path, monkeypatch, s
     import types
 
     from conftest import compose_config, run_stage
-    from wsss.artifacts import Experiment
     from wsss.models.checkpoint import load_network
+    from wsss.pipeline.artifacts import Experiment
 
     fake = types.ModuleType("wsss.data.datamodule")
     fake.WSSSDataModule = StandInDataModule

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config
-from wsss.config import ConfigError, validate
-from wsss.stages.runner import auto_pipeline, pipeline_names
+from wsss.pipeline.config import ConfigError, validate
+from wsss.pipeline.runner import auto_pipeline, pipeline_names
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml"))
@@ -48,8 +48,15 @@ def test_sweep_composes_and_resolves(name: str, tmp_path: Path) -> None:
 
 
 def test_auto_pipeline_follows_pseudo_source() -> None:
-    assert auto_pipeline("refine") == ["cls", "maps_cls", "refine", "maps_refine", "pseudo", "seg", "eval"]
-    assert auto_pipeline("cls") == ["cls", "maps_cls", "pseudo", "seg", "eval"]
+    refine = compose_config(["pseudo.source=refine"])
+    assert auto_pipeline(refine) == ["cls", "maps_cls", "refine", "maps_refine", "pseudo", "seg", "eval"]
+    assert auto_pipeline(compose_config(["pseudo.source=cls"])) == [
+        "cls",
+        "maps_cls",
+        "pseudo",
+        "seg",
+        "eval",
+    ]
 
 
 def test_maps_stage_name_follows_source(tmp_path: Path) -> None:
@@ -123,7 +130,7 @@ def test_protocol_release_switches_every_protocol_value(tmp_path: Path) -> None:
 def _added(tmp_path: Path, *overrides: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.config import check_added_keys
+    from wsss.pipeline.config import check_added_keys
 
     cfg = compose_config(list(overrides), runs=tmp_path)
     check_added_keys(cfg, list(HydraConfig.get().overrides.task), [str(REPO / "conf")])
@@ -149,7 +156,7 @@ def test_a_plus_override_of_a_key_wsss_does_not_have_is_refused(tmp_path: Path) 
 
 def test_trainer_arguments_are_checked_against_the_trainer(tmp_path: Path) -> None:
     from wsss.errors import UnknownKeyError
-    from wsss.training import check_trainer_arguments
+    from wsss.tasks.trainer import check_trainer_arguments
 
     check_trainer_arguments(["max_epochs", "detect_anomaly", "accelerator"])
     with pytest.raises(UnknownKeyError, match=r"trainer\.max_epoch \(did you mean trainer\.max_epochs"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from wsss import crf
-from wsss.crf import CRFParams, MissingCRFError, crf_labels, crf_map, dense_crf, require_pydensecrf
+from wsss.method import crf
+from wsss.method.crf import CRFParams, MissingCRFError, crf_labels, crf_map, dense_crf, require_pydensecrf
 from wsss.stages.pseudo_rules import PseudoRule, make_label
 
 

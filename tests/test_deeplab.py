@@ -10,8 +10,10 @@ from torch import nn
 from conftest import make_segmenter
 from wsss.constants import CAFFE_MEAN_BGR
 from wsss.errors import WeightsError
-from wsss.models.deeplab import DeepLab, caffe_block_names, caffe_key_map, load_weights, weights_format
+from wsss.models.deeplab import DeepLab, caffe_block_names, caffe_key_map
 from wsss.models.resnet import FrozenBatchNorm2d
+from wsss.models.segmenter_weights import load_weights
+from wsss.models.weights import detect_format
 
 ASPP = {"name": "aspp_r101", "backbone__depth": 50}  # ResNet-50 keeps the tests fast
 TINY = {"name": "largefov_tiny", "rates": [3], "backbone__width": 4}
@@ -111,7 +113,7 @@ def test_torchvision_vgg16_weights_load_with_decimated_fc6_fc7(tmp_path) -> None
     assert torch.equal(branch.fc7.weight[3, 9, 0, 0], state["classifier.3.weight"][12, 36])
     assert torch.equal(branch.fc7.bias, state["classifier.3.bias"][::4])
     assert float(branch.fc8.weight.detach().std()) < 0.02  # new layer keeps its N(0, 0.01) init
-    assert weights_format(state) == "torchvision_vgg"
+    assert detect_format(state) == "torchvision_vgg16"
 
 
 def test_caffe_names_follow_deeplab_prototxts() -> None:
@@ -222,7 +224,7 @@ def test_caffe_vgg_first_conv_sees_the_same_input_as_caffe(tmp_path) -> None:
     blobs["fc8_voc12.0"] = rng.normal(size=(21, 1024, 1, 1)).astype(np.float32)
     blobs["fc8_voc12.1"] = rng.normal(size=21).astype(np.float32)
     np.savez(tmp_path / "vgg_caffe.npz", **blobs)
-    assert load_weights(model, tmp_path / "vgg_caffe.npz") == "caffe_vgg"
+    assert load_weights(model, tmp_path / "vgg_caffe.npz") == "caffe_vgg16"
     assert torch.equal(model.head.branches[0].fc8.bias, torch.from_numpy(blobs["fc8_voc12.1"]))
 
     image = rng.integers(0, 256, size=(1, 3, 12, 12)).astype(np.float32)  # RGB 0-255

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wsss.artifacts import Experiment, write_json
-from wsss.demo import SCHEDULE, VARIANTS, collect, print_table
+from wsss.experiments.demo import SCHEDULE, VARIANTS, collect, print_table
+from wsss.pipeline.artifacts import Experiment, write_json
 
 
 def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, capsys) -> None:

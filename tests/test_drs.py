@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsss.drs import DRS, LAYERS, count_drs, make_activation
+from wsss.method.drs import DRS, LAYERS, count_drs, make_activation
 
 
 def hand_tensor() -> torch.Tensor:

@@ -12,11 +12,11 @@ from PIL import Image
 from torch import nn
 
 from conftest import compose_config, make_seg_stage, make_segmenter, run_stage, segmenter_spec
-from wsss.artifacts import Experiment, read_json
 from wsss.data.palette import read_index_png, voc_palette
 from wsss.errors import MissingArtifactError
-from wsss.inference import predict_probs, segment_images, tiled_logits, to_input, window_starts
-from wsss.metrics import ConfusionMatrix
+from wsss.method.inference import predict_probs, segment_images, tiled_logits, to_input, window_starts
+from wsss.method.metrics import ConfusionMatrix
+from wsss.pipeline.artifacts import Experiment, read_json
 
 TINY = {"name": "largefov_tiny", "hidden": 16, "backbone__width": 4}
 VAL_IDS = ["2007_000033", "2007_000129", "2007_000346", "2007_000847", "2008_000853", "2010_000682"]
@@ -127,7 +127,7 @@ class Images:
 
 def test_crf_labels_in_a_pool_match_one_process_and_keep_order() -> None:
     pytest.importorskip("pydensecrf")
-    from wsss.crf import CRFParams, dense_crf
+    from wsss.method.crf import CRFParams, dense_crf
 
     torch.manual_seed(0)
     model = make_segmenter(**TINY).eval()

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from wsss.data.figures import figure1
 from wsss.data.maps_io import load_maps
-from wsss.figures import figure1
-from wsss.localization import EPS, multiscale_maps, present_class_maps, scale_sizes
+from wsss.method.localization import EPS, multiscale_maps, present_class_maps, scale_sizes
 from wsss.stages.maps_writer import MapPredictor, pending_indices, write_maps
 
 NUM_CLASSES = 20
@@ -280,7 +280,7 @@ def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import wsss.models.checkpoint
     import wsss.stages.maps as stage
     from conftest import compose_config
-    from wsss.artifacts import Experiment
+    from wsss.pipeline.artifacts import Experiment
 
     cfg = compose_config(
         [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.metrics import confusion_counts
+from wsss.method.metrics import confusion_counts
 
 
 def test_uint8_label_images_count_like_any_integer_labels() -> None:

@@ -12,9 +12,9 @@ from PIL import Image
 from test_eval import TINY
 
 from conftest import compose_config, make_seg_stage, make_segmenter, run_stage, segmenter_spec
-from wsss.artifacts import Experiment, read_json
 from wsss.data.palette import voc_palette
 from wsss.errors import MissingArtifactError
+from wsss.pipeline.artifacts import Experiment, read_json
 from wsss.stages.predict import RESULTS, write_archive
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TOY, compose_config, finish_as_made, run_stage, run_train
-from wsss.artifacts import Experiment
 from wsss.errors import ArtifactMismatchError, MissingArtifactError, PlanError, StageCompleteError
-from wsss.provenance import expected_record, stage_config
-from wsss.stages.runner import check_plan, pipeline_names
+from wsss.pipeline.artifacts import Experiment
+from wsss.pipeline.provenance import expected_record, stage_config
+from wsss.pipeline.runner import check_plan, pipeline_names
 
 BASE = ["experiment=toy", "exp=e", "drs=fixed", "drs.delta=0.55", "seed=0"]
 
@@ -149,7 +149,7 @@ TINY = [*TINY_TOY, "pseudo.source=cls", "pseudo.workers=1"]
 
 def test_force_on_the_classifier_makes_the_pipeline_redo_what_was_made_from_it(tmp_path: Path) -> None:
     pipeline = ["stage=pipeline", "pipeline.stages=[cls,maps_cls,pseudo]", *TINY]
-    from wsss.stages.runner import run_stages
+    from wsss.pipeline.runner import run_stages
 
     first = run_stages(_cfg(tmp_path, *pipeline))
     exp = Experiment(tmp_path / "runs" / "e", runs=tmp_path / "runs")
@@ -171,7 +171,7 @@ def test_one_scorer_gives_the_same_counts_in_every_stage(tmp_path: Path) -> None
     """Prediction [0, 1, 255, 2] vs truth [0, 1, 1, 255]: 2 pixels count (a predicted 255 and a true 255 do not)."""
     from conftest import make_classifier, make_segmenter
     from wsss.data.palette import save_mask
-    from wsss.metrics import ConfusionMatrix, confusion_counts
+    from wsss.method.metrics import ConfusionMatrix, confusion_counts
     from wsss.stages.pseudo import evaluate
     from wsss.tasks.classification import ClassifierTask
     from wsss.tasks.segmentation import SegmenterTask

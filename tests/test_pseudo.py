@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.localization import resize_maps
+from wsss.method.localization import resize_maps
 from wsss.stages.pseudo_rules import (
     PseudoRule,
     fallback_label,

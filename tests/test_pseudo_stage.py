@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from conftest import compose_config, finish_as_made, run_stage
-from wsss.artifacts import Experiment, read_json
 from wsss.data.maps_io import dense_maps, load_maps, save_maps
 from wsss.data.palette import read_index_png, voc_palette
 from wsss.data.voc import read_saliency
-from wsss.localization import resize_maps
+from wsss.method.localization import resize_maps
+from wsss.pipeline.artifacts import Experiment, read_json
 from wsss.stages.pseudo_rules import PseudoRule, make_label
 
 TRAIN = ["2007_000063", "2007_000363", "2007_000648"]  # in VOC train (eval_split)

@@ -119,9 +119,9 @@ def test_maps_refine_maps_on_toy_data(tmp_path: Path) -> None:
     import json
 
     from conftest import compose_config, finish_as_made, run_stage
-    from wsss.artifacts import Experiment
     from wsss.data.maps_io import load_maps
     from wsss.models.networks import build, classifier_spec
+    from wsss.pipeline.artifacts import Experiment
 
     cfg = compose_config(
         [

@@ -11,15 +11,16 @@ import torch.nn.functional as F
 from release_listings import random_state, read_listing, save
 from release_reference import ReferenceDeepLabV2, ReferenceMSC, caffe_image
 
+from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import WeightsError
-from wsss.models.deeplab import IMAGENET_MEAN, IMAGENET_STD, load_weights
 from wsss.models.deeplabv2 import CaffeInput, DeepLabV2, MultiScaleInputs, deeplabv2_resnet101, input_adapter
 from wsss.models.release_formats import (
     deeplabv2_release_to_wsss,
     deeplabv2_wsss_to_release,
     load_deeplabv2_weights,
-    release_format,
 )
+from wsss.models.segmenter_weights import load_weights
+from wsss.models.weights import detect_format
 
 MSC = "deeplabv2_resnet101_msc"
 COCO = "deeplabv1_resnet101_coco_init"
@@ -94,9 +95,9 @@ def test_release_checkpoint_loads_with_nothing_missing_or_left_over(
 ) -> None:
     path = save(release_state, tmp_path / "checkpoint_final.pth")
     model = deeplabv2_resnet101()
-    assert load_weights(model, path) == "deeplabv2"
+    assert load_weights(model, path) == "release_deeplabv2"
     report = load_deeplabv2_weights(model, path)
-    assert report.format == "deeplabv2" and not report.skipped and not report.missing
+    assert report.format == "release_deeplabv2" and not report.skipped and not report.missing
     state = model.base.state_dict()
     assert torch.equal(
         state["backbone.layer3.22.conv2.weight"], release_state["base.layer4.block23.conv3x3.conv.weight"]
@@ -110,7 +111,7 @@ def test_release_checkpoint_loads_with_nothing_missing_or_left_over(
 
 def test_coco_init_loads_the_backbone_and_leaves_the_aspp(tmp_path: Path) -> None:
     coco = random_state(COCO, seed=3)
-    assert release_format(coco) == "deeplabv2_coco_init"
+    assert detect_format(coco) == "release_deeplabv2_coco_init"
     torch.manual_seed(0)
     model = deeplabv2_resnet101()
     head_before = {k: v.clone() for k, v in model.base.head.state_dict().items()}

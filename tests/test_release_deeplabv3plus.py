@@ -12,8 +12,9 @@ from release_listings import random_state, read_listing, save
 
 from wsss.errors import WeightsError
 from wsss.models.deeplabv3plus import DeepLabV3Plus, deeplabv3plus_resnet101
-from wsss.models.release_formats import load_deeplabv3plus_weights, release_format
+from wsss.models.release_formats import load_deeplabv3plus_weights
 from wsss.models.resnet import ResNetBackbone
+from wsss.models.weights import detect_format
 
 V3P = "deeplabv3plus_resnet101"
 
@@ -46,9 +47,9 @@ def test_release_checkpoint_loads_and_round_trips(
     tmp_path: Path, model: DeepLabV3Plus, release_state: dict[str, torch.Tensor]
 ) -> None:
     path = save(release_state, tmp_path / "best_deeplabv3plus_resnet101_voc_os16.pth", wrapper="model_state")
-    assert release_format(release_state) == "deeplabv3plus"
+    assert detect_format(release_state) == "release_deeplabv3plus"
     report = load_deeplabv3plus_weights(model, path)
-    assert report.format == "deeplabv3plus" and not report.missing and not report.skipped
+    assert report.format == "release_deeplabv3plus" and not report.missing and not report.skipped
     back = model.state_dict()
     assert list(back) == list(release_state) and all(
         torch.equal(back[k], v) for k, v in release_state.items()
@@ -157,7 +158,7 @@ def test_segmenter_weights_of_the_v3plus_config_load_the_release_file_and_imagen
     """segmenter=deeplabv3plus_r101 + segmenter.weights: the release's checkpoint whole, or torchvision
     resnet101 weights into the backbone (the release's init), through the one loader."""
     from conftest import make_segmenter
-    from wsss.models.deeplab import load_weights
+    from wsss.models.segmenter_weights import load_weights
 
     path = save(release_state, tmp_path / "best.pth", wrapper="model_state")
     net = make_segmenter("deeplabv3plus_r101", weights=str(path))

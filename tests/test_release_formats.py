@@ -12,8 +12,8 @@ from release_listings import random_state, read_listing, save
 
 from conftest import make_classifier
 from wsss.errors import WeightsError
-from wsss.models.release_formats import classifier_wsss_to_release, release_format
-from wsss.models.weights import load_classifier_weights, release_to_wsss
+from wsss.models.release_formats import classifier_wsss_to_release
+from wsss.models.weights import detect_format, load_classifier_weights, release_to_wsss
 
 ALIAS_OF = {  # features index -> the release's name of that conv (SPEC.md "Weights that users bring")
     0: "layer1_conv1", 2: "layer1_conv2", 5: "layer2_conv1", 7: "layer2_conv2", 10: "layer3_conv1",
@@ -52,7 +52,7 @@ def test_release_classifier_formats_load_and_round_trip(tmp_path: Path, fmt: str
     assert (
         aliases == 26 and list(again) == list(own) and all(torch.equal(again[k], v) for k, v in own.items())
     )
-    assert release_format(written) is None  # not mistaken for a segmenter file
+    assert detect_format(written) == "release_classifier"  # not mistaken for a segmenter file
 
 
 def test_only_a_vgg_classifier_can_be_written_in_the_release_layout() -> None:

@@ -24,13 +24,13 @@ from release_maps_reference import (
 )
 
 from conftest import compose_config, make_classifier
-from wsss.artifacts import save_npz
 from wsss.data.datamodule import WSSSDataModule
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
 from wsss.data.transforms import build_transforms
 from wsss.data.voc import VOCDataset, read_saliency
-from wsss.localization import MapMaths
+from wsss.method.localization import MapMaths
+from wsss.pipeline.artifacts import save_npz
 from wsss.stages.maps import infer_dataset
 from wsss.stages.maps_writer import MapPredictor, write_maps
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, release_label, set_job

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss.release_seg import (
+from wsss.method.release_losses import (
     pil_nearest_indices,
     predict_labels,
     release_deeplabv2_loss,

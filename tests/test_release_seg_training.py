@@ -139,7 +139,7 @@ def _toy_seg_config(tmp_path: Path, overrides: list[str]):
 
 
 def test_seg_stage_trains_deeplabv2_as_the_release_and_tests_with_its_fusion(tmp_path: Path) -> None:
-    from wsss.inference import predict_probs
+    from wsss.method.inference import predict_probs
     from wsss.models.checkpoint import load_network
     from wsss.stages.seg import build_datamodule
 
@@ -242,7 +242,7 @@ def test_sync_batchnorm_under_ddp_for_deeplabv3plus_only(tmp_path: Path) -> None
     from conftest import make_segmenter
     from wsss.models.deeplabv3plus import DeepLabV3Plus
     from wsss.stages.seg import trainer_settings
-    from wsss.training import build_trainer
+    from wsss.tasks.trainer import build_trainer
 
     ddp = trainer_settings(compose_config(["experiment=release_v3plus", "trainer=ddp"], runs=tmp_path))
     assert (ddp.trainer.strategy, ddp.trainer.sync_batchnorm, ddp.trainer.precision) == (

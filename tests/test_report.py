@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from wsss.artifacts import write_json
-from wsss.paper import PAPER_T1, PAPER_T2, PAPER_T3, PAPER_T4, JobSettings
-from wsss.report import build_rows, report
+from wsss.experiments.paper import PAPER_T1, PAPER_T2, PAPER_T3, PAPER_T4, JobSettings
+from wsss.experiments.report import build_rows, report
+from wsss.pipeline.artifacts import write_json
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4", "layer5", "layer6"]
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from wsss.data.maps_io import save_maps
-from wsss.localization import resize_maps
-from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds
+from wsss.data.maps_io import MapsFolder, save_maps
+from wsss.errors import ConfigError
+from wsss.method.localization import resize_maps
+from wsss.method.seed_labels import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds
 
 GT = np.array([[0, 1, 1], [0, 2, 255]])
 CLASSES = np.array([0, 1])  # 0-based: aeroplane -> label 1, bicycle -> label 2
@@ -94,16 +95,16 @@ def test_evaluate_seeds_warns_when_the_best_threshold_is_at_an_edge(
 ) -> None:
     maps, gt = spread_maps()
     save_maps(tmp_path / "a.npz", np.array([0]), maps, dtype="float16")
-    with caplog.at_level(logging.WARNING, logger="wsss.seeds"):
-        metrics, _ = evaluate_seeds(tmp_path, ["a"], [gt].__getitem__, thresholds=[0.2, 0.4, 0.6])
+    with caplog.at_level(logging.WARNING, logger="wsss.method.seed_labels"):
+        metrics, _ = evaluate_seeds(MapsFolder(tmp_path), ["a"], [gt].__getitem__, thresholds=[0.2, 0.4, 0.6])
     assert metrics["best_threshold"] == 0.6 and metrics["best_threshold_at_edge"] is True
     assert (
         "0.60 is at the edge of the sweep [0.20, 0.60]" in caplog.text
         and "widen maps.thresholds" in caplog.text
     )
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="wsss.seeds"):
-        metrics, _ = evaluate_seeds(tmp_path, ["a"], [gt].__getitem__)
+    with caplog.at_level(logging.WARNING, logger="wsss.method.seed_labels"):
+        metrics, _ = evaluate_seeds(MapsFolder(tmp_path), ["a"], [gt].__getitem__)
     assert metrics["best_threshold"] == 0.9 and not metrics["best_threshold_at_edge"]
     assert "edge" not in caplog.text
 
@@ -151,7 +152,7 @@ def test_evaluate_seeds_reads_files_and_counts_missing(tmp_path: Path) -> None:
     save_maps(tmp_path / "d.npz", CLASSES, MAPS)
     masks = {0: GT, 1: np.array([[0, 0, 5, 5]]), 2: GT, 3: None}  # d has maps but no mask: skipped
     metrics, curve = evaluate_seeds(
-        tmp_path, ["a", "b", "c", "d"], masks.__getitem__, thresholds=[0.25, 0.65]
+        MapsFolder(tmp_path), ["a", "b", "c", "d"], masks.__getitem__, thresholds=[0.25, 0.65]
     )
     assert metrics["seed_images"] == 2 and metrics["seed_missing"] == 1
     assert len(curve) == 2
@@ -161,5 +162,5 @@ def test_evaluate_seeds_reads_files_and_counts_missing(tmp_path: Path) -> None:
 
 
 def test_evaluate_seeds_without_any_maps_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="eval_split must be a split with masks inside maps.split"):
-        evaluate_seeds(tmp_path, ["a"], lambda i: GT)
+    with pytest.raises(ConfigError, match="eval_split must be a split with masks inside maps.split"):
+        evaluate_seeds(MapsFolder(tmp_path), ["a"], lambda i: GT)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conftest import make_segmenter
-from wsss.metrics import confusion_counts, scores_from_confusion
+from wsss.method.metrics import confusion_counts, scores_from_confusion
 from wsss.tasks.segmentation import SegmenterTask, poly_factor
 
 TINY = {"name": "largefov_tiny"}
@@ -182,8 +182,8 @@ class ToyDataModule(pl.LightningDataModule):
 
 def test_seg_stage_trains_by_steps_with_accumulation_and_hands_over_to_eval(tmp_path, monkeypatch) -> None:
     from conftest import compose_config, finish_as_made, run_stage
-    from wsss.artifacts import Experiment, read_json
     from wsss.errors import MissingArtifactError
+    from wsss.pipeline.artifacts import Experiment, read_json
     from wsss.stages import seg
 
     runs = tmp_path / "runs"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_TOY, compose_config
-from wsss.stages.runner import experiment, run_stages
-from wsss.store import Store, link
-from wsss.store import main as store_main
+from wsss.pipeline.runner import experiment, run_stages
+from wsss.pipeline.store import Store, link
+from wsss.pipeline.store import main as store_main
 
 TINY = [
     *TINY_TOY,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_TOY, run_train
-from wsss.sweeps import job_dirname
+from wsss.pipeline.config import job_dirname
 
 TINY = [*TINY_TOY, "print_config=false"]
 
@@ -158,7 +158,7 @@ def test_the_pseudo_label_search_reuses_the_stored_maps(tmp_path: Path) -> None:
     counts = {s: sum(p.is_dir() for p in (store / s).iterdir()) for s in ("cls", "maps_cls", "pseudo")}
     assert counts == {"cls": 1, "maps_cls": 1, "pseudo": 3}  # a trial costs the pseudo stage only
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
-    from wsss.report import report
+    from wsss.experiments.report import report
 
     text = report(tmp_path / "sweep", wandb_log=False)
     assert "VOC train ground truth" in text and "best" in text and "best_value" in best

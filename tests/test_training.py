@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from conftest import compose_config
-from wsss.provenance import staged_config
-from wsss.training import AtomicCheckpointIO, build_callbacks, build_logger
+from wsss.pipeline.provenance import staged_config
+from wsss.tasks.trainer import AtomicCheckpointIO, build_callbacks, build_logger
 
 
 def _staged(tmp_path: Path, *overrides: str, stage: str = "cls"):
@@ -29,7 +29,7 @@ def test_loggers_come_from_their_config_and_name_the_stage(tmp_path: Path, monke
         "group/e1",
         "disabled",
     )
-    assert init["config"]["drs"]["_target_"] == "wsss.drs.make_activation"  # the config, not networks
+    assert init["config"]["drs"]["_target_"] == "wsss.method.drs.make_activation"  # the config, not networks
     assert "hydra" not in init["config"]
     csv = build_logger(_staged(tmp_path, "logger=csv"), "cls")
     assert isinstance(csv, CSVLogger) and Path(csv.log_dir).parent == tmp_path / "runs/group/e1/logs/cls"

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from conftest import TINY_TOY, compose_config, run_stage, run_train
-from wsss.artifacts import Experiment
 from wsss.errors import CorruptArtifactError, DivergedTrainingError, TrainingError
-from wsss.training import AtomicCheckpointIO, build_logger, build_trainer
+from wsss.pipeline.artifacts import Experiment
+from wsss.tasks.trainer import AtomicCheckpointIO, build_logger, build_trainer
 
 CLS = [*TINY_TOY, "stage=cls", "exp=e", "cls.epochs=3"]
 
@@ -170,7 +170,7 @@ def test_resume_false_starts_a_killed_stage_over(tmp_path: Path, monkeypatch) ->
 
 
 def test_a_damaged_last_ckpt_is_named_when_resuming(tmp_path: Path) -> None:
-    from wsss.training import resume_checkpoint
+    from wsss.tasks.trainer import resume_checkpoint
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()

@@ -165,7 +165,12 @@ def test_release_checkpoint_reproduces_the_logits(tmp_path: Path, mode: str) -> 
         assert torch.equal(loaded.logits(x), source.logits(x))
         assert torch.equal(loaded(x), source(x))
     report = load_classifier_weights(loaded, path)
-    assert report.format == "release" and report.aliases == 26 and not report.skipped and not report.missing
+    assert (
+        report.format == "release_classifier"
+        and report.aliases == 26
+        and not report.skipped
+        and not report.missing
+    )
 
 
 def test_release_checkpoint_without_prefix_and_the_drs_mismatch_hint(tmp_path: Path) -> None:
@@ -173,7 +178,7 @@ def test_release_checkpoint_without_prefix_and_the_drs_mismatch_hint(tmp_path: P
     fixed = build_classifier(backbone_cfg(), drs("fixed"), 20)
     path = tmp_path / "release_delta.pth"
     torch.save(to_release(fixed, prefix=""), path)
-    assert detect_format(torch.load(path, weights_only=True)) == "release"
+    assert detect_format(torch.load(path, weights_only=True)) == "release_classifier"
     with pytest.raises(WeightsError, match="no DRS controller weights.*set drs=... to match"):
         build_classifier(backbone_cfg(), drs("learnable"), 20, weights=str(path))
 

@@ -41,3 +41,12 @@ SEG_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
 DRS_LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6")
 """Blocks DRS can be placed on: the five backbone blocks and the classifier head (layer6)."""
 DRS_MODES: tuple[str, ...] = ("learnable", "fixed", "off")
+
+COMPLETE = ".complete"
+"""Marker file of a finished stage folder (or store entry): only folders holding it are ever read."""
+METRICS = "metrics.json"
+"""A stage folder's flat metrics."""
+RECORD = "identity.json"
+"""A stage folder's identity record: defining settings + upstream chain (``wsss.pipeline.provenance``)."""
+TMP_PREFIX = ".tmp-"
+"""Name prefix of files being written (``wsss.pipeline.artifacts.atomic_path``); never read as a result."""

@@ -1,9 +1,9 @@
-"""Hydra's basic sweeper with wsss's rules (``hydra/sweeper=wsss``, the default; see ``wsss.sweeps``).
+"""Hydra's basic sweeper with wsss's rules (``hydra/sweeper=wsss``, the default; see ``wsss.experiments.sweeps``).
 
 Before the first job: ``seeds=[0,1,2]`` becomes a ``seed`` sweep dimension; the sweep is refused when
 two jobs would share an experiment folder, or when a job's trainer relaunches the script (``ddp``)
 under a launcher that cannot host that. A failed job does not stop the others; at the end the sweep's
-report (``wsss.report``) is written, failed jobs listed, and the sweep fails if any job did.
+report (``wsss.experiments.report``) is written, failed jobs listed, and the sweep fails if any job did.
 """
 
 import logging
@@ -28,10 +28,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="wsss", node=WsssSweepe
 
 
 class WsssSweeper(BasicSweeper):
-    """The cartesian-product sweeper plus the checks and the report of ``wsss.sweeps``."""
+    """The cartesian-product sweeper plus the checks and the report of ``wsss.experiments.sweeps``."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from wsss import sweeps
+        from wsss.experiments import sweeps
 
         assert self.config is not None and self.launcher is not None
         arguments = sweeps.with_seeds(self.config, list(arguments))

@@ -16,6 +16,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from wsss.pipeline.artifacts import write_json
+from wsss.tasks.trainer import build_trainer
+
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else what ``platform`` knows."""
@@ -99,7 +102,7 @@ def fit_seconds_per_step(
     **trainer_kwargs: Any,
 ) -> float:
     """Seconds per optimizer step of ``task`` trained on ``data`` (a DataLoader or a LightningDataModule)
-    for ``warmup + steps`` batches by the Trainer the stages get (``wsss.training.build_trainer``, with its
+    for ``warmup + steps`` batches by the Trainer the stages get (``wsss.tasks.trainer.build_trainer``, with its
     callbacks and its CPU allocator setting), without logger, validation, checkpoints or progress bar.
 
     ``trainer_kwargs`` (accelerator, precision, benchmark, ...) override those defaults; ``clock`` is wall
@@ -109,8 +112,6 @@ def fit_seconds_per_step(
     import tempfile
 
     from omegaconf import OmegaConf
-
-    from wsss.training import build_trainer
 
     if steps < 1:
         raise ValueError(f"steps={steps}; measure at least one step")
@@ -198,7 +199,7 @@ class PhaseTimer(Callback):
     "predict": [[images, t], ...], "start", "end"}``.
 
     Added to a stage through the config (``callbacks.bench_timer``), so the cost model times the stages
-    themselves; ``wsss.bench.probe`` turns the times into seconds per step, per image and per epoch.
+    themselves; ``wsss.bench.trial`` turns the times into seconds per step, per image and per epoch.
     """
 
     def __init__(self, path: str) -> None:
@@ -230,8 +231,6 @@ class PhaseTimer(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from pathlib import Path
-
-        from wsss.artifacts import write_json
 
         self.times["end"] = self._now(pl_module)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)

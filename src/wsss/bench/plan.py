@@ -1,8 +1,8 @@
 """What a command would run, in counts: the cost model's plan (no torch, no timing).
 
 For a train.py command line (one run, or a multirun ``-m`` sweep) ``plan`` composes every job's config,
-lists the stages each job runs (``wsss.stages.runner.pipeline_names``, the stage declarations of
-``wsss.stages.registry``), the identity of each stage's artifact (``wsss.provenance.expected_record``:
+lists the stages each job runs (``wsss.pipeline.runner.pipeline_names``, the stage declarations of
+``wsss.pipeline.registry``), the identity of each stage's artifact (``wsss.pipeline.provenance.expected_record``:
 jobs whose stage has the same identity share one artifact in the store, so it runs once) and what each
 stage does on the dataset the projection is for (``stage_work``: optimizer steps, inference images,
 images scored against ground truth, epochs), from the recipe's epochs, steps, batch sizes and splits.
@@ -22,7 +22,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsss.bench.estimate import VOC_IMAGES, Work
+from wsss.bench.costs import VOC_IMAGES, Work
+from wsss.errors import ConfigError
+from wsss.experiments.sweeps import with_seeds
+from wsss.pipeline.config import compose
+from wsss.pipeline.provenance import expected_record, staged_config
+from wsss.pipeline.registry import stage as declaration
+from wsss.pipeline.runner import pipeline_names
 
 VOC_IMAGE_HW = (375, 500)
 """The most common VOC 2012 image size (height, width); most images are 500 px on their long side."""
@@ -66,10 +72,12 @@ DATASETS = ("auto", "voc", "toy")
 def dataset_for(cfg: DictConfig, choice: str = "auto") -> Dataset:
     """``voc``, ``toy`` (the config's generated data), or ``auto``: toy when the config generates its data."""
     if choice not in DATASETS:
-        raise ValueError(f"dataset {choice!r}; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"dataset {choice!r}; choose one of {', '.join(DATASETS)}")
     if choice == "toy" or (choice == "auto" and bool(cfg.data.get("generate", False))):
         if "toy" not in cfg.data:
-            raise ValueError("--dataset toy needs a generated data config (data=toy): cfg.data.toy is absent")
+            raise ConfigError(
+                "--dataset toy needs a generated data config (data=toy): cfg.data.toy is absent"
+            )
         return toy_dataset(cfg)
     return VOC
 
@@ -109,119 +117,43 @@ def seg_validations(max_steps: int, every: int | None) -> int:
 
 
 def stage_work(cfg: DictConfig, stage: str, data: Dataset) -> Work:
-    """What ``stage`` does under ``cfg`` on ``data`` (``cfg``: the job's config, not yet staged)."""
-    from wsss.provenance import staged_config
-
+    """What ``stage`` does under ``cfg`` on ``data`` (``cfg``: the job's config, not yet staged), counted
+    from the stage's declared ``cost``."""
     staged = staged_config(cfg, stage)
-    d = staged.data
-    batch = int(d.batch_size)
+    cost = declaration(stage).cost
+
+    def value(key: str | None) -> Any:
+        return OmegaConf.select(staged, key) if key else None
+
+    def images(key: str | None) -> int:
+        return data.images(str(value(key))) if key else 0
+
     limit = _trainer_value(staged, "limit_train_batches")
-    if stage == "cls":
-        epochs = _epochs(staged, staged.cls.epochs)
-        per_epoch = batches_per_epoch(data.images(str(d.train_split)), batch, limit)
+    no_validation = _trainer_value(staged, "limit_val_batches") == 0
+    if cost.epochs:
+        epochs = _epochs(staged, value(cost.epochs))
+        per_epoch = batches_per_epoch(images(cost.train), int(staged.data.batch_size), limit)
         every = int(_trainer_value(staged, "check_val_every_n_epoch") or 1)
-        validations = epochs // every if _trainer_value(staged, "limit_val_batches") != 0 else 0
+        validations = 0 if no_validation or not cost.validate else epochs // every
         return Work(
-            stage, steps=epochs * per_epoch, images=validations * data.images(str(d.val_split)), epochs=epochs
+            stage, steps=epochs * per_epoch, images=validations * images(cost.validate), epochs=epochs
         )
-    if stage.startswith("maps_"):
-        return Work(stage, images=data.images(str(staged.maps.split)), scored=data.images(str(d.eval_split)))
-    if stage == "refine":
-        epochs = _epochs(staged, staged.refine.epochs)
-        per_epoch = batches_per_epoch(data.images(str(d.maps_split)), batch, limit)
-        return Work(stage, steps=epochs * per_epoch, epochs=epochs)
-    if stage == "pseudo":
-        return Work(stage, images=data.images(str(d.maps_split)), scored=data.images(str(d.eval_split)))
-    if stage == "seg":
-        scfg = staged.seg
-        steps = int(_trainer_value(staged, "max_steps") or scfg.max_steps)
-        accumulate = int(scfg.accumulate)
-        seg_batch = int(scfg.get("batch_size") or batch)
-        per_epoch = batches_per_epoch(data.images(str(d.maps_split)), seg_batch, limit)
-        batches = steps * accumulate
+    if cost.steps:
+        steps = int(_trainer_value(staged, "max_steps") or value(cost.steps))
+        batches = steps * int(value(cost.accumulate) or 1)
+        per_epoch = batches_per_epoch(
+            images(cost.train), int(value(cost.batch) or staged.data.batch_size), limit
+        )
         epochs = math.ceil(batches / per_epoch) if per_epoch else 0
-        every = scfg.get("val_every_n_steps")
+        every = value(cost.val_every)
         validations = seg_validations(steps, every) if every else epochs
-        if _trainer_value(staged, "limit_val_batches") == 0:
-            validations = 0
-        return Work(stage, steps=batches, images=validations * data.images(str(d.val_split)), epochs=epochs)
-    if stage in ("eval", "predict"):
-        return Work(stage, images=data.images(str(staged[stage].split)))
-    return Work(stage)
+        validations = 0 if no_validation or not cost.validate else validations
+        return Work(stage, steps=batches, images=validations * images(cost.validate), epochs=epochs)
+    return Work(stage, images=images(cost.infer), scored=images(cost.scored))
 
 
 # --- what a stage's speed depends on --------------------------------------------------------------
 
-_SPEED_KEYS: dict[str, tuple[str, ...]] = {
-    "cls": (
-        "backbone",
-        "drs",
-        "model",
-        "cls.crop_size",
-        "cls.squash_size",
-        "cls.map_miou",
-        "cls.select_on_map_miou",
-        "cls.channels_last",
-        "cls.compile",
-        "data.batch_size",
-        "data.num_workers",
-    ),
-    "maps": (
-        "backbone",
-        "model",
-        "maps.infer_size",
-        "maps.scales",
-        "maps.flip",
-        "maps.batch_size",
-        "maps.split",
-        "maps.source",
-        "data.num_workers",
-    ),
-    "refine": (
-        "backbone",
-        "model",
-        "refine.crop_size",
-        "refine.squash_size",
-        "refine.top_class_only",
-        "refine.channels_last",
-        "refine.compile",
-        "data.batch_size",
-        "data.num_workers",
-    ),
-    "pseudo": ("pseudo.rule", "pseudo.background", "pseudo.crf", "pseudo.workers", "crf"),
-    "seg": (
-        "segmenter",
-        "seg.crop_size",
-        "seg.batch_size",
-        "seg.loss",
-        "seg.multi_scale_inputs",
-        "seg.input_scales",
-        "seg.precision",
-        "seg.channels_last",
-        "seg.compile",
-        "data.num_workers",
-    ),
-    "eval": (
-        "segmenter",
-        "seg.multi_scale_inputs",
-        "seg.input_scales",
-        "eval.scales",
-        "eval.flip",
-        "eval.tile",
-        "eval.crf",
-        "crf",
-    ),
-    "predict": (
-        "segmenter",
-        "seg.multi_scale_inputs",
-        "seg.input_scales",
-        "predict.scales",
-        "predict.flip",
-        "predict.tile",
-        "predict.crf",
-        "crf",
-    ),
-}
 _COMMON = ("trainer.accelerator", "trainer.precision", "trainer.benchmark", "data.mean", "data.std")
 _NOT_SPEED = ("name", "weights", "delta")
 """Keys inside those nodes that do not change the cost (labels, weight files, DRS's fixed delta)."""
@@ -229,11 +161,11 @@ _NOT_SPEED = ("name", "weights", "delta")
 
 def speed_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The values ``stage``'s cost depends on (network, sizes, precision, workers; not seeds or rates)."""
-    from wsss.provenance import staged_config
 
     staged = staged_config(cfg, stage)
-    kind = "maps" if stage.startswith("maps_") else stage
-    keys = _SPEED_KEYS.get(kind, ())
+    declared = declaration(stage)
+    kind = declared.command or declared.name
+    keys = declared.speed
     out: dict[str, Any] = {"stage": kind}
     for key in (*keys, *_COMMON):
         value = OmegaConf.select(staged, key, default=None, throw_on_missing=False)
@@ -292,15 +224,14 @@ def job_overrides(arguments: Sequence[str], multirun: bool) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from wsss.config import compose
-    from wsss.sweeps import with_seeds
-
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(list(arguments))
     sweeping = [o.input_line for o in parsed if o.is_sweep_override()]
     if not multirun:
         if sweeping:
-            raise ValueError(f"{' '.join(sweeping)} sweeps values: add -m (a multirun) to estimate the sweep")
+            raise ConfigError(
+                f"{' '.join(sweeping)} sweeps values: add -m (a multirun) to estimate the sweep"
+            )
         return [list(arguments)]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose(fixed)
@@ -312,9 +243,6 @@ def job_overrides(arguments: Sequence[str], multirun: bool) -> list[list[str]]:
 
 def plan(arguments: Sequence[str], multirun: bool = False, dataset: str = "auto") -> list[Job]:
     """Every job of the command with its stages (identity, work on the dataset, cost key)."""
-    from wsss.config import compose
-    from wsss.provenance import expected_record
-    from wsss.stages.runner import pipeline_names
 
     jobs = []
     for overrides in job_overrides(arguments, multirun):

@@ -42,14 +42,15 @@ from torch.utils.data import DataLoader, Dataset
 from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
+from wsss.data.toy import ensure_toy
 from wsss.data.transforms import JITTER, SEG_SCALES, build_transforms
 from wsss.data.voc import VOCDataset, check_mask, preview_ids
 from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError
-from wsss.localization import resize_maps
-from wsss.stages.registry import STAGES
+from wsss.method.localization import resize_maps
+from wsss.pipeline.registry import STAGES
 
 KINDS = tuple(dict.fromkeys([s.data for s in STAGES.values() if s.data] + ["eval", "predict"]))
-"""What each stage needs from the data (``Stage.data`` in ``wsss.stages.registry``), plus whole-split
+"""What each stage needs from the data (``Stage.data`` in ``wsss.pipeline.registry``), plus whole-split
 loaders (``eval``, ``predict``: original-size images, batch 1) for tools and notebooks."""
 
 
@@ -292,7 +293,7 @@ class WSSSDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         world = int(trainer.world_size) if trainer is not None else 1
         if total % world:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={total} is the global batch size and must be divisible by the "
                 f"{world} processes (devices x nodes); set data.batch_size to a multiple of {world}"
             )
@@ -300,13 +301,11 @@ class WSSSDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        from wsss.data.toy import ensure_toy
 
         ensure_toy(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
         """Build only the datasets this module's stage needs (Lightning's ``stage`` argument is ignored)."""
-        from wsss.data.toy import ensure_toy
 
         ensure_toy(self.cfg)  # idempotent; covers use without a Trainer (prepare_data not called)
         kind = self.stage

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.artifacts import save_npz
 from wsss.errors import CorruptArtifactError
+from wsss.pipeline.artifacts import save_npz
 
 MAP_DTYPES = ("uint8", "float16", "float32")
 QUANTIZE = ("round", "truncate")
@@ -100,3 +100,18 @@ def dense_maps(classes: np.ndarray, maps: np.ndarray, num_classes: int = 20) -> 
     out = np.zeros((num_classes, *maps.shape[1:]), dtype=np.float32)
     out[np.asarray(classes, dtype=np.int64)] = maps
     return out
+
+
+class MapsFolder:
+    """The maps files of one folder by image id: ``folder(id)`` is ``(classes, maps)`` or None."""
+
+    def __init__(self, folder: str | Path, num_classes: int = 20) -> None:
+        self.folder = Path(folder)
+        self.num_classes = num_classes
+
+    def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.folder / f"{image_id}.npz"
+        return load_maps(path, self.num_classes) if path.is_file() else None
+
+    def __str__(self) -> str:
+        return str(self.folder)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from wsss.artifacts import atomic_path
 from wsss.constants import IGNORE_INDEX, VOC_CLASSES
 from wsss.errors import CorruptImageError, MaskValueError
+from wsss.pipeline.artifacts import atomic_path
 
 __all__ = ["IGNORE_INDEX", "VOC_CLASSES", "colorize", "read_index_png", "save_mask", "voc_palette"]
 

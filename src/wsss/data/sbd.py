@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.artifacts import atomic_path, write_text
 from wsss.data.palette import read_index_png, save_mask
 from wsss.data.voc import LIST_DIR, check_mask
 from wsss.errors import DatasetLayoutError, MissingFolderError, MissingListError
+from wsss.pipeline.artifacts import atomic_path, write_text
 
 EXPECTED_TRAIN_AUG = 10_582
 

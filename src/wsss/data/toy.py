@@ -53,8 +53,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from wsss.constants import TMP_PREFIX
 from wsss.data.palette import save_mask
-from wsss.errors import DatasetLayoutError
+from wsss.errors import ConfigError, DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
@@ -302,34 +303,34 @@ def _params(seed: int, options: Mapping[str, Any]) -> dict[str, Any]:
     known = ["design", *SIZES, *SHAPE]
     unknown = set(options) - set(known)
     if unknown:
-        raise ValueError(f"unknown toy parameters {sorted(unknown)}; known: seed, {', '.join(known)}")
+        raise ConfigError(f"unknown toy parameters {sorted(unknown)}; known: seed, {', '.join(known)}")
     options = {k: v for k, v in options.items() if v is not None}
     design = str(options.get("design", DEFAULT_DESIGN))
     if design not in DESIGNS:
-        raise ValueError(
+        raise ConfigError(
             f"toy design {design!r} is not one of {list(DESIGNS)}; set data.toy.design / --design"
         )
     params: dict[str, Any] = {"version": VERSION, "seed": int(seed), "design": design}
     params.update({k: int(options.get(k, v)) for k, v in SIZES.items()})
     params.update({k: float(options.get(k, v)) for k, v in DESIGNS[design].items()})
     if params["size"] < 32 or min(params[k] for k in ("num_train", "num_val", "num_test")) < 1:
-        raise ValueError(f"toy sizes {params}: need size >= 32 and at least one image per split")
+        raise ConfigError(f"toy sizes {params}: need size >= 32 and at least one image per split")
     if not (
         0 < params["body_min"] <= params["body_max"] < 0.5
         and 0 < params["part_min"] <= params["part_max"] < 0.3
     ):
-        raise ValueError(
+        raise ConfigError(
             f"toy shape {params}: need 0 < body_min <= body_max < 0.5 and 0 < part_min <= part_max < 0.3"
         )
     bad = [k for k in PROBABILITIES if not 0.0 <= params[k] <= 1.0]
     if bad:
-        raise ValueError(f"toy shape: {', '.join(f'{k}={params[k]}' for k in bad)} must lie in [0, 1]")
+        raise ConfigError(f"toy shape: {', '.join(f'{k}={params[k]}' for k in bad)} must lie in [0, 1]")
     if (
         params["distractors"] < 0
         or not params["distractors"].is_integer()
         or not 0 < params["distractor_max"] < 0.5
     ):
-        raise ValueError(
+        raise ConfigError(
             f"toy shape: distractors={params['distractors']} must be a whole number >= 0 and "
             f"distractor_max={params['distractor_max']} must lie in (0, 0.5)"
         )
@@ -401,7 +402,7 @@ def generate(out: str | Path, seed: int = 0, **options: Any) -> Path:
     if voc is not None:
         return voc
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
     try:
         _write(tmp / "VOCdevkit" / "VOC2012", params)
         try:

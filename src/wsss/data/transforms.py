@@ -14,7 +14,7 @@ padded with 255 (ignore).
   the sizes. ``refine`` carries the stored maps as the extra target ``maps`` (H x W x 20 float): it gets
   the image's geometry exactly and is padded with 0 (no map evidence), not 255. Maps already stored at
   the squash size (the release's 320 x 320 maps) are not resized at all; others are resized once,
-  bilinearly (``wsss.localization.resize_maps``).
+  bilinearly (``wsss.method.localization.resize_maps``).
 - ``seg`` training: random scale (``seg_scales`` choices or a uniform ``seg_scale_range``), pad to
   ``crop_size`` (image 0, mask 255), random crop ``crop_size``, flip. ``seg_resize`` says how the
   scale resizes: ``cv2`` (albumentations: cv2 linear image, cv2 nearest label; wsss's default),
@@ -40,6 +40,8 @@ import numpy as np
 from PIL import Image
 
 from wsss.data.palette import IGNORE_INDEX
+from wsss.errors import ConfigError
+from wsss.method.localization import resize_maps
 
 STAGES = ("cls", "refine", "seg", "eval", "infer")
 SEG_RESIZES = ("cv2", "cv2_pil_labels", "pil")
@@ -54,7 +56,7 @@ def _jitter(jitter: Sequence[float] | None) -> list[A.BasicTransform]:
     if not jitter:
         return []
     if len(jitter) != 4 or min(jitter) < 0:
-        raise ValueError(
+        raise ConfigError(
             f"data.color_jitter={list(jitter)}: give four non-negative values [brightness, contrast, "
             "saturation, hue] (release: [0.3, 0.3, 0.3, 0.1]) or null for none"
         )
@@ -88,8 +90,6 @@ class Squash(A.DualTransform):
         if mask.shape[:2] == (self.side, self.side):
             return mask
         if np.issubdtype(mask.dtype, np.floating):  # refine maps (H, W, C)
-            from wsss.localization import resize_maps
-
             maps = resize_maps(np.moveaxis(mask, -1, 0), (self.side, self.side))
             return np.ascontiguousarray(np.moveaxis(maps, 0, -1))
         return pil_resize(mask, (self.side, self.side), Image.NEAREST)
@@ -133,7 +133,7 @@ class SegScale(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         if resize not in SEG_RESIZES[1:]:
-            raise ValueError(f"SegScale resize={resize!r}; choose cv2_pil_labels or pil")
+            raise ConfigError(f"SegScale resize={resize!r}; choose cv2_pil_labels or pil")
         self.choices = [float(s) for s in choices]
         self.span = None if span is None else (float(span[0]), float(span[1]))
         self.resize = resize
@@ -191,12 +191,12 @@ def seg_scale(
 ) -> A.BasicTransform:
     """The random scale of ``seg`` training for ``resize`` (``SEG_RESIZES``; see the module doc)."""
     if resize not in SEG_RESIZES:
-        raise ValueError(f"seg.scale_resize={resize!r}; choose one of {', '.join(SEG_RESIZES)}")
+        raise ConfigError(f"seg.scale_resize={resize!r}; choose one of {', '.join(SEG_RESIZES)}")
     if span is not None and (len(span) != 2 or not 0 < float(span[0]) <= float(span[1])):
-        raise ValueError(f"seg.scale_range={list(span)}: give [low, high] with 0 < low <= high, or null")
+        raise ConfigError(f"seg.scale_range={list(span)}: give [low, high] with 0 < low <= high, or null")
     if resize == "cv2":
         if span is not None:
-            raise ValueError("seg.scale_range needs seg.scale_resize=cv2_pil_labels or pil")
+            raise ConfigError("seg.scale_range needs seg.scale_resize=cv2_pil_labels or pil")
         return random_scale(choices)
     return SegScale(choices, span, resize)
 
@@ -239,7 +239,7 @@ def build_transforms(
         steps = [normalize]
     else:
         if crop_size is None or int(crop_size) <= 0:
-            raise ValueError(f"{stage} training needs a positive crop_size, got {crop_size}")
+            raise ConfigError(f"{stage} training needs a positive crop_size, got {crop_size}")
         crop = int(crop_size)
         if stage == "seg":
             scale = seg_scale(seg_resize, seg_scales, seg_scale_range)

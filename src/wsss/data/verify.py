@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss.data.voc import LIST_DIR, MASK_DIRS, DatasetLayoutError, VOCDataset
+from omegaconf import OmegaConf
+
+from wsss.data.content import DigestCache, cache_path, marker_dir, split_fingerprint
+from wsss.data.toy import ensure_toy
+from wsss.data.voc import DatasetLayoutError, VOCDataset
+from wsss.errors import MissingSaliencyError
+from wsss.pipeline.artifacts import write_json
+from wsss.pipeline.registry import stage, uses_saliency
 
 log = logging.getLogger(__name__)
 
@@ -82,28 +89,15 @@ class SplitCheck:
 
 
 def splits_read(cfg: Any, stage_names: Iterable[str]) -> list[SplitCheck]:
-    """The splits of ``data`` that the stages ``stage_names`` read (see each stage's module doc), merged."""
-    data = cfg.data
-    saliency = bool(data.get("saliency_dir")) and str(cfg.pseudo.background) == "saliency"
-    wanted: list[SplitCheck] = []
-    for name in stage_names:
-        if name == "cls":
-            wanted += [
-                SplitCheck(str(data.train_split), labels=True),
-                SplitCheck(str(data.val_split), labels=True),
-            ]
-        elif name.startswith("maps_"):
-            wanted += [SplitCheck(str(cfg.maps.split), labels=True), SplitCheck(str(data.eval_split))]
-        elif name == "refine":
-            wanted += [SplitCheck(str(data.maps_split), labels=True)]
-        elif name == "pseudo":
-            wanted += [SplitCheck(str(data.maps_split), saliency=saliency), SplitCheck(str(data.eval_split))]
-        elif name == "seg":
-            wanted += [SplitCheck(str(data.maps_split)), SplitCheck(str(data.val_split), require_masks=True)]
-        elif name == "eval":
-            wanted += [SplitCheck(str(cfg.eval.split), require_masks=True)]
-        elif name == "predict":
-            wanted += [SplitCheck(str(cfg.predict.split))]
+    """The splits of ``data`` that the stages ``stage_names`` read (each stage's ``splits``), merged."""
+    saliency = uses_saliency(cfg)
+    wanted = [
+        SplitCheck(
+            str(OmegaConf.select(cfg, read.split)), read.masks, read.saliency and saliency, read.labels
+        )
+        for name in stage_names
+        for read in stage(name).splits
+    ]
     merged: dict[str, SplitCheck] = {}
     for check in wanted:
         old = merged.get(check.split, SplitCheck(check.split))
@@ -116,44 +110,9 @@ def splits_read(cfg: Any, stage_names: Iterable[str]) -> list[SplitCheck]:
     return list(merged.values())
 
 
-def _file_key(path: Path) -> str:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return f"{path.name}:-"
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def fingerprint(
-    root: str | Path, check: SplitCheck, saliency_dir: str | Path | None, labels_file: Any
-) -> str:
-    """A hash of what the check of ``check.split`` depends on: the list file and the name, size and
-    modification time of every image, mask (and saliency map) it names."""
-    voc = VOCDataset(root, check.split)  # resolves the layout, reads the list
-    parts = [str(voc.root.resolve()), repr(check), _file_key(voc.root / LIST_DIR / f"{check.split}.txt")]
-    if labels_file:
-        parts.append(_file_key(Path(labels_file)))
-    folders = [voc.root / "JPEGImages", *(voc.root / d for d in MASK_DIRS)]
-    if check.saliency and saliency_dir:
-        parts.append(str(Path(saliency_dir).resolve()))
-        folders.append(Path(saliency_dir))
-    for folder in folders:
-        suffix = ".jpg" if folder.name == "JPEGImages" else ".png"
-        parts += [f"{folder.name}/{_file_key(folder / (i + suffix))}" for i in voc.ids]
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def marker_dir(cfg: Any) -> Path:
-    """Where passed checks are remembered: ``data.cache_dir`` if set, else ``<paths.runs>/.verified``."""
-    cache = cfg.data.get("cache_dir")
-    return Path(str(cache)) / "verified" if cache else Path(str(cfg.paths.runs)) / ".verified"
-
-
 def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) -> list[str]:
     """Verify (``verify_split``) every split the stages read, unless a marker says it passed with exactly
     these files; returns the splits checked now. The first problem raises its ``DatasetLayoutError``."""
-    from wsss.artifacts import write_json
-    from wsss.data.toy import ensure_toy
 
     stage_names = list(stage_names)
     if (
@@ -161,8 +120,6 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
         and str(cfg.pseudo.background) == "saliency"
         and not cfg.data.get("saliency_dir")
     ):
-        from wsss.errors import MissingSaliencyError
-
         raise MissingSaliencyError(
             "stage pseudo with pseudo.background=saliency needs saliency maps but data.saliency_dir is not set: "
             "point data.saliency_dir=<folder> at one grayscale PNG per image (same name as the JPEG), or make "
@@ -174,9 +131,14 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
     ensure_toy(cfg.data)  # generated data exists before it is checked
     root, saliency_dir = str(cfg.data.root), cfg.data.get("saliency_dir")
     labels_file = cfg.data.get("labels_file")
+    cache = DigestCache(cache_path(cfg))
     checked = []
     for check in checks:
-        marker = marker_dir(cfg) / f"{check.split}-{fingerprint(root, check, saliency_dir, labels_file)}.json"
+        content = split_fingerprint(
+            root, check.split, cache, saliency_dir if check.saliency else None, labels_file
+        )
+        key = hashlib.sha1(f"{check!r}:{content}".encode()).hexdigest()[:20]
+        marker = marker_dir(cfg) / f"{check.split}-{key}.json"
         if marker.is_file():
             continue
         log.info(
@@ -195,6 +157,7 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
         )
         write_json(marker, {"root": root, "split": check.split, **counts})
         checked.append(check.split)
+    cache.save()
     return checked
 
 

@@ -39,6 +39,7 @@ from wsss.errors import (
     MissingRootError,
     MissingSaliencyError,
 )
+from wsss.pipeline.artifacts import save_npz
 
 __all__ = [
     "DatasetLayoutError",
@@ -387,8 +388,6 @@ class VOCDataset:
             rows = list(pool.map(self._label_one, range(len(self.ids))))
         labels = np.stack(rows) if rows else np.zeros((0, NUM_CLASSES), np.float32)
         if cache is not None:
-            from wsss.artifacts import save_npz
-
             save_npz(cache, ids=np.array(self.ids), labels=labels.astype(np.uint8))
         self._labels = labels
         return labels

@@ -12,7 +12,7 @@ import math
 
 from torch import Tensor, nn
 
-from wsss.drs import DRS, Activation, make_activation
+from wsss.method.drs import DRS, Activation, make_activation
 
 PARAM_GROUPS: tuple[str, ...] = ("backbone_weight", "backbone_bias", "new_weight", "new_bias")
 """The release's four SGD groups (lr x1, x2, x10, x20); DRS controllers count as new weights."""

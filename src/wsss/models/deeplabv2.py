@@ -15,7 +15,7 @@ with ``DeepLabHead(rates=(6, 12, 18, 24))`` computes the release's ``DeepLabV2``
 The release's input convention is ``DeepLab(input_format="caffe")`` (``wsss.models.deeplab.CaffeInput``);
 ``segmenter=aspp_r101`` builds exactly this network from config. Added here: ``DeepLabV2`` (that network
 by name) and the release's multi-scale wrapper (``MultiScaleInputs``), which the seg stage puts around
-any segmenter under ``seg.multi_scale_inputs``. Release files load with ``wsss.models.deeplab.load_weights``.
+any segmenter under ``seg.multi_scale_inputs``. Release files load with ``wsss.models.segmenter_weights.load_weights``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import ConfigError
 from wsss.models.deeplab import INPUT_FORMATS, CaffeInput, DeepLab, input_adapter
 from wsss.models.resnet import ResNetBackbone
 
@@ -76,7 +77,7 @@ class MultiScaleInputs(nn.Module):
     def __init__(self, base: nn.Module, scales: Sequence[float] = RELEASE_SCALES) -> None:
         super().__init__()
         if not scales or any(float(s) <= 0.0 for s in scales):
-            raise ValueError(
+            raise ConfigError(
                 f"scales={list(scales)}: give one or more positive input scales, e.g. [0.5, 0.75]"
             )
         self.base = base
@@ -111,7 +112,7 @@ def deeplabv2_resnet101(
     msc_scales: Sequence[float] | None = RELEASE_SCALES,
 ) -> nn.Module:
     """The release's ``DeepLabV2_ResNet101_MSC`` (``MultiScaleInputs(DeepLabV2(...))``; no wrapper when
-    ``msc_scales`` is empty). Architecture only: weights load with ``wsss.models.deeplab.load_weights``."""
+    ``msc_scales`` is empty). Architecture only: weights load with ``wsss.models.segmenter_weights.load_weights``."""
     model: nn.Module = DeepLabV2(num_classes, 101, rates, input_format, frozen_bn)
     if msc_scales:
         model = MultiScaleInputs(model, msc_scales)

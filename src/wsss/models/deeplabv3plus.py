@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import ConfigError
 from wsss.models.resnet import ResNetBackbone
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -62,7 +63,7 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = ASPP_CHANNELS) -> None:
         super().__init__()
         if len(rates) != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"ASPP rates={list(rates)}: DeepLab-V3+ has three dilated branches, e.g. [6, 12, 18]"
             )
         branches: list[nn.Module] = [nn.Sequential(*conv_bn_relu(in_channels, out_channels))]
@@ -124,7 +125,7 @@ class DeepLabV3Plus(nn.Module):
     ) -> None:
         super().__init__()
         if output_stride not in ASPP_RATES:
-            raise ValueError(f"output_stride={output_stride}; DeepLab-V3+ supports 16 (the release) or 8")
+            raise ConfigError(f"output_stride={output_stride}; DeepLab-V3+ supports 16 (the release) or 8")
         self.backbone = ResNetBackbone(depth, output_stride=output_stride, dilate_first_block=False)
         for m in self.backbone.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -165,5 +166,5 @@ def deeplabv3plus_resnet101(
 ) -> DeepLabV3Plus:
     """The release's ``deeplabv3plus_resnet101``. Architecture only: ``segmenter.weights`` (the release's
     ``{"model_state": ...}`` checkpoint, a wsss one, or torchvision ``resnet101`` ImageNet weights for the
-    backbone, the release's init) loads with ``wsss.models.deeplab.load_weights``."""
+    backbone, the release's init) loads with ``wsss.models.segmenter_weights.load_weights``."""
     return DeepLabV3Plus(num_classes, 101, output_stride, backbone_bn_momentum, backbone_lr_mult)

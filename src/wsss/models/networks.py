@@ -22,12 +22,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from wsss.config import CONF_DIR
+from wsss.errors import ConfigError
+from wsss.models.segmenter_weights import load_weights
+from wsss.pipeline.config import CONF_DIR
 
 META_KEYS = ("name", "weights")
 """Keys of a network config node that are not constructor arguments."""
 
-DRS_OFF: dict[str, Any] = {"_target_": "wsss.drs.make_activation", "mode": "off"}
+DRS_OFF: dict[str, Any] = {"_target_": "wsss.method.drs.make_activation", "mode": "off"}
 """The activation spec of networks without DRS (the refinement network)."""
 
 
@@ -78,7 +80,7 @@ def group_config(group: str, name: str, conf_dir: Path = CONF_DIR, **overrides: 
     path = Path(conf_dir) / group / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"{path} not found; {group} configs: {', '.join(known) or '(none)'}")
+        raise ConfigError(f"{path} not found; {group} configs: {', '.join(known) or '(none)'}")
     node = OmegaConf.load(path)
     if "defaults" in node:
         bases = [d for d in node.pop("defaults") if d != "_self_"]
@@ -120,7 +122,6 @@ def classifier_from_files(
 
 def segmenter_from_files(name: str = "largefov_tiny", **overrides: Any) -> nn.Module:
     """The DeepLab of ``conf/segmenter/<name>.yaml`` (weights from its ``weights`` when set)."""
-    from wsss.models.deeplab import load_weights
 
     node = group_config("segmenter", name, **overrides)
     model = build(spec(node))

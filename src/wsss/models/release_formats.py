@@ -1,4 +1,4 @@
-"""The authors' release file formats <-> wsss state dicts, both ways (listings: ../shared/release_formats/).
+"""The authors' release file formats <-> wsss state dicts, both ways (docs/protocol.md lists them).
 
 DeepLab-V2 (kazuto1011's DeepLab-V2-PyTorch; ``wsss.models.deeplabv2``):
 
@@ -37,38 +37,26 @@ import torch
 from torch import Tensor, nn
 
 from wsss.errors import WeightsError
-from wsss.models.weights import LoadReport, read_state_dict
+from wsss.models.deeplabv2 import MultiScaleInputs
+from wsss.models.weights import (
+    MSC_PREFIX,
+    RELEASE_V2_ASPP,
+    LoadReport,
+    detect_format,
+    read_state_dict,
+    strip_prefix,
+)
 
 log = logging.getLogger(__name__)
 
-MSC_PREFIX = "base."
 _V2_UNITS = {"reduce": 1, "conv3x3": 2, "increase": 3}
 _V2_UNIT_NAMES = {v: k for k, v in _V2_UNITS.items()}
 _V2_STEM = re.compile(r"^layer1\.conv1\.(conv|bn)\.(.+)$")
 _V2_BLOCK = re.compile(r"^layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(.+)$")
-_V2_ASPP = re.compile(r"^aspp\.c(\d+)\.(weight|bias)$")
 _W_STEM = re.compile(r"^backbone\.(conv1|bn1)\.(.+)$")
 _W_UNIT = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.(conv|bn)([123])\.(.+)$")
 _W_SHORTCUT = re.compile(r"^backbone\.layer([1-4])\.0\.downsample\.([01])\.(.+)$")
 _W_HEAD = re.compile(r"^head\.branches\.(\d+)\.fc8\.(weight|bias)$")
-_V3P_KEY = "classifier.aspp.convs.0.0.weight"
-
-
-def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """``state`` without ``prefix`` when every key has it; else unchanged."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return dict(state)
-
-
-def release_format(state: Mapping[str, Tensor]) -> str | None:
-    """``deeplabv2`` (trained, with or without ``base.``) | ``deeplabv2_coco_init`` | ``deeplabv3plus`` | None."""
-    keys = strip_prefix(state, MSC_PREFIX)
-    if _V3P_KEY in keys:
-        return "deeplabv3plus"
-    if "layer1.conv1.conv.weight" in keys:
-        return "deeplabv2" if any(_V2_ASPP.match(k) for k in keys) else "deeplabv2_coco_init"
-    return None
 
 
 def deeplabv2_release_to_wsss(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -86,7 +74,7 @@ def deeplabv2_release_to_wsss(state: Mapping[str, Tensor]) -> tuple[dict[str, Te
                 out[f"{prefix}.downsample.{0 if kind == 'conv' else 1}.{rest}"] = value
             else:
                 out[f"{prefix}.{kind}{_V2_UNITS[unit]}.{rest}"] = value
-        elif aspp := _V2_ASPP.match(key):
+        elif aspp := RELEASE_V2_ASPP.match(key):
             out[f"head.branches.{aspp.group(1)}.fc8.{aspp.group(2)}"] = value
         elif key.startswith("fc."):
             skipped.append(key)
@@ -170,7 +158,6 @@ def classifier_wsss_to_release(
 
 def _base(model: nn.Module) -> nn.Module:
     """The network inside a ``MultiScaleInputs`` wrapper (the model itself otherwise)."""
-    from wsss.models.deeplabv2 import MultiScaleInputs
 
     return model.base if isinstance(model, MultiScaleInputs) else model
 
@@ -215,22 +202,22 @@ def load_deeplabv2_state(
     """The release's DeepLab-V2 checkpoint, its COCO init (ASPP keeps its init, ``fc.*`` skipped) or a
     wsss ``DeepLab`` state dict (``base.`` optional), already read, into ``model`` (a ``DeepLab`` or a
     ``MultiScaleInputs`` around one). Every tensor must fit, and every model tensor must be given."""
-    fmt = release_format(state)
+    fmt = detect_format(state)
     net = _base(model)
-    report = LoadReport(str(path), fmt or "wsss")
+    report = LoadReport(str(path), fmt)
     may_miss: tuple[str, ...] = ()
-    if fmt == "deeplabv3plus":
+    if fmt == "release_deeplabv3plus":
         raise WeightsError(
             f"{config_key}={path} is a DeepLab-V3+ checkpoint; use segmenter=deeplabv3plus_r101"
         )
-    if fmt in ("deeplabv2", "deeplabv2_coco_init"):
+    if fmt in ("release_deeplabv2", "release_deeplabv2_coco_init"):
         if getattr(net, "input_format", "caffe") != "caffe":
             raise WeightsError(
                 f"{config_key}={path}: the release's DeepLab-V2 files take caffe input (BGR, 0-255, minus the "
                 "mean); set segmenter.input_format=caffe (segmenter=aspp_r101 does)"
             )
         state, report.skipped = deeplabv2_release_to_wsss(state)
-        if fmt == "deeplabv2_coco_init":
+        if fmt == "release_deeplabv2_coco_init":
             may_miss = ("head.",)
     else:
         state = strip_prefix(state, MSC_PREFIX)
@@ -250,10 +237,10 @@ def load_deeplabv3plus_state(
     model: nn.Module, state: Mapping[str, Tensor], path: str | Path, config_key: str = "segmenter.weights"
 ) -> LoadReport:
     """The release's DeepLab-V3+ checkpoint (``{"model_state": ...}``, unwrapped) or a wsss one into ``model``."""
-    fmt = release_format(state)
-    if fmt in ("deeplabv2", "deeplabv2_coco_init"):
+    fmt = detect_format(state)
+    if fmt in ("release_deeplabv2", "release_deeplabv2_coco_init"):
         raise WeightsError(f"{config_key}={path} is a DeepLab-V2 file; use segmenter=aspp_r101")
-    report = LoadReport(str(path), fmt or "wsss")
+    report = LoadReport(str(path), fmt)
     _load_checked(model, state, report, config_key)
     log.info("%s: %s", config_key, report.summary())
     return report

@@ -14,7 +14,7 @@ either way, the outputs are not.
 weights were trained with: the stride of a downsampling block sits on its first 1x1 conv instead
 of the 3x3 conv, and the stem's max-pool rounds up (``ceil_mode``).
 
-``activation(name, channels)`` (``wsss.drs.make_activation``) is asked for a module after each of
+``activation(name, channels)`` (``wsss.method.drs.make_activation``) is asked for a module after each of
 ``layer1`` .. ``layer4``; a DRS module is inserted there (``self.post[name]``), a plain ReLU is not
 (every stage already ends in one). This is how the classifier places DRS on a ResNet.
 """
@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from wsss.errors import ConfigError
 
 BLOCKS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 """Bottleneck blocks per layer for each supported depth."""
@@ -144,9 +146,9 @@ class ResNetBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if depth not in BLOCKS:
-            raise ValueError(f"ResNet depth {depth} is not supported; choose one of {sorted(BLOCKS)}")
+            raise ConfigError(f"ResNet depth {depth} is not supported; choose one of {sorted(BLOCKS)}")
         if output_stride not in RATES:
-            raise ValueError(f"output_stride={output_stride} is not supported; choose 8 or 16 (or 32)")
+            raise ConfigError(f"output_stride={output_stride} is not supported; choose 8 or 16 (or 32)")
         self.depth = depth
         self.output_stride = output_stride
         self.frozen_bn = frozen_bn

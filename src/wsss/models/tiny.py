@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wsss.drs import Activation, make_activation
+from wsss.errors import ConfigError
+from wsss.method.drs import Activation, make_activation
 from wsss.models.vgg import conv_indices, init_convs, make_features
 
 
 def tiny_plan(width: int, output_stride: int = 8) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
     if output_stride not in (4, 8):
-        raise ValueError(f"backbone.output_stride={output_stride}: the tiny backbone supports 4 or 8")
+        raise ConfigError(f"backbone.output_stride={output_stride}: the tiny backbone supports 4 or 8")
     return (
         ("layer1", (width, "M")),
         ("layer2", (2 * width, "M")),
@@ -29,7 +30,7 @@ class TinyBackbone(nn.Module):
     """(B, 3, H, W) -> (B, 8 * width, H/s, W/s), one 3x3 conv + activation per block.
 
     Args:
-        activation: ``(block name, channels) -> module`` (``wsss.drs.make_activation``); None: ReLU.
+        activation: ``(block name, channels) -> module`` (``wsss.method.drs.make_activation``); None: ReLU.
         width: channels of layer1; later blocks use 2x, 4x, 8x and 8x.
         output_stride: s, 8 (VGG-16's) or 4 (layer3's pool keeps the resolution: on small images,
             a score map as fine relative to the objects as VGG-16's on 321 px ones).
@@ -38,7 +39,7 @@ class TinyBackbone(nn.Module):
     def __init__(self, activation: Activation | None = None, width: int = 8, output_stride: int = 8) -> None:
         super().__init__()
         if width < 1:
-            raise ValueError(f"backbone.width={width} must be a positive channel count (e.g. 8)")
+            raise ConfigError(f"backbone.width={width} must be a positive channel count (e.g. 8)")
         self.output_stride = int(output_stride)
         plan = tiny_plan(int(width), self.output_stride)
         self.features, self.out_channels = make_features(plan, activation or make_activation("off"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wsss.drs import Activation, make_activation
+from wsss.method.drs import Activation, make_activation
 
 # (block name, layer spec) in torchvision order: an int is a 3x3 conv to that many channels, "M" the
 # 2x2 max-pool, "N" DeepLab's 3x3 stride-1 pool4.
@@ -79,7 +79,7 @@ class VGG16Backbone(nn.Module):
 
     Args:
         activation: ``(block name, channels) -> module`` called after every conv with its block
-            name ``layer1`` .. ``layer5`` (``wsss.drs.make_activation``: DRS or ReLU); None: ReLU.
+            name ``layer1`` .. ``layer5`` (``wsss.method.drs.make_activation``: DRS or ReLU); None: ReLU.
     """
 
     output_stride = 8

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wsss.drs import DRS
 from wsss.errors import MissingWeightsError, WeightsError
+from wsss.method.drs import DRS
 
 log = logging.getLogger(__name__)
 
@@ -103,29 +103,65 @@ def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise WeightsError(f"{config_key}={path}: no tensors found in the file")
-    return _strip_prefix(_strip_prefix(state, "module."), "model.")
+    return strip_prefix(strip_prefix(state, "module."), "model.")
 
 
-def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """Keys under ``prefix`` without it, when there are any (other keys are dropped); else unchanged."""
+def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keys under ``prefix`` without it, when there are any (other keys are dropped); else unchanged.
+
+    The one prefix rule of wsss: ``module.`` (DataParallel), ``model.`` (Lightning), ``base.`` (the
+    release's multi-scale wrapper)."""
     picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return picked or state
+    return picked or dict(state)
+
+
+FORMATS = (
+    "release_classifier",
+    "release_deeplabv2",
+    "release_deeplabv2_coco_init",
+    "release_deeplabv3plus",
+    "wsss_classifier",
+    "wsss_segmenter",
+    "torchvision_vgg16",
+    "torchvision_resnet",
+    "caffe_vgg16",
+    "caffe_resnet",
+)
+"""Every weights layout wsss reads, by the names ``detect_format`` gives them (one vocabulary)."""
+MSC_PREFIX = "base."
+"""Key prefix of the release DeepLab-V2's multi-scale wrapper."""
+RELEASE_V2_ASPP = re.compile(r"^aspp\.c(\d+)\.(weight|bias)$")
+_V3P_KEY = "classifier.aspp.convs.0.0.weight"
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """One of ``FORMATS`` from the keys of a (prefix-stripped) state dict."""
+    """One of ``FORMATS`` from the keys of a state dict (``module.`` / ``model.`` already stripped)."""
+    state = strip_prefix(state, MSC_PREFIX)
     keys = list(state)
+    if _V3P_KEY in state:
+        return "release_deeplabv3plus"
+    if "layer1.conv1.conv.weight" in state:
+        if any(RELEASE_V2_ASPP.match(k) for k in keys):
+            return "release_deeplabv2"
+        return "release_deeplabv2_coco_init"
     if any(_RELEASE_KEY.match(k) for k in keys):
-        return "release"
-    if any(k.startswith("backbone.") for k in keys):
-        return "wsss"
+        return "release_classifier"
+    if "classifier.weight" in state and any(k.startswith("backbone.") for k in keys):
+        return "wsss_classifier"
+    if any(k.startswith(("backbone.", "head.")) for k in keys):
+        return "wsss_segmenter" if any(k.startswith("head.") for k in keys) else "wsss_classifier"
     if "conv1.weight" in state and any(k.startswith("layer1.0.") for k in keys):
         return "torchvision_resnet"
     if any(k.startswith("features.") for k in keys):
         return "torchvision_vgg16"
+    if "conv1_1.0" in state:
+        return "caffe_vgg16"
+    if "res2a_branch2a.0" in state:
+        return "caffe_resnet"
     raise WeightsError(
         f"unknown weights format (first keys: {keys[:5]}); expected a torchvision vgg16/resnet state dict, "
-        "the authors' DRS checkpoint (layer1_conv1.weight ...) or a wsss checkpoint (backbone.* / model.backbone.*)"
+        "the authors' DRS checkpoint (layer1_conv1.weight ...), the release's DeepLab-V2/V3+ files, a wsss "
+        "checkpoint (backbone.* / model.backbone.*), or a caffe blob dump (conv1_1.0 / res2a_branch2a.0)"
     )
 
 
@@ -202,14 +238,14 @@ def load_backbone_weights(
     state = read_state_dict(path, config_key)
     fmt = detect_format(state)
     report = LoadReport(str(path), fmt)
-    if fmt == "release":
+    if fmt == "release_classifier":
         conv_indices = getattr(backbone, "conv_indices", None)
         if conv_indices is None:
             raise WeightsError(
                 f"{config_key}={path}: the authors' DRS checkpoints are VGG-16; use backbone=vgg16"
             )
         state, report.aliases = release_to_wsss(state, conv_indices)
-    if fmt in ("release", "wsss"):
+    if fmt in ("release_classifier", "wsss_classifier", "wsss_segmenter"):
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     _assign(backbone, state, report, config_key)
     if not report.loaded:
@@ -238,7 +274,7 @@ def load_classifier_weights(
             f"{config_key}={path} holds {fmt} ImageNet weights (a backbone only); pass it as "
             "backbone.weights=<file> instead, or give a whole classifier checkpoint here"
         )
-    if fmt == "release":
+    if fmt == "release_classifier":
         conv_indices = getattr(getattr(model, "backbone", None), "conv_indices", None)
         if conv_indices is None:
             raise WeightsError(

@@ -17,14 +17,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from wsss.stages.runner import StageContext
+from wsss.data.datamodule import WSSSDataModule
+from wsss.errors import ConfigError
+from wsss.models.networks import build, classifier_spec
+from wsss.models.weights import init_score_network
+from wsss.pipeline.runner import StageContext
+from wsss.tasks.classification import ClassifierTask
+from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def map_miou_settings(ccfg: DictConfig) -> tuple[bool, bool]:
     """(compute val/map_miou, select the checkpoint on it) from ``cls.map_miou`` and ``cls.select_on_map_miou``."""
-    from wsss.errors import ConfigError
 
     select = bool(ccfg.get("select_on_map_miou", False))
     compute = ccfg.get("map_miou")
@@ -36,9 +41,6 @@ def map_miou_settings(ccfg: DictConfig) -> tuple[bool, bool]:
 
 def build_task(cfg: DictConfig) -> Any:
     """The classifier (weights from files) wrapped in its LightningModule, per ``cfg.cls``."""
-    from wsss.models.networks import build, classifier_spec
-    from wsss.models.weights import init_score_network
-    from wsss.tasks.classification import ClassifierTask
 
     ccfg = cfg.cls
     compute_miou, _ = map_miou_settings(ccfg)
@@ -77,8 +79,6 @@ def _value(metrics: dict[str, Any], key: str) -> float:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.data.datamodule import WSSSDataModule
-    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg = ctx.cfg
     compute_miou, select = map_miou_settings(cfg.cls)

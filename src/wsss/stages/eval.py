@@ -2,7 +2,7 @@
 
 Every image of ``eval.split`` is segmented at its original size (``eval.scales`` x ``eval.flip``
 views, softmax averaged; optional dense CRF with ``cfg.crf`` parameters), and the one scorer
-(``wsss.metrics.ConfusionMatrix``, ground truth 255 ignored) accumulated over the split gives mIoU,
+(``wsss.method.metrics.ConfusionMatrix``, ground truth 255 ignored) accumulated over the split gives mIoU,
 mean precision, mean recall and pixel accuracy. Writes ``eval/metrics.json``, ``per_class_iou.csv``,
 ``predictions/<id>.png`` (VOC palette; ``eval.save_predictions``) and the figure
 ``figures/segmentation.png`` (image | ground truth | prediction); logs a per-class IoU table.
@@ -18,13 +18,18 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import atomic_path
-from wsss.crf import CRFParams, require_pydensecrf
+from wsss.data.figures import save_grid
 from wsss.data.palette import colorize, save_mask
-from wsss.errors import MaskSizeError, MissingArtifactError
-from wsss.inference import SplitImages, pick_device, segment_images
-from wsss.metrics import ConfusionMatrix
-from wsss.stages.runner import StageContext
+from wsss.data.toy import ensure_toy
+from wsss.data.voc import VOCDataset
+from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError
+from wsss.method.crf import CRFParams, require_pydensecrf
+from wsss.method.inference import SplitImages, pick_device, segment_images
+from wsss.method.metrics import ConfusionMatrix
+from wsss.models.checkpoint import load_network
+from wsss.pipeline.artifacts import write_csv
+from wsss.pipeline.runner import StageContext
+from wsss.tasks.trainer import build_logger, finalize_logger, log_image, log_metrics, log_table
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,6 @@ def crf_settings(cfg: DictConfig, enabled: bool) -> CRFParams | None:
 
 def split_dataset(cfg: DictConfig, split: str, require_masks: bool) -> SplitImages:
     """One split of ``data.root`` (``wsss.data.voc.VOCDataset``); the toy data is generated if absent."""
-    from wsss.data.toy import ensure_toy
-    from wsss.data.voc import VOCDataset
 
     ensure_toy(cfg.data)
     return VOCDataset(cfg.data.root, split, require_masks=require_masks)
@@ -72,17 +75,7 @@ def inference_settings(cfg: DictConfig, section: DictConfig) -> dict[str, Any]:
     }
 
 
-def write_per_class(path: Path, per_class: dict[str, float]) -> None:
-    """``class,iou`` rows, written atomically (a class absent from truth and prediction: nan)."""
-    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.figures import save_grid
-    from wsss.models.checkpoint import load_network
-    from wsss.training import build_logger, finalize_logger, log_image, log_metrics, log_table
 
     cfg, out = ctx.cfg, ctx.out
     ecfg = cfg.eval
@@ -102,7 +95,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         image_id = dataset.ids[index]
         mask = dataset.mask(index)
         if mask is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{image_id} of eval.split={split} has no ground truth; use stage=predict for it"
             )
         if label.shape != mask.shape:
@@ -115,7 +108,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if len(rows) < n_fig:
             rows.append([dataset.image(index), colorize(mask), colorize(label)])
     scores = scorer.compute()
-    write_per_class(out / "per_class_iou.csv", scores["per_class_iou"])
+    write_csv(out / "per_class_iou.csv", ("class", "iou"), scores["per_class_iou"].items())
     metrics: dict[str, Any] = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
     metrics |= {
         "images": len(dataset.ids),

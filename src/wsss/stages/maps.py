@@ -18,27 +18,29 @@ from typing import Any
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from wsss.artifacts import Experiment, atomic_path
-from wsss.stages.runner import StageContext
+from wsss.data.datamodule import WSSSDataModule
+from wsss.data.figures import figure1
+from wsss.data.maps_io import MapsFolder
+from wsss.data.voc import VOCDataset
+from wsss.errors import ConfigError
+from wsss.method.localization import MapMaths
+from wsss.method.seed_labels import evaluate_seeds
+from wsss.models.checkpoint import load_network
+from wsss.pipeline.artifacts import Experiment, write_csv
+from wsss.pipeline.runner import StageContext
+from wsss.stages.maps_writer import MapPredictor, write_maps
+from wsss.tasks.trainer import build_trainer, finalize_logger, log_image, log_metrics
 
 log = logging.getLogger(__name__)
 
 
 def infer_dataset(cfg: DictConfig, split: str, infer_size: int | None) -> Dataset:
     """The ``infer`` dataset of ``split`` (normalised images, labels, ids, sizes) from the DataModule."""
-    from wsss.data.datamodule import WSSSDataModule
 
     dm = WSSSDataModule(cfg.data, "infer", infer_size=infer_size, split=split)
     dm.setup("predict")
     assert dm.predict_set is not None
     return dm.predict_set
-
-
-def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:
-    lines = ["threshold,miou,precision,recall"]
-    lines += [f"{r['threshold']:.2f},{r['miou']:.6f},{r['precision']:.6f},{r['recall']:.6f}" for r in curve]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
 
 
 def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, Path]:
@@ -56,14 +58,15 @@ def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, 
 
 def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     """Seed mIoU sweep on ``data.eval_split`` and the Figure-1 grid (rank 0)."""
-    from wsss.data.voc import VOCDataset
-    from wsss.seeds import evaluate_seeds
-    from wsss.training import log_image, log_metrics
 
     cfg, out = ctx.cfg, ctx.out
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
-    _write_curve(out / "seed_sweep.csv", curve)
+    metrics, curve = evaluate_seeds(MapsFolder(out), list(gt.ids), gt.mask, list(cfg.maps.thresholds))
+    write_csv(
+        out / "seed_sweep.csv",
+        ("threshold", "miou", "precision", "recall"),
+        ([f"{r['threshold']:.2f}", r["miou"], r["precision"], r["recall"]] for r in curve),
+    )
     log_metrics(logger, metrics, prefix=ctx.stage.name)
     png = draw_figure1(ctx, gt)
     if png is not None:
@@ -73,7 +76,6 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
 
 def draw_figure1(ctx: StageContext, gt: Any) -> Path | None:
     """``<exp>/figures/figure1.png``: the first ``maps.figure_images`` images with this experiment's maps."""
-    from wsss.figures import figure1
 
     n_fig = int(ctx.cfg.maps.get("figure_images", 4))
     if n_fig <= 0:
@@ -85,16 +87,11 @@ def draw_figure1(ctx: StageContext, gt: Any) -> Path | None:
 
 def figures(ctx: StageContext) -> Path | None:
     """``draw_figure1`` on the eval split (the runner calls it when it reuses stored maps)."""
-    from wsss.data.voc import VOCDataset
 
     return draw_figure1(ctx, VOCDataset(ctx.cfg.data.root, str(ctx.cfg.data.eval_split)))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.localization import MapMaths
-    from wsss.models.checkpoint import load_network
-    from wsss.stages.maps_writer import MapPredictor, write_maps
-    from wsss.training import build_trainer, finalize_logger
 
     cfg, out = ctx.cfg, ctx.out
     source = str(cfg.maps.source)
@@ -119,12 +116,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     if trainer.global_rank != 0:
         return {}
-    for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write; every rank has finished
-        tmp.unlink(missing_ok=True)
     missing = [i for i in dataset.ids if not (out / f"{i}.npz").is_file()]
     if missing:
-        from wsss.errors import ConfigError
-
         raise ConfigError(
             f"{ctx.stage.name}: {len(missing)} of {len(dataset.ids)} images got no maps (e.g. {missing[0]}): "
             f"trainer.limit_predict_batches={cfg.trainer.get('limit_predict_batches')} or "

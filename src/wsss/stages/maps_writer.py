@@ -1,7 +1,7 @@
 """Writing localization maps for a whole split: a predictor under ``trainer.predict`` and a file writer.
 
 ``MapPredictor`` runs the network batch-wise (inference mode) and computes each image's maps of its
-present classes (``wsss.localization``); ``MapWriter`` stores one ``<id>.npz`` per image as soon as its
+present classes (``wsss.method.localization``); ``MapWriter`` stores one ``<id>.npz`` per image as soon as its
 batch is done (``wsss.data.maps_io``), so memory does not grow with the number of images and a killed
 run resumes where it stopped. ``write_maps`` ties both together and shards the work over DDP ranks.
 """
@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from wsss.data.maps_io import MAP_DTYPES, QUANTIZE, maps_file_problem, save_maps
 from wsss.ddp.sync import ShardSampler, barrier
-from wsss.localization import PAPER_MATHS, MapMaths, present_class_maps
+from wsss.errors import ConfigError
+from wsss.method.localization import PAPER_MATHS, MapMaths, present_class_maps
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class MapPredictor(pl.LightningModule):
     ) -> None:
         super().__init__()
         if size not in MAP_SIZES:
-            raise ValueError(f"maps size={size!r}; choose one of {', '.join(MAP_SIZES)}")
+            raise ConfigError(f"maps size={size!r}; choose one of {', '.join(MAP_SIZES)}")
         self.net = net
         self.scales = [float(s) for s in scales]
         self.flip = bool(flip)
@@ -197,9 +198,9 @@ def write_maps(
     Returns this process's counts: images, skipped (done before), written.
     """
     if dtype not in MAP_DTYPES:
-        raise ValueError(f"maps dtype={dtype!r} is not supported; choose one of {', '.join(MAP_DTYPES)}")
+        raise ConfigError(f"maps dtype={dtype!r} is not supported; choose one of {', '.join(MAP_DTYPES)}")
     if quantize not in QUANTIZE:
-        raise ValueError(f"maps quantize={quantize!r} is not supported; choose one of {', '.join(QUANTIZE)}")
+        raise ConfigError(f"maps quantize={quantize!r} is not supported; choose one of {', '.join(QUANTIZE)}")
     ids = [str(i) for i in dataset.ids]  # type: ignore[attr-defined]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

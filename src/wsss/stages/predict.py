@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.artifacts import atomic_path
 from wsss.data.palette import read_index_png, save_mask
 from wsss.data.voc import pending_labels
 from wsss.errors import MissingArtifactError
-from wsss.inference import segment_images
-from wsss.metrics import ConfusionMatrix
+from wsss.method.inference import segment_images
+from wsss.method.metrics import ConfusionMatrix
+from wsss.models.checkpoint import load_network
+from wsss.pipeline.artifacts import atomic_path
+from wsss.pipeline.runner import StageContext
 from wsss.stages.eval import checkpoint_path, inference_settings, split_dataset
-from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ def write_archive(results_root: Path, ids: Sequence[str], archive: Path) -> Path
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.models.checkpoint import load_network
 
     cfg, out = ctx.cfg, ctx.out
     pcfg = cfg.predict
@@ -56,8 +56,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ids = list(dataset.ids)
     folder = out / RESULTS
     folder.mkdir(parents=True, exist_ok=True)
-    for tmp in folder.glob(".tmp-*"):  # left by a run killed mid-write
-        tmp.unlink(missing_ok=True)
     overwrite = bool(pcfg.overwrite)
     todo = pending_labels(folder, dataset, overwrite)  # kept PNGs are checked: a damaged one is made again
     log.info("predict on %s: %d images to write, %d already written", split, len(todo), len(ids) - len(todo))

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from wsss.stages.runner import StageContext
-from wsss.training import build_trainer
+from wsss.pipeline.runner import StageContext
+from wsss.tasks.trainer import build_trainer
 
 
 class _ProbeModule(pl.LightningModule):

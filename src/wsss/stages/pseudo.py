@@ -18,15 +18,18 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import atomic_path, read_json
 from wsss.constants import IGNORE_INDEX
-from wsss.crf import CRFParams, crf_map, require_pydensecrf
+from wsss.data.figures import save_grid
 from wsss.data.palette import colorize, read_index_png
-from wsss.data.voc import pending_labels
-from wsss.errors import MaskSizeError, MissingArtifactError, MissingSaliencyError
-from wsss.hints import command
+from wsss.data.voc import VOCDataset, pending_labels
+from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError, MissingSaliencyError
+from wsss.method.crf import CRFParams, crf_map, require_pydensecrf
+from wsss.method.metrics import ConfusionMatrix
+from wsss.pipeline.artifacts import read_json, write_csv
+from wsss.pipeline.hints import command
+from wsss.pipeline.runner import StageContext
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
-from wsss.stages.runner import StageContext
+from wsss.tasks.trainer import build_logger, finalize_logger, log_image, log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     miss), the ``*_labeled`` ones leave 255 pixels out (the quality of what is labelled, which a label
     that marks almost everything 255 can max out). ``ignore_ratio`` is the share of 255 pixels.
     """
-    from wsss.metrics import ConfusionMatrix
 
     dense, labeled = ConfusionMatrix(), ConfusionMatrix()
     ignored = total = scored = missing = 0
@@ -112,7 +114,7 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
         total += label.size
         scored += 1
     if scored == 0:
-        raise ValueError(
+        raise ConfigError(
             f"none of the {len(gt.ids)} images of data.eval_split has both a mask and a pseudo label in {out}; "
             "data.eval_split must be part of data.maps_split (VOC: train within train_aug)"
         )
@@ -125,15 +127,8 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     return metrics, scores["per_class_iou"]
 
 
-def _write_per_class(path: Path, per_class: dict[str, float]) -> None:
-    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | None:
     """Rows of image | ground truth | pseudo label (VOC palette) for the first ``n`` labelled eval images."""
-    from wsss.figures import save_grid
 
     rows = []
     for i, image_id in enumerate(gt.ids):
@@ -161,13 +156,11 @@ def figures(ctx: StageContext) -> Path | None:
 
 def voc_dataset(cfg: DictConfig, split: str) -> Any:
     """The images (and masks) of one split of ``data.root``."""
-    from wsss.data.voc import VOCDataset
 
     return VOCDataset(cfg.data.root, split)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.training import build_logger, finalize_logger, log_image, log_metrics
 
     cfg, out = ctx.cfg, ctx.out
     pcfg = cfg.pseudo
@@ -191,9 +184,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     saliency_dir = (
         check_saliency(cfg.data.get("saliency_dir"), ids) if rule.background == "saliency" else None
     )
-
-    for tmp in out.glob(".tmp-*"):  # left by a run killed mid-write
-        tmp.unlink(missing_ok=True)
     overwrite = bool(pcfg.overwrite)
     todo = pending_labels(out, dataset, overwrite)  # kept labels are checked: a damaged one is made again
     log.info(
@@ -219,7 +209,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     gt = voc_dataset(cfg, str(cfg.data.eval_split))
     quality, per_class = evaluate(out, gt)
-    _write_per_class(out / "per_class_iou.csv", per_class)
+    write_csv(out / "per_class_iou.csv", ("class", "iou"), per_class.items())
     metrics: dict[str, Any] = {
         **quality,
         "images": len(ids),

@@ -24,7 +24,7 @@ return a (H, W) uint8 label: 0 background, 1..20 classes, 255 ignore.
   ties to background), so ``maps/*/metrics.json`` (``best_threshold``) shows which value fits.
 
 Dense CRF (optional): the rule's score stack [background, maps] is normalised per pixel into
-probabilities over background + the classes present, refined by ``wsss.crf.dense_crf``, and each pixel
+probabilities over background + the classes present, refined by ``wsss.method.crf.dense_crf``, and each pixel
 takes the CRF's most probable class. Ignore regions are kept: a pixel the rule makes 255 stays 255 (the
 CRF sharpens boundaries between the cues, it never turns an uncertain pixel into a label).
 
@@ -45,10 +45,11 @@ from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import save_mask
 from wsss.data.voc import read_saliency
 from wsss.errors import ConfigError, MaskSizeError, MissingSaliencyError
-from wsss.localization import resize_maps
+from wsss.method.crf import crf_labels
+from wsss.method.localization import resize_maps
 
 if TYPE_CHECKING:
-    from wsss.crf import CRFParams
+    from wsss.method.crf import CRFParams
 
 RULES = ("paper", "release")
 BACKGROUNDS = ("saliency", "fallback")
@@ -111,7 +112,7 @@ def paper_label(
 ) -> np.ndarray:
     """Paper rule: object cue where max map > alpha, background where saliency / 255 < beta, else 255."""
     if conflict not in CONFLICTS:
-        raise ValueError(f"conflict={conflict!r}; choose one of {CONFLICTS}")
+        raise ConfigError(f"conflict={conflict!r}; choose one of {CONFLICTS}")
     saliency = _saliency(saliency, "paper")
     maps = resize_maps(maps, saliency.shape)
     top, top_class = _top(maps, alpha)
@@ -173,7 +174,7 @@ def fallback_label(
 ) -> np.ndarray:
     """No-saliency rule: background where every map <= bg_threshold, else the top class (no 255)."""
     if not 0.0 <= bg_threshold <= 1.0:
-        raise ValueError(f"pseudo.fallback_threshold={bg_threshold} must lie in [0, 1] (maps are in [0, 1])")
+        raise ConfigError(f"pseudo.fallback_threshold={bg_threshold} must lie in [0, 1] (maps are in [0, 1])")
     maps = np.asarray(maps, dtype=np.float32)
     maps = resize_maps(maps, size or maps.shape[1:])
     top, top_class = _top(maps, bg_threshold)
@@ -239,7 +240,6 @@ def make_label(
         return label
     if image is None:
         raise ValueError("the dense CRF needs the RGB image")
-    from wsss.crf import crf_labels
 
     refined = crf_labels(image, rule.scores(maps, saliency, size), crf_params)
     return np.where(label == IGNORE_INDEX, np.uint8(IGNORE_INDEX), refined)

@@ -14,7 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from wsss.stages.runner import StageContext
+from wsss.data.datamodule import WSSSDataModule
+from wsss.models.networks import build, refiner_spec
+from wsss.models.weights import init_score_network
+from wsss.pipeline.runner import StageContext
+from wsss.tasks.refinement import RefinerTask
+from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +27,6 @@ log = logging.getLogger(__name__)
 def build_task(cfg: DictConfig) -> Any:
     """The refinement network (``backbone.weights`` as its init) wrapped in its LightningModule, per
     ``cfg.refine`` (``refine.compile``: ``torch.compile`` in place; ``refine.channels_last``)."""
-    from wsss.models.networks import build, refiner_spec
-    from wsss.models.weights import init_score_network
-    from wsss.tasks.refinement import RefinerTask
 
     rcfg = cfg.refine
     spec = refiner_spec(cfg)
@@ -45,8 +47,6 @@ def build_task(cfg: DictConfig) -> Any:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.data.datamodule import WSSSDataModule
-    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg, rcfg = ctx.cfg, ctx.cfg.refine
     task = build_task(cfg)

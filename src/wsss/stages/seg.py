@@ -23,8 +23,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
+from wsss.data.datamodule import WSSSDataModule
 from wsss.errors import ConfigError
-from wsss.stages.runner import StageContext
+from wsss.models.networks import build, segmenter_spec
+from wsss.models.segmenter_weights import load_weights
+from wsss.pipeline.runner import StageContext
+from wsss.tasks.segmentation import SegmenterTask
+from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 STAGE = "seg"
 
@@ -81,7 +86,6 @@ def trainer_settings(cfg: DictConfig) -> DictConfig:
 
 def build_datamodule(cfg: DictConfig, pseudo_dir: Path) -> pl.LightningDataModule:
     """Train batches of pseudo labels (crops), validation images with ground truth at original size."""
-    from wsss.data.datamodule import WSSSDataModule
 
     scfg = cfg.seg
     scale_range = scfg.get("scale_range")
@@ -100,7 +104,6 @@ def build_datamodule(cfg: DictConfig, pseudo_dir: Path) -> pl.LightningDataModul
 
 def network_spec(cfg: DictConfig) -> dict[str, Any]:
     """The segmenter's spec, inside the release's multi-scale wrapper when ``seg.multi_scale_inputs``."""
-    from wsss.models.networks import segmenter_spec
 
     spec = segmenter_spec(cfg)
     if not cfg.seg.multi_scale_inputs:
@@ -115,9 +118,6 @@ def network_spec(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_task(cfg: DictConfig) -> Any:
-    from wsss.models.deeplab import load_weights
-    from wsss.models.networks import build
-    from wsss.tasks.segmentation import SegmenterTask
 
     scfg = cfg.seg
     spec = network_spec(cfg)
@@ -142,7 +142,6 @@ def build_task(cfg: DictConfig) -> Any:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from wsss.training import build_trainer, require_checkpoint, resume_checkpoint
 
     cfg, out = ctx.cfg, ctx.out
     scfg = cfg.seg

@@ -14,7 +14,7 @@ precision over classes with a positive image). With ``map_miou=True`` and masks 
 ``map_threshold``; else background where no map exceeds ``map_threshold``) scored against the
 ground-truth masks. That uses ground truth; choosing a checkpoint on it is the release's model
 selection, and the stage records it. A grid of validation images and their maps is handed to the
-logger every validation (``wsss.training.log_image``), the only file this module writes.
+logger every validation (``wsss.tasks.trainer.log_image``), the only file this module writes.
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelExactMatch, MultilabelStatScores
 
-from wsss.config import OPTIMIZERS
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
-from wsss.localization import class_maps, maps_to_segmentation
-from wsss.metrics import ConfusionMatrix, exact_match_accuracy
+from wsss.data.figures import overlay_heatmap, save_grid
+from wsss.errors import ConfigError
+from wsss.method.localization import class_maps, maps_to_segmentation
+from wsss.method.metrics import ConfusionMatrix, exact_match_accuracy
+from wsss.pipeline.config import OPTIMIZERS
 from wsss.tasks.speed import channels_last_input, use_channels_last
+from wsss.tasks.trainer import log_image
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,9 @@ class ClassifierTask(pl.LightningModule):
         super().__init__()
         self.model = model
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"cls.optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+            raise ConfigError(f"cls.optimizer={optimizer!r} is not one of {OPTIMIZERS}")
         if lr_groups not in LR_GROUPS:
-            raise ValueError(f"cls.lr_groups={lr_groups!r} is not one of {LR_GROUPS}")
+            raise ConfigError(f"cls.lr_groups={lr_groups!r} is not one of {LR_GROUPS}")
         self.optimizer_name = optimizer
         self.lr_groups = lr_groups
         self.nesterov = bool(nesterov)
@@ -196,7 +199,7 @@ class ClassifierTask(pl.LightningModule):
         if self.map_miou:
             scores = self.val_confusion.compute()
             if scores["pixels"] == 0 and not self.trainer.sanity_checking:
-                raise RuntimeError(
+                raise ConfigError(
                     "cls.map_miou is on but no validation batch carried a 'mask' with labelled pixels; "
                     "validate on a split with masks or set cls.map_miou=false cls.select_on_map_miou=false"
                 )
@@ -208,8 +211,6 @@ class ClassifierTask(pl.LightningModule):
         self._figure = []
 
     def _log_figure(self) -> None:
-        from wsss.figures import overlay_heatmap, save_grid
-        from wsss.training import log_image
 
         rows = [[rgb, overlay_heatmap(rgb, heat)] for rgb, heat in self._figure]
         path = Path(self.trainer.default_root_dir) / "figures" / f"cls_val_epoch{self.current_epoch:03d}.png"
@@ -226,7 +227,7 @@ class ClassifierTask(pl.LightningModule):
         if self.lr_groups == "single":
             return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.lr}]
         if not hasattr(self.model, "param_groups"):
-            raise TypeError(
+            raise ConfigError(
                 f"cls.lr_groups=release needs a model with param_groups(); {type(self.model).__name__} has none"
             )
         groups = self.model.param_groups()

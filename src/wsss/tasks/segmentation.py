@@ -9,7 +9,7 @@ The model returns one logits tensor, or in training a list (the multi-scale wrap
 ``wsss.models.deeplabv2.MultiScaleInputs``: full, scaled, max); the loss sums over them:
 
 - ``loss="ce"``: cross-entropy ignoring 255, each output's logits upsampled to the label size (wsss);
-- ``loss="release_v2"``: the release's DeepLab-V2 loss (``wsss.release_seg.release_deeplabv2_loss``):
+- ``loss="release_v2"``: the release's DeepLab-V2 loss (``wsss.method.release_losses.release_deeplabv2_loss``):
   labels resized to each output (PIL nearest), plus the cross-entropy against the network's own
   prediction among the image's classes (``cls`` = the batch's ``label`` with background 1).
 """
@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.constants import IGNORE_INDEX
-from wsss.metrics import ConfusionMatrix
+from wsss.errors import ConfigError
+from wsss.method.metrics import ConfusionMatrix
+from wsss.method.release_losses import release_deeplabv2_loss, with_background
 from wsss.tasks.speed import channels_last_input, use_channels_last
 
 LOSSES = ("ce", "release_v2")
@@ -39,9 +41,9 @@ def poly_factor(max_steps: int, power: float = 0.9, step: int = 1) -> Callable[[
     each update: iteration ``i`` runs at ``base * (1 - 10 * floor((i - 1) / 10) / max_steps) ** power``.
     """
     if max_steps < 1:
-        raise ValueError(f"seg.max_steps={max_steps}; the poly schedule needs at least 1 step")
+        raise ConfigError(f"seg.max_steps={max_steps}; the poly schedule needs at least 1 step")
     if step < 1:
-        raise ValueError(f"seg.poly_step={step}; give 1 (every step) or more")
+        raise ConfigError(f"seg.poly_step={step}; give 1 (every step) or more")
 
     def factor(s: int) -> float:
         t = (s // step) * step
@@ -93,7 +95,7 @@ class SegmenterTask(pl.LightningModule):
         self.poly_power = float(poly_power)
         self.max_steps = int(max_steps)
         if loss not in LOSSES:
-            raise ValueError(f"seg.loss={loss!r}; choose one of {', '.join(LOSSES)}")
+            raise ConfigError(f"seg.loss={loss!r}; choose one of {', '.join(LOSSES)}")
         self.loss_name = str(loss)
         self.poly_step = int(poly_step)
         poly_factor(self.max_steps, self.poly_power, self.poly_step)  # checks the values now
@@ -135,7 +137,6 @@ class SegmenterTask(pl.LightningModule):
         self, outputs: Sequence[torch.Tensor], masks: torch.Tensor, image_labels: torch.Tensor
     ) -> torch.Tensor:
         """The release's two-term DeepLab-V2 loss (module doc); ``image_labels`` (B, 20) without background."""
-        from wsss.release_seg import release_deeplabv2_loss, with_background
 
         if not bool((masks != IGNORE_INDEX).any()):
             return sum(o.sum() for o in outputs) * 0.0  # the release would give NaN here; skip the batch
@@ -148,7 +149,7 @@ class SegmenterTask(pl.LightningModule):
         outputs = list(out) if isinstance(out, list | tuple) else [out]
         if self.loss_name == "release_v2":
             if "label" not in batch:
-                raise ValueError(
+                raise ConfigError(
                     "seg.loss=release_v2 needs the image labels in the batch (WSSSDataModule(image_labels=True))"
                 )
             loss = self.release_v2_loss(outputs, masks, batch["label"])

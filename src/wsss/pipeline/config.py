@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from wsss.constants import DRS_LAYERS, DRS_MODES
 from wsss.errors import ConfigError, UnknownKeyError, UnsupportedLaunchError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 """The repository's config folder (what train.py composes)."""
 
 OPTIMIZERS = ("sgd", "adam")
@@ -50,8 +50,6 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wsss_run_id"):
         OmegaConf.register_new_resolver("wsss_run_id", run_id, use_cache=True)
     if not OmegaConf.has_resolver("wsss_dirname"):
-        from wsss.sweeps import job_dirname
-
         OmegaConf.register_new_resolver("wsss_dirname", job_dirname)
 
 
@@ -163,7 +161,7 @@ def _is_group(key: str, config_dirs: Sequence[str]) -> bool:
 
 def _passes_through(cfg: DictConfig, key: str) -> bool:
     """Whether a new ``key`` lands in a node whose keys go straight to a constructor (which checks them):
-    ``trainer.*`` (Trainer arguments, checked by ``wsss.training.build_trainer``) or a ``_target_`` node."""
+    ``trainer.*`` (Trainer arguments, checked by ``wsss.tasks.trainer.build_trainer``) or a ``_target_`` node."""
     parts = key.split(".")
     if parts[0] in ("trainer", "hydra"):
         return True
@@ -256,3 +254,21 @@ def print_config(cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else f"{node}\n"
         tree.add(str(key)).add(Syntax(text, "yaml", theme="ansi_dark"))
     rprint(tree)
+
+
+SWEEP_KEYS_FIRST = ("drs", "seed", "segmenter", "pseudo.source", "protocol", "backbone")
+"""Keys a sweep usually varies: they lead a job's folder name, so a shortened name keeps them."""
+
+
+def job_dirname(override_dirname: str, limit: int = 96) -> str:
+    """A job's overrides as one folder name: the usual sweep keys first, no path separators, long names
+    shortened with a hash of the whole."""
+    import hashlib
+
+    parts = override_dirname.split(",") if override_dirname else []
+    parts.sort(key=lambda p: (not p.split("=", 1)[0].startswith(SWEEP_KEYS_FIRST), p))
+    name = ",".join(parts).replace("/", "%") or "default"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9]}~{digest}"

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import ConfigError
+
 EPS = 1e-5
 """Added to the per-class max before dividing (as the release does), so an all-zero map stays 0."""
 
@@ -46,7 +48,7 @@ class MapMaths:
 
     def __post_init__(self) -> None:
         if self.relu not in RELU_MODES:
-            raise ValueError(f"maps relu={self.relu!r}; choose one of {', '.join(RELU_MODES)}")
+            raise ConfigError(f"maps relu={self.relu!r}; choose one of {', '.join(RELU_MODES)}")
 
     @classmethod
     def from_config(cls, node: object) -> MapMaths:
@@ -89,12 +91,12 @@ def resize_maps(
 def scale_sizes(scales: Sequence[float], base_hw: tuple[int, int]) -> list[tuple[int, int]]:
     """Input sizes (h, w) for each scale: a factor (< 16) of ``base_hw`` or an absolute square side."""
     if not scales:
-        raise ValueError("maps.scales is empty; give at least one scale, e.g. [1.0] or [256, 320, 384]")
+        raise ConfigError("maps.scales is empty; give at least one scale, e.g. [1.0] or [256, 320, 384]")
     sizes = []
     for s in scales:
         s = float(s)
         if s <= 0:
-            raise ValueError(f"maps.scales holds {s}; scales must be positive factors or sizes in pixels")
+            raise ConfigError(f"maps.scales holds {s}; scales must be positive factors or sizes in pixels")
         if s >= ABSOLUTE_MIN:
             sizes.append((int(round(s)), int(round(s))))
         else:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
 
-from wsss.errors import MissingCRFError
+from wsss.errors import ConfigError, MissingCRFError
 
 INSTALL_HINT = "pip install 'wsss[crf]'   (or directly: pip install pydensecrf2)"
 PROB_EPS = 1e-8
@@ -58,7 +59,7 @@ class CRFParams:
         kwargs = {k: (int(v) if k == "iterations" else float(v)) for k, v in values.items() if v is not None}
         params = cls(**kwargs)
         if params.iterations < 1:
-            raise ValueError(f"crf.iterations={params.iterations}: give at least 1 mean-field iteration")
+            raise ConfigError(f"crf.iterations={params.iterations}: give at least 1 mean-field iteration")
         return params
 
 
@@ -139,6 +140,16 @@ def _progress(results: Iterable[R], total: int, desc: str, enabled: bool) -> Ite
     yield from track(results, total=total, description=desc, transient=False)
 
 
+def crf_executor(workers: int) -> Executor | None:
+    """A pool of ``workers`` CRF processes for work submitted one item at a time (None for
+    ``workers <= 1``: run in this process); its workers start like ``crf_map``'s."""
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=int(workers), mp_context=_context(), initializer=_init_worker, initargs=(None, ())
+    )
+
+
 def crf_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -172,6 +183,7 @@ __all__ = [
     "CRFParams",
     "INSTALL_HINT",
     "MissingCRFError",
+    "crf_executor",
     "crf_labels",
     "crf_map",
     "dense_crf",

@@ -1,9 +1,9 @@
 """Sweep results -> the paper's tables, with spreads over seeds, as Markdown, CSV, PNG and a W&B table.
 
-    python -m wsss.report SWEEP_DIR          # also run by wsss's sweeper at the end of every sweep
+    python -m wsss.experiments.report SWEEP_DIR          # also run by wsss's sweeper at the end of every sweep
 
 Every job writes ``result.json`` into its Hydra job folder (``record_job``): its overrides, experiment
-folder, the settings its row depends on (``wsss.paper.JobSettings``, from the resolved config), its
+folder, the settings its row depends on (``wsss.experiments.paper.JobSettings``, from the resolved config), its
 metrics, and - for a job that failed - the error. The report groups jobs by row (all seeds of a setting
 together), gives mean ± sd and n of seed mIoU (the maps the pseudo labels came from), pseudo-label mIoU
 and segmentation mIoU, puts the paper's and the release's numbers beside them (matched by settings,
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsss.artifacts import atomic_path, read_json, write_json, write_text
-from wsss.paper import TABLES, JobSettings, order, paper_value, release_value
+from wsss.errors import MissingArtifactError
+from wsss.experiments.paper import TABLES, JobSettings, order, paper_value, release_value
+from wsss.pipeline.artifacts import atomic_path, read_json, write_json, write_text
 
 RESULT = "result.json"
 METRICS = {"seed": "seed mIoU", "pseudo": "pseudo mIoU", "seg": "seg mIoU"}
@@ -73,12 +74,12 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """All job results under a sweep folder, in job order."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(
+        raise MissingArtifactError(
             f"sweep folder {sweep_dir} does not exist (sweeps write to runs/sweeps/<name>_<time>)"
         )
     paths = sorted(sweep_dir.glob(f"*/{RESULT}"), key=lambda p: (len(p.parent.name), p.parent.name))
     if not paths:
-        raise FileNotFoundError(
+        raise MissingArtifactError(
             f"no job results ({RESULT}) under {sweep_dir}: did the sweep run? Rerun it with the same overrides; "
             "finished stages are reused."
         )

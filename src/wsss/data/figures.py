@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsss.artifacts import atomic_path
 from wsss.data.maps_io import dense_maps, load_maps
+from wsss.pipeline.artifacts import atomic_path
 
 
 def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

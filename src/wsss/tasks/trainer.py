@@ -28,9 +28,11 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from wsss.artifacts import Experiment, atomic_path, write_text
 from wsss.ddp.sync import ReleaseSpawnedProcessGroup
 from wsss.errors import CorruptArtifactError, DivergedTrainingError, TrainingError, UnknownKeyError
+from wsss.pipeline.artifacts import Experiment, atomic_path, write_text
+from wsss.pipeline.registry import STAGES
+from wsss.tasks.memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class RecordProvenance(Callback):
-    """Stores the stage's provenance record (``wsss.provenance``) in every checkpoint it saves."""
+    """Stores the stage's provenance record (``wsss.pipeline.provenance``) in every checkpoint it saves."""
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
@@ -172,7 +174,6 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
 def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
     """The W&B run id of a stage: read from ``<stage folder>/wandb_run_id`` when the folder holds one (a
     resumed run continues the same W&B run), else a new id, stored there by rank 0."""
-    from wsss.stages.registry import STAGES
 
     if stage not in STAGES:
         return None
@@ -228,7 +229,7 @@ def build_trainer(
     ``overrides`` (e.g. ``max_epochs=15``) fill in what the stage decides; a non-null value in
     ``cfg.trainer`` for the same key wins, so ``trainer.max_epochs=1`` shortens any stage.
     ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint.
-    On the CPU, freed tensor memory is kept for reuse (``wsss.cpu_memory.retain_freed_memory``).
+    On the CPU, freed tensor memory is kept for reuse (``wsss.tasks.memory.retain_freed_memory``).
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
@@ -256,9 +257,7 @@ def build_trainer(
         **kwargs,
     )
     if isinstance(trainer.accelerator, CPUAccelerator):
-        from wsss.cpu_memory import retain_freed_memory
-
-        retain_freed_memory()  # big activations reuse freed heap memory (see wsss.cpu_memory)
+        retain_freed_memory()  # big activations reuse freed heap memory (see wsss.tasks.memory)
     return trainer
 
 
@@ -372,14 +371,3 @@ def finalize_logger(logger: Logger | None) -> None:
     if logger:
         logger.finalize("success")
         logger.save()
-
-
-def finish_wandb() -> None:
-    """Close the current W&B run (if wandb was imported), so the next stage or sweep job gets its own."""
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

@@ -13,7 +13,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
-from wsss.crf import CRFParams, crf_labels
+from wsss.errors import ConfigError
+from wsss.method.crf import CRFParams, crf_executor, crf_labels
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,13 @@ def predict_probs(
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) of one normalised image (1, 3, H, W), averaged over the views."""
     if not scales:
-        raise ValueError("no inference scales; give e.g. eval.scales=[1.0] or [0.5,0.75,1.0,1.25,1.5]")
+        raise ConfigError("no inference scales; give e.g. eval.scales=[1.0] or [0.5,0.75,1.0,1.25,1.5]")
     height, width = x.shape[-2:]
     total: torch.Tensor | None = None
     n_views = 0
     for s in scales:
         if float(s) <= 0:
-            raise ValueError(f"inference scale {s} must be positive")
+            raise ConfigError(f"inference scale {s} must be positive")
         size = (max(1, round(height * float(s))), max(1, round(width * float(s))))
         xs = (
             x
@@ -113,16 +114,6 @@ def predict_probs(
     return total / n_views
 
 
-def _crf_executor(workers: int) -> Executor | None:
-    if workers <= 1:
-        return None
-    import multiprocessing as mp
-
-    methods = mp.get_all_start_methods()
-    context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
-
-
 def segment_images(
     model: nn.Module,
     dataset: SplitImages,
@@ -138,7 +129,7 @@ def segment_images(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, label (H, W) uint8)`` for ``indices`` in order (labels at the original image size)."""
     model = model.to(device).eval()
-    executor = _crf_executor(crf_workers) if crf is not None else None
+    executor = crf_executor(crf_workers) if crf is not None else None
     pending: deque[tuple[int, Future | np.ndarray]] = deque()
     limit = 2 * max(1, crf_workers)
     try:

@@ -7,7 +7,7 @@ images: 151 MB) is far above that threshold, so on CPU every layer of every forw
 faults: bench/ measured 0.6 s of system time in a 3.6 s batch-4 forward. Raising the threshold (and
 the trim threshold with it) lets the heap keep and reuse the memory: the batched forward then costs
 what batch 1 costs per image. The memory stays with the process (its peak resident size is what it
-was anyway). ``wsss.training.build_trainer`` calls ``retain_freed_memory`` for every stage whose
+was anyway). ``wsss.tasks.trainer.build_trainer`` calls ``retain_freed_memory`` for every stage whose
 Trainer runs on the CPU (the one call site).
 """
 

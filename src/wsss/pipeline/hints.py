@@ -10,7 +10,7 @@ import shlex
 
 from omegaconf import DictConfig
 
-from wsss.stages.registry import stage
+from wsss.pipeline.registry import stage
 
 SELECTING = ("stage", "maps.source", "pipeline.stages", "force", "+force", "++force")
 """Overrides a hint replaces: they pick what runs, not how it is made."""

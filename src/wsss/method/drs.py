@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from wsss.constants import DRS_LAYERS, DRS_MODES
+from wsss.errors import ConfigError
 
 LAYERS = DRS_LAYERS
 MODES = DRS_MODES
@@ -44,9 +45,9 @@ class DRS(nn.Module):
     def __init__(self, channels: int, mode: str = "learnable", delta: float = 0.55) -> None:
         super().__init__()
         if mode not in ("learnable", "fixed"):
-            raise ValueError(f"DRS mode {mode!r} is not one of learnable, fixed (use nn.ReLU for drs=off)")
+            raise ConfigError(f"DRS mode {mode!r} is not one of learnable, fixed (use nn.ReLU for drs=off)")
         if mode == "fixed" and not 0.0 < float(delta) <= 1.0:
-            raise ValueError(f"drs.delta={delta} must lie in (0, 1]; the paper uses 0.4 .. 0.9 (best 0.55)")
+            raise ConfigError(f"drs.delta={delta} must lie in (0, 1]; the paper uses 0.4 .. 0.9 (best 0.55)")
         self.channels = int(channels)
         self.mode = mode
         self.delta = float(delta)
@@ -78,7 +79,7 @@ def check_placement(placement: Iterable[str]) -> tuple[str, ...]:
     names = tuple(str(p) for p in placement)
     unknown = [p for p in names if p not in LAYERS]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"drs.placement holds {unknown}; use names from {list(LAYERS)} (layer6 = the classifier head)"
         )
     return names
@@ -90,7 +91,7 @@ def make_activation(mode: str, delta: float = 0.55, placement: Sequence[str] = L
     ``mode="off"`` gives a plain ReLU everywhere (the CAM baseline).
     """
     if mode not in MODES:
-        raise ValueError(f"drs.mode={mode!r} is not one of {list(MODES)}; pick drs=learnable|fixed|off")
+        raise ConfigError(f"drs.mode={mode!r} is not one of {list(MODES)}; pick drs=learnable|fixed|off")
     placed = frozenset(check_placement(placement))
     if mode == "fixed":
         DRS(1, "fixed", delta)  # validates delta once, at configuration time

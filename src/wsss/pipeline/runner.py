@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsss.artifacts import Experiment, write_text
+from wsss.constants import TMP_PREFIX
 from wsss.errors import (
     ArtifactMismatchError,
     ConfigError,
@@ -29,9 +29,11 @@ from wsss.errors import (
     PlanError,
     StageCompleteError,
 )
-from wsss.hints import command
-from wsss.provenance import describe, differences, expected_record, staged_config, upstream_names
-from wsss.stages.registry import STAGES, Stage, stage
+from wsss.pipeline.artifacts import Experiment, remove_temporaries, write_text
+from wsss.pipeline.hints import command
+from wsss.pipeline.provenance import describe, differences, expected_record, staged_config, upstream_names
+from wsss.pipeline.registry import STAGES, Stage, load_plugins, stage, upstream_closure
+from wsss.pipeline.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +59,24 @@ class StageContext:
         return self.inputs[name]
 
 
-def auto_pipeline(pseudo_source: str) -> list[str]:
-    """The full method; refinement (DRS-dagger) only when pseudo labels come from refined maps."""
-    refinement = ["refine", "maps_refine"] if pseudo_source == "refine" else []
-    return ["cls", "maps_cls", *refinement, "pseudo", "seg", "eval"]
+def auto_pipeline(cfg: DictConfig) -> list[str]:
+    """The full method under ``cfg``: every stage the evaluation of the segmenter needs, in order
+    (refinement, DRS-dagger, only when pseudo labels come from refined maps)."""
+    return upstream_closure("eval", cfg)
+
+
+def planned_closure(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The stages ``names`` and every stage their records name (what the plan check looks at), in order."""
+    found = {up for name in names for up in upstream_closure(name, staged_config(cfg, name))}
+    return [s for s in STAGES if s in found]
 
 
 def pipeline_names(cfg: DictConfig) -> list[str]:
-    """The pipeline stage names ``cfg.stage`` asks for, in order."""
+    """The pipeline stage names ``cfg.stage`` asks for, in order (after loading ``plugins``)."""
+    load_plugins(cfg)
     if cfg.stage == "pipeline":
         stages = cfg.pipeline.stages
-        names = auto_pipeline(str(cfg.pseudo.source)) if stages == "auto" else [str(s) for s in stages]
+        names = auto_pipeline(cfg) if stages == "auto" else [str(s) for s in stages]
     elif cfg.stage == "maps":
         names = [f"maps_{cfg.maps.source}"]
     else:
@@ -133,7 +142,6 @@ def _mismatch(cfg: DictConfig, exp: Experiment, name: str, expected: dict, recor
 
 def experiment(cfg: DictConfig) -> Experiment:
     """The experiment folder of ``cfg`` (with the shared store when ``store.enabled``)."""
-    from wsss.store import Store
 
     node = cfg.get("store") or {}
     store = Store(node.get("root")) if node.get("enabled", False) else None
@@ -219,7 +227,7 @@ BOOKKEEPING = {"identity.json", "config.yaml", ".complete", "metrics.json", "wan
 def _has_outputs(folder: Path) -> bool:
     """Whether a stage folder holds anything beyond the runner's own files."""
     return folder.is_dir() and any(
-        p.name not in BOOKKEEPING and not p.name.startswith(".tmp-") for p in folder.iterdir()
+        p.name not in BOOKKEEPING and not p.name.startswith(TMP_PREFIX) for p in folder.iterdir()
     )
 
 
@@ -310,7 +318,7 @@ def _reuse(cfg: DictConfig, exp: Experiment, declared: Stage, record: dict[str, 
 
     entry = exp.attach(declared.name, record["identity"])
     log.info("stage %s: reusing the stored artifact %s (identical settings and inputs)", declared.name, entry)
-    draw = getattr(importlib.import_module(f"wsss.stages.{declared.module}"), "figures", None)
+    draw = getattr(importlib.import_module(declared.module), "figures", None)
     if draw is None:
         return
     try:
@@ -351,8 +359,6 @@ def _make(
 
     from lightning.pytorch import seed_everything
 
-    from wsss.training import finish_wandb
-
     if _rank() == 0:
         _prepare(exp, declared, record["identity"], force, resuming)
         exp.begin(declared.name, record if declared.artifact else None)
@@ -364,8 +370,20 @@ def _make(
     ctx = _context(staged, exp, declared, record, resuming)
     seed_everything(int(cfg.seed), workers=True)
     log.info("running stage %s -> %s", declared.name, ctx.out)
-    metrics = importlib.import_module(f"wsss.stages.{declared.module}").run(ctx) or {}
+    metrics = importlib.import_module(declared.module).run(ctx) or {}
     if _rank() == 0:
+        remove_temporaries(ctx.out)  # half-written files of a killed earlier run; every rank is done
         exp.finish(declared.name, metrics, record if declared.artifact else None)
     finish_wandb()
     return metrics
+
+
+def finish_wandb() -> None:
+    """Close the current W&B run (if wandb was imported), so the next stage or sweep job gets its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

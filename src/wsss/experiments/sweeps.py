@@ -4,7 +4,7 @@
 - ``check_jobs``, before the first job: every job is composed; the sweep is refused when two jobs would
   write into the same experiment folder (``-m stage=cls exp=fixed seed=0,1`` would have job 2 overwrite
   job 1), or when a job's trainer cannot run under the launcher (``wsss.ddp.jobs.check_launch``).
-- ``finish_sweep``: the report (``wsss.report``) is written even when jobs failed; then the failures.
+- ``finish_sweep``: the report (``wsss.experiments.report``) is written even when jobs failed; then the failures.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from wsss.errors import ConfigError
+from wsss.ddp.jobs import check_launch
+from wsss.errors import ConfigError, SweepError
+from wsss.experiments.report import report
+from wsss.pipeline.config import check_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +44,6 @@ def experiment_folder(job: DictConfig) -> str | None:
         hydra_config.cfg = saved
 
 
-FIRST = ("drs", "seed", "segmenter", "pseudo.source", "protocol", "backbone")
-"""Keys a sweep usually varies: they lead a job's folder name, so a shortened name keeps them."""
-
-
-def job_dirname(override_dirname: str, limit: int = 96) -> str:
-    """A job's overrides as one folder name: the usual sweep keys first, no path separators, long names
-    shortened with a hash of the whole."""
-    import hashlib
-
-    parts = override_dirname.split(",") if override_dirname else []
-    parts.sort(key=lambda p: (not p.split("=", 1)[0].startswith(FIRST), p))
-    name = ",".join(parts).replace("/", "%") or "default"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - 9]}~{digest}"
-
-
 def with_seeds(config: DictConfig, arguments: list[str]) -> list[str]:
     """``arguments`` plus a ``seed=a,b,c`` sweep when ``seeds`` is set and nothing else sweeps ``seed``."""
     seeds = config.get("seeds")
@@ -73,8 +58,6 @@ def with_seeds(config: DictConfig, arguments: list[str]) -> list[str]:
 
 def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
     """Everything a sweep must satisfy before its first job (see the module docstring)."""
-    from wsss.config import check_accelerator
-    from wsss.ddp.jobs import check_launch
 
     configs = [_job_config(config, overrides) for overrides in jobs]
     check_unique_folders(jobs, configs)
@@ -85,14 +68,11 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
 
 def finish_sweep(sweep_dir: Path, n_jobs: int, failed: list) -> None:
     """Write the report (whatever ran), then raise when jobs failed."""
-    from wsss.report import report
 
     if any(sweep_dir.glob("*/result.json")):
         text = report(sweep_dir)
         log.info("sweep report (%s):\n%s", sweep_dir / "report.md", text)
     if failed:
-        from wsss.errors import SweepError
-
         first = failed[0]
         raise SweepError(
             f"{len(failed)} of {n_jobs} jobs failed (the others ran; {sweep_dir / 'report.md'} lists them). First: "

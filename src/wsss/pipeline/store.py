@@ -1,7 +1,7 @@
 """The shared artifact store: every stage output lives once, under its identity.
 
-    python -m wsss.store list [--runs runs]        # entries: stage, identity, size, the experiments using them
-    python -m wsss.store gc [--runs runs] [--dry-run]   # remove the entries no experiment uses
+    python -m wsss.pipeline.store list [--runs runs]        # entries: stage, identity, size, the experiments using them
+    python -m wsss.pipeline.store gc [--runs runs] [--dry-run]   # remove the entries no experiment uses
 
 With ``store.enabled`` (the default) a stage's artifact is made in ``${paths.runs}/store/<stage>/<identity>/``
 and the experiment folder refers to it: ``runs/<exp>/<stage folder>`` is a (relative) symlink to the
@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsss.constants import COMPLETE
+
 log = logging.getLogger(__name__)
 
 STORE = "store"
@@ -41,8 +43,6 @@ class Entry:
 
     @property
     def complete(self) -> bool:
-        from wsss.artifacts import COMPLETE
-
         return (self.path / COMPLETE).is_file()
 
     def size(self) -> int:

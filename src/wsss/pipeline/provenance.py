@@ -1,7 +1,7 @@
 """What made an artifact: its defining config values, its upstream artifacts, and a hash of both.
 
 A stage's **record** is ``{"stage", "config": {key: value}, "upstream": {name: record}, "identity"}``:
-the resolved values of the stage's identity keys (``Stage.identity`` in ``wsss.stages.registry``) and,
+the resolved values of the stage's identity keys (``Stage.identity`` in ``wsss.pipeline.registry``) and,
 recursively, the records of every artifact it reads - a chain: pseudo labels know their maps, which
 know their classifier, which knows its data, backbone, DRS, seed and protocol. The **identity** is a
 short hash of the stage name, its config values and its upstreams' identities; two artifacts share
@@ -21,12 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsss.stages.registry import STAGES, stage
+from wsss.pipeline.registry import STAGES, stage
 
-PATH_KEYS = ("data.root", "data.saliency_dir", "data.labels_file", "weights")
+PATH_KEYS = ("weights",)
 """Keys (or key suffixes) holding file paths: recorded as absolute paths."""
-
-RECORD = "identity.json"
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -79,6 +77,10 @@ def stage_config(cfg: DictConfig, name: str) -> dict[str, Any]:
         if flag and not _select(cfg, flag):
             continue
         _flatten(key, _select(cfg, key), out, ignore)
+    content = _select(cfg, "data.content")
+    if content is not None:  # the data it reads, by content (wsss.data.content.attach_content)
+        for key in declared.content_keys(cfg):
+            out[f"data.content.{key}"] = content.get(key)
     return dict(sorted(out.items()))
 
 
@@ -155,4 +157,4 @@ def upstream_names(record: dict[str, Any]) -> set[str]:
     return names
 
 
-__all__ = ["RECORD", "STAGES", "describe", "differences", "expected_record", "identity_of", "stage_config"]
+__all__ = ["STAGES", "describe", "differences", "expected_record", "identity_of", "stage_config"]

@@ -1,7 +1,7 @@
 """The experiment folder: the contract between stages, and atomic file writing.
 
 Every stage writes under ``<paths.runs>/<exp>/<Stage.folder>``. When it starts it records what it is
-making (``identity.json``, see ``wsss.provenance``); when it finishes it writes ``metrics.json``, the
+making (``identity.json``, see ``wsss.pipeline.provenance``); when it finishes it writes ``metrics.json``, the
 record again, and then a ``.complete`` marker (always last). A reader accepts an upstream folder only
 when it is complete and its record matches what the current config expects; otherwise it refuses,
 naming the keys that differ (or the command that makes the missing artifact). Files are written under
@@ -15,16 +15,16 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-COMPLETE = ".complete"
-METRICS = "metrics.json"
-RECORD = "identity.json"
+from wsss.constants import COMPLETE, METRICS, RECORD, TMP_PREFIX
+from wsss.pipeline.registry import stage as declaration
+from wsss.pipeline.store import link
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -39,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; finished files get the usual permissions
@@ -49,6 +49,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_temporaries(folder: str | Path) -> int:
+    """Remove the half-written files (``TMP_PREFIX``) a killed run left anywhere under ``folder``; the
+    runner calls it once a stage has finished on every rank. Returns how many it removed."""
+    removed = 0
+    for tmp in Path(folder).rglob(f"{TMP_PREFIX}*"):
+        if tmp.is_file() or tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -66,6 +77,17 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Comma-separated ``rows`` under ``header``, written atomically (floats with 6 decimals; pass
+    other formats as strings)."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+    lines = [",".join(header)] + [",".join(cell(v) for v in row) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -109,7 +131,7 @@ def _to_builtin(value: Any) -> Any:
 class Experiment:
     """One experiment folder: ``<runs>/<exp>``, holding one sub-folder per stage (``Stage.folder``).
 
-    With a ``store`` (``wsss.store``) each stage sub-folder is a link to the store entry of the artifact's
+    With a ``store`` (``wsss.pipeline.store``) each stage sub-folder is a link to the store entry of the artifact's
     identity (``attach``); without one it is a plain folder.
     """
 
@@ -128,7 +150,6 @@ class Experiment:
 
     def stage_dir(self, stage: str) -> Path:
         """Folder of a pipeline stage (its ``Stage.folder``)."""
-        from wsss.stages.registry import stage as declaration
 
         return self.root / declaration(stage).folder
 
@@ -175,7 +196,6 @@ class Experiment:
 
     def attach(self, stage: str, identity: str) -> Path:
         """Point this experiment's stage folder at the store entry of ``identity`` (made if absent)."""
-        from wsss.store import link
 
         entry = self.store.entry(stage, identity)
         entry.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ First pre-trains the tiny backbone on 600 other toy images (``experiment=toy_pre
 for the paper's ImageNet initialisation), then runs four pipelines on CPU from that backbone
 (classifier -> maps -> pseudo labels -> segmentation -> eval): plain CAM (DRS off), DRS with the
 learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†). The artifact store
-(``wsss.store``) makes the classifier and maps DRS and DRS† share once; the pipelines run two at a
+(``wsss.pipeline.store``) makes the classifier and maps DRS and DRS† share once; the pipelines run two at a
 time, the longest chain (DRS†: it adds the refiner) first. Prints one table and writes a Figure-1-style
 grid (image | CAM | DRS | DRS†).
 """
@@ -21,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.artifacts import Experiment, write_json
+from wsss.data.figures import figure1
+from wsss.data.voc import VOCDataset
+from wsss.pipeline.artifacts import Experiment, write_json
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,6 @@ def print_table(rows: list[dict]) -> None:
 
 def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
     """Image | CAM | DRS | DRS† for the first toy train images with masks."""
-    from wsss.data.voc import VOCDataset
-    from wsss.figures import figure1
 
     dataset = VOCDataset(data_root, "train")
     map_dirs = {

@@ -28,8 +28,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wsss.bench.estimate import Rate
+from wsss.bench.costs import Rate
 from wsss.bench.plan import Dataset
+from wsss.bench.synthetic import synthetic_voc
+from wsss.data.voc import VOCDataset
+from wsss.method.crf import CRFParams
+from wsss.method.inference import segment_images
+from wsss.models.checkpoint import load_network
+from wsss.pipeline.artifacts import read_json
+from wsss.pipeline.provenance import staged_config
+from wsss.pipeline.registry import STAGES, stage
+from wsss.pipeline.runner import experiment, run_stages
+from wsss.stages import pseudo as pseudo_stage
+from wsss.stages.eval import checkpoint_path, inference_settings, split_dataset
+from wsss.stages.pseudo_rules import LabelJob, label_image, set_job
 
 EPOCHS = 2
 STEPS_PER_EPOCH = 3
@@ -68,8 +80,6 @@ def stage_walls(starts: dict[str, float], end: float) -> dict[str, float]:
 
 def upstream_closure(cfg: DictConfig, names: Sequence[str]) -> list[str]:
     """``names`` and every stage they read (directly or through others), in pipeline order."""
-    from wsss.provenance import staged_config
-    from wsss.stages.registry import STAGES, stage
 
     needed: set[str] = set()
     frontier = list(names)
@@ -83,7 +93,6 @@ def upstream_closure(cfg: DictConfig, names: Sequence[str]) -> list[str]:
 
 def probe_config(cfg: DictConfig, stages: Sequence[str], data: Dataset, tmp: Path) -> DictConfig:
     """``cfg`` made into a short run of ``stages`` on generated data under ``tmp`` (random weights)."""
-    from wsss.bench.synthetic import synthetic_voc
 
     probe = cfg.copy()
     batch = int(cfg.data.batch_size)
@@ -237,16 +246,12 @@ def _timed(fn: Any) -> float:
 def pseudo_rate(cfg: DictConfig, exp: Any, wall: float) -> Rate:
     """Per image: ``label_image`` in this process divided by the stage's worker processes (at most the
     cores); per scored image: the quality evaluation; fixed: the rest of the probe's stage time."""
-    from wsss.crf import CRFParams
-    from wsss.provenance import staged_config
-    from wsss.stages import pseudo as stage
-    from wsss.stages.pseudo_rules import LabelJob, label_image, set_job
 
     staged = staged_config(cfg, "pseudo")
     maps_dir = exp.stage_dir(f"maps_{staged.pseudo.source}")
     out = exp.stage_dir("pseudo")
-    dataset = stage.voc_dataset(staged, str(staged.data.maps_split))
-    rule = stage.rule_from_config(staged, maps_dir)
+    dataset = pseudo_stage.voc_dataset(staged, str(staged.data.maps_split))
+    rule = pseudo_stage.rule_from_config(staged, maps_dir)
     saliency = Path(staged.data.saliency_dir) if rule.background == "saliency" else None
     crf = CRFParams.from_config(staged.crf) if bool(staged.pseudo.crf) else None
     scratch = Path(tempfile.mkdtemp(prefix="wsss-probe-labels-"))
@@ -257,9 +262,9 @@ def pseudo_rate(cfg: DictConfig, exp: Any, wall: float) -> Rate:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     parallel = max(1, min(int(staged.pseudo.workers), os.cpu_count() or 1))
-    gt = stage.voc_dataset(staged, str(staged.data.eval_split))
+    gt = pseudo_stage.voc_dataset(staged, str(staged.data.eval_split))
     scored = len(gt.ids)
-    s_scored = _timed(lambda: stage.evaluate(out, gt)) / max(1, scored)
+    s_scored = _timed(lambda: pseudo_stage.evaluate(out, gt)) / max(1, scored)
     s_image = one / parallel
     return Rate(
         seconds_per_image=s_image,
@@ -270,10 +275,6 @@ def pseudo_rate(cfg: DictConfig, exp: Any, wall: float) -> Rate:
 
 def inference_rate(cfg: DictConfig, exp: Any, name: str, wall: float) -> Rate:
     """Per image: ``segment_images`` as the eval (or predict) stage runs it, on the probe's images."""
-    from wsss.inference import segment_images
-    from wsss.models.checkpoint import load_network
-    from wsss.provenance import staged_config
-    from wsss.stages.eval import checkpoint_path, inference_settings, split_dataset
 
     staged = staged_config(cfg, name)
     section = staged[name]
@@ -293,8 +294,6 @@ def probe(cfg: DictConfig, stages: Sequence[str], data: Dataset, keep: Path | No
 
     ``keep``: a folder for the probe's files (kept); else a temporary folder, removed afterwards.
     """
-    from wsss.artifacts import read_json
-    from wsss.stages.runner import experiment, run_stages
 
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="wsss-probe-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -303,7 +302,7 @@ def probe(cfg: DictConfig, stages: Sequence[str], data: Dataset, keep: Path | No
     import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: quiet them after)
 
     handler = StageStarts()
-    runner_log = logging.getLogger("wsss.stages.runner")
+    runner_log = logging.getLogger("wsss.pipeline.runner")
     runner_log.addHandler(handler)
     levels = {name: logging.getLogger(name).level for name in QUIET}
     runner_log.setLevel(logging.INFO)
@@ -345,6 +344,5 @@ def probe(cfg: DictConfig, stages: Sequence[str], data: Dataset, keep: Path | No
 
 
 def _scored(cfg: DictConfig) -> int:
-    from wsss.data.voc import VOCDataset
 
     return len(VOCDataset(cfg.data.root, str(cfg.data.eval_split)).ids)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from wsss.data.maps_io import load_maps
-from wsss.localization import resize_maps
-from wsss.metrics import confusion_counts, scores_from_confusion
+from wsss.errors import ConfigError
+from wsss.method.localization import resize_maps
+from wsss.method.metrics import confusion_counts, scores_from_confusion
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class SeedSweep:
 
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, num_classes: int = 21) -> None:
         if not thresholds:
-            raise ValueError("maps.thresholds is empty; give e.g. [0.0, 0.05, ..., 0.95]")
+            raise ConfigError("maps.thresholds is empty; give e.g. [0.0, 0.05, ..., 0.95]")
         self.thresholds = [float(t) for t in thresholds]
         self.num_classes = num_classes
         self.cms = np.zeros((len(self.thresholds), num_classes, num_classes), dtype=np.int64)
@@ -73,7 +72,7 @@ class SeedSweep:
         the swept range. A single positive threshold searched nothing, and is flagged.
         """
         if self.images == 0:
-            raise ValueError("no image was scored; the seed evaluation needs maps for images with masks")
+            raise ConfigError("no image was scored; the seed evaluation needs maps for images with masks")
         rows = self.curve()
         best = max(range(len(rows)), key=lambda k: (np.nan_to_num(rows[k]["miou"], nan=-1.0), -k))
         t = rows[best]["threshold"]
@@ -88,32 +87,32 @@ class SeedSweep:
 
 
 def evaluate_seeds(
-    maps_dir: str | Path,
+    read_maps: Callable[[str], tuple[np.ndarray, np.ndarray] | None],
     ids: Sequence[str],
     mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps and masks.
+    """Score the maps ``read_maps(id)`` (None: no maps; ``str(read_maps)`` names where they are, as
+    ``wsss.data.maps_io.MapsFolder`` does) against ``mask(i)`` for the ids (index i) that have both.
 
     ``mask(i)`` returns None for an image without ground truth; such images are skipped. Returns the
-    flat metrics (with ``seed_missing``: images with a mask but no maps file) and the sweep curve.
+    flat metrics (with ``seed_missing``: images with a mask but no maps) and the sweep curve.
     """
-    maps_dir = Path(maps_dir)
+    where = str(read_maps)
     sweep = SeedSweep(thresholds)
     missing = 0
     for i, image_id in enumerate(ids):
-        path = maps_dir / f"{image_id}.npz"
-        if not path.is_file():
+        read = read_maps(image_id)
+        if read is None:
             missing += 1
             continue
         gt = mask(i)
         if gt is None:
             continue
-        classes, maps = load_maps(path)
-        sweep.update(classes, maps, gt)
+        sweep.update(*read, gt)
     if sweep.images == 0:
-        raise ValueError(
-            f"none of the {len(ids)} evaluation images has both a mask and a maps file in {maps_dir}; "
+        raise ConfigError(
+            f"none of the {len(ids)} evaluation images has both a mask and maps in {where}; "
             "data.eval_split must be a split with masks inside maps.split (VOC: train within train_aug)"
         )
     if missing:
@@ -121,7 +120,7 @@ def evaluate_seeds(
             "seed evaluation: %d of %d images have no maps in %s and were left out",
             missing,
             len(ids),
-            maps_dir,
+            where,
         )
     metrics = sweep.compute()
     if metrics["best_threshold_at_edge"]:
