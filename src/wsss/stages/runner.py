@@ -30,7 +30,14 @@ from wsss.errors import (
     StageCompleteError,
 )
 from wsss.hints import command
-from wsss.provenance import describe, differences, expected_record, staged_config, upstream_names
+from wsss.provenance import (
+    current_record,
+    describe,
+    differences,
+    expected_record,
+    staged_config,
+    upstream_names,
+)
 from wsss.stages.registry import STAGES, Stage, stage
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ def _matches(exp: Experiment, cfg: DictConfig, name: str) -> bool:
     return (
         exp.is_complete(name)
         and record is not None
-        and record["identity"] == expected_record(cfg, name)["identity"]
+        and record["identity"] == current_record(cfg, name)["identity"]
     )
 
 
@@ -161,7 +168,7 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
     planned: set[str] = set()
     for name in names:
         declared = stage(name)
-        expected = expected_record(cfg, name)
+        expected = expected_record(cfg, name) if force else current_record(cfg, name)
         for up in declared.upstream(staged_config(cfg, name)):
             if up in planned:
                 continue
