@@ -20,7 +20,7 @@ from release_maps_reference import release_cls_maps, release_input, release_stor
 
 from conftest import TINY_TOY, compose_config, make_classifier, make_segmenter, run_stage, run_train
 from wsss.adopt import adopt
-from wsss.artifacts import Experiment
+from wsss.artifacts import Experiment, read_json
 from wsss.data.palette import read_index_png, save_mask
 from wsss.data.voc import VOCDataset
 from wsss.errors import AdoptionError, ArtifactMismatchError, StageCompleteError, WeightsError
@@ -356,3 +356,76 @@ def test_an_adopted_classifier_is_skipped_by_a_pipeline_and_shared_through_the_s
     assert [(s.name, s.action) for s in steps] == [("cls", "skip"), ("maps_cls", "run")]
     with pytest.raises(StageCompleteError, match="stage cls is already complete"):
         run_stage(toy_cfg(tmp_path, "exp=a", "stage=cls"))
+
+
+# ------------------------------------------------------------------------------ the real release layouts
+
+
+@pytest.mark.slow
+def test_the_release_vgg16_best_pth_adopted_gives_the_release_loop_s_maps(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The listed VGG-16 learnable-DRS ``best.pth`` (random weights, ``features.N`` aliases and all), through
+    train.py, on two VOC images (about a minute on one CPU thread)."""
+    from release_listings import save
+    from test_release_formats import release_file_state
+
+    from conftest import copy_voc_sample
+    from wsss.models.weights import load_classifier_weights
+
+    state = release_file_state("drs_classifier_learnable")
+    checkpoint = save(state, tmp_path / "best.pth", wrapper="model")
+    copy_voc_sample(shared_data, tmp_path / "voc", train=2, val=1)
+    runs = tmp_path / "runs"
+    args = [*release_args(tmp_path / "voc", runs, "vgg"), "backbone=vgg16"]
+    proc = run_train(["stage=adopt", "adopt.stage=cls", f"adopt.path={checkpoint}", *args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    proc = run_train(["stage=maps", *args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    net = make_classifier("vgg16", "learnable").eval()
+    load_classifier_weights(net, checkpoint)
+    voc = VOCDataset(tmp_path / "voc", "train_aug")
+    folder = runs / "vgg" / "maps" / "cls"
+    values = differing = 0
+    for i, image_id in enumerate(voc.ids):
+        label = torch.from_numpy(voc.label(i))
+        reference = release_store(release_cls_maps(net, release_input(voc.image(i)), label))
+        present = np.flatnonzero(label.numpy())
+        with np.load(folder / f"{image_id}.npz") as data:
+            stored = data["maps"]
+        diff = np.abs(stored.astype(int) - reference[present].astype(int))
+        assert stored.shape == (present.size, 320, 320) and diff.max() <= 1
+        values, differing = values + diff.size, differing + int((diff > 0).sum())
+    assert differing / values < 1e-4
+
+
+@pytest.mark.slow
+def test_the_release_deeplabv2_file_adopted_is_evaluated(shared_data: Path, tmp_path: Path) -> None:
+    """The listed DeepLab-V2 ResNet-101 MSC ``checkpoint_final.pth`` (random weights) adopted as seg under
+    protocol=release segmenter=aspp_r101, then stage=eval on one VOC val image."""
+    from release_listings import random_state, save
+
+    from conftest import copy_voc_sample
+    from wsss.models.release_formats import deeplabv2_release_to_wsss
+
+    state = random_state("deeplabv2_resnet101_msc", seed=0)
+    checkpoint = save(state, tmp_path / "checkpoint_final.pth")
+    copy_voc_sample(shared_data, tmp_path / "voc", train=1, val=1)
+    runs = tmp_path / "runs"
+    args = [*release_args(tmp_path / "voc", runs, "v2"), "segmenter=aspp_r101", "eval.figure_images=0"]
+    proc = run_train(["stage=adopt", "adopt.stage=seg", f"adopt.path={checkpoint}", *args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    ckpt = torch.load(runs / "v2" / "seg" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["network"]["_target_"] == "wsss.models.deeplabv2.MultiScaleInputs"
+    mapped, skipped = deeplabv2_release_to_wsss(state)
+    assert not skipped
+    for key, value in mapped.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(ckpt["state_dict"][f"model.base.{key}"], value), key
+    proc = run_train(["stage=eval", *args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    metrics = read_json(runs / "v2" / "eval" / "metrics.json")
+    assert 0.0 <= metrics["miou"] <= 1.0
+    (val_id,) = VOCDataset(tmp_path / "voc", "val").ids
+    prediction = read_index_png(runs / "v2" / "eval" / "predictions" / f"{val_id}.png")
+    assert prediction.shape == VOCDataset(tmp_path / "voc", "val").image_size(0)

@@ -310,7 +310,7 @@ def _score_maps(cfg: DictConfig, out: Path) -> dict[str, Any]:
     from wsss.stages.maps import _write_curve
 
     gt = _split(cfg, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
+    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds), gt.num_classes)
     _write_curve(out / "seed_sweep.csv", curve)
     return metrics
 

@@ -46,9 +46,19 @@ def run_id() -> str:
     return os.environ["WSSS_RUN_ID"]
 
 
+def class_count(root: str, offset: int = 0) -> int:
+    """``${wsss_class_count:${data.root}}``: the classes named in the dataset's ``classes.txt`` (+ ``offset``;
+    ``1`` counts the background)."""
+    from wsss.data.voc import read_class_names, resolve_voc_root
+
+    return len(read_class_names(resolve_voc_root(root))) + int(offset)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wsss_run_id"):
         OmegaConf.register_new_resolver("wsss_run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("wsss_class_count"):
+        OmegaConf.register_new_resolver("wsss_class_count", class_count)
     if not OmegaConf.has_resolver("wsss_dirname"):
         from wsss.sweeps import job_dirname
 
@@ -116,10 +126,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")
     _check(cfg.cls.optimizer, OPTIMIZERS, "cls.optimizer")
-    if int(cfg.data.num_classes) != 20:
+    if not 1 <= int(cfg.data.num_classes) <= 254:
         raise ConfigError(
-            f"data.num_classes={cfg.data.num_classes}: wsss targets PASCAL VOC (20 foreground classes); "
-            "the toy dataset uses the same 20 classes"
+            f"data.num_classes={cfg.data.num_classes}: give the number of foreground classes, 1..254 "
+            "(VOC and the toy data: 20; data=coco: 80; data=folder: the lines of its classes.txt)"
         )
     if int(cfg.data.seg_classes) != int(cfg.data.num_classes) + 1:
         raise ConfigError(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import load_maps
 from wsss.localization import resize_maps
 from wsss.metrics import confusion_counts, scores_from_confusion
@@ -92,6 +93,7 @@ def evaluate_seeds(
     ids: Sequence[str],
     mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps and masks.
 
@@ -99,7 +101,7 @@ def evaluate_seeds(
     flat metrics (with ``seed_missing``: images with a mask but no maps file) and the sweep curve.
     """
     maps_dir = Path(maps_dir)
-    sweep = SeedSweep(thresholds)
+    sweep = SeedSweep(thresholds, num_classes + 1)
     missing = 0
     for i, image_id in enumerate(ids):
         path = maps_dir / f"{image_id}.npz"
@@ -109,7 +111,7 @@ def evaluate_seeds(
         gt = mask(i)
         if gt is None:
             continue
-        classes, maps = load_maps(path)
+        classes, maps = load_maps(path, num_classes)
         sweep.update(classes, maps, gt)
     if sweep.images == 0:
         raise ValueError(

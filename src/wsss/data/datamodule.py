@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
 from wsss.data.transforms import JITTER, SEG_SCALES, build_transforms
@@ -131,10 +130,10 @@ class StageDataset(Dataset):
         inputs: dict[str, np.ndarray] = {"image": image}
         if self.kind == "refine":
             assert self.maps_dir is not None
-            classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz")
+            classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz", self.voc.num_classes)
             if not self.maps_squashed:  # one interpolation only: to the image, or by the squash
                 maps = resize_maps(maps, size)
-            maps = dense_maps(classes, maps, NUM_CLASSES)
+            maps = dense_maps(classes, maps, self.voc.num_classes)
             inputs["maps"] = np.ascontiguousarray(
                 maps.transpose(1, 2, 0)
             )  # (H, W, C): albumentations' layout

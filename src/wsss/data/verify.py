@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.data.voc import LIST_DIR, MASK_DIRS, DatasetLayoutError, VOCDataset
+from wsss.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,20 @@ def marker_dir(cfg: Any) -> Path:
     return Path(str(cache)) / "verified" if cache else Path(str(cfg.paths.runs)) / ".verified"
 
 
+def check_class_count(cfg: Any) -> None:
+    """``data.num_classes`` must be the number of classes the dataset names (``classes.txt``; VOC: 20)."""
+    from wsss.data.voc import CLASSES_FILE, read_class_names, resolve_voc_root
+
+    voc = resolve_voc_root(str(cfg.data.root))
+    names = read_class_names(voc)
+    if len(names) != int(cfg.data.num_classes):
+        source = voc / CLASSES_FILE if (voc / CLASSES_FILE).is_file() else f"{voc} (VOC: no {CLASSES_FILE})"
+        raise ConfigError(
+            f"data.num_classes={cfg.data.num_classes} but {source} names {len(names)} classes; set "
+            f"data.num_classes={len(names)} data.seg_classes={len(names) + 1} (data=folder and data=coco read them)"
+        )
+
+
 def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) -> list[str]:
     """Verify (``verify_split``) every split the stages read, unless a marker says it passed with exactly
     these files; returns the splits checked now. The first problem raises its ``DatasetLayoutError``."""
@@ -172,6 +187,7 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
     if not checks:
         return []
     ensure_toy(cfg.data)  # generated data exists before it is checked
+    check_class_count(cfg)
     root, saliency_dir = str(cfg.data.root), cfg.data.get("saliency_dir")
     labels_file = cfg.data.get("labels_file")
     checked = []

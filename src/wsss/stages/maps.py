@@ -62,7 +62,8 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
 
     cfg, out = ctx.cfg, ctx.out
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
+    thresholds = list(cfg.maps.thresholds)
+    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, thresholds, gt.num_classes)
     _write_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)
     png = draw_figure1(ctx, gt)

@@ -92,7 +92,9 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """
     from wsss.metrics import ConfusionMatrix
 
-    dense, labeled = ConfusionMatrix(), ConfusionMatrix()
+    names = getattr(gt, "class_names", None)
+    n = 21 if names is None else len(names) + 1
+    dense, labeled = ConfusionMatrix(n, names), ConfusionMatrix(n, names)
     ignored = total = scored = missing = 0
     for i, image_id in enumerate(gt.ids):
         path = out / f"{image_id}.png"
