@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from wsss.artifacts import Experiment, atomic_path
+from wsss.constants import NUM_CLASSES
 from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     cfg, out = ctx.cfg, ctx.out
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
     thresholds = list(cfg.maps.thresholds)
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, thresholds, gt.num_classes)
+    num_classes = getattr(gt, "num_classes", NUM_CLASSES)
+    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, thresholds, num_classes)
     _write_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)
     png = draw_figure1(ctx, gt)
