@@ -143,7 +143,13 @@ def test_maps_of_an_adopted_learnable_classifier_are_refused_under_drs_fixed(ado
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "ArtifactMismatchError" in proc.stdout
     assert "cls: drs.mode: made with 'learnable', now 'fixed'" in proc.stdout
-    assert "cls: external.format: made with 'release', now '<absent>'" in proc.stdout
+    assert f"was adopted from {adopted_release['checkpoint']} with settings that contradict" in proc.stdout
+    assert "external.sha256" not in proc.stdout  # the file's own record is not a setting to change
+    assert "adopt it again under them:" in proc.stdout
+    assert (
+        f"python train.py stage=adopt adopt.stage=cls adopt.path={adopted_release['checkpoint']}"
+        in proc.stdout
+    )
 
 
 def test_adopting_over_an_artifact_needs_force(adopted_release: dict) -> None:

@@ -29,7 +29,7 @@ from wsss.errors import (
     PlanError,
     StageCompleteError,
 )
-from wsss.hints import command
+from wsss.hints import adopt_command, command
 from wsss.provenance import (
     current_record,
     describe,
@@ -128,6 +128,16 @@ def _matches(exp: Experiment, cfg: DictConfig, name: str) -> bool:
 
 def _mismatch(cfg: DictConfig, exp: Experiment, name: str, expected: dict, recorded: dict, what: str) -> str:
     diffs = differences(expected, recorded)
+    if "external" in recorded:  # adopted (wsss.adopt): its settings are what the user declared
+        source = recorded["external"].get("path", "<file>")
+        return (
+            f"{what} {exp.stage_dir(name)} was adopted from {source} with settings that contradict the "
+            f"current config:\n{describe([d for d in diffs if not d[1].startswith('external.')])}\n"
+            "Two ways out:\n"
+            "  - run with the settings it was adopted with (the 'made with' values above), or pick another exp=<name>;\n"
+            "  - or, if the file was made with the current settings, adopt it again under them:\n"
+            f"    {adopt_command(cfg, name, source)}"
+        )
     return (
         f"{what} {exp.stage_dir(name)} was made with settings that contradict the current config:\n"
         f"{describe(diffs)}\n"
