@@ -435,3 +435,19 @@ def test_the_release_deeplabv2_file_adopted_is_evaluated(shared_data: Path, tmp_
     (val_id,) = VOCDataset(tmp_path / "voc", "val").ids
     prediction = read_index_png(runs / "v2" / "eval" / "predictions" / f"{val_id}.png")
     assert prediction.shape == VOCDataset(tmp_path / "voc", "val").image_size(0)
+
+
+def test_a_release_layout_refiner_is_adopted_as_refine(tmp_path: Path) -> None:
+    """The refinement network (DRS-dagger) in the release layout -> refine/checkpoints/best.ckpt whose
+    network (rebuilt from its own spec) computes what the file's weights compute."""
+    from wsss.models.checkpoint import load_network
+
+    torch.manual_seed(4)
+    net = make_classifier("tiny", refiner=True, output_stride=4).eval()  # the toy recipe's backbone
+    path = release_checkpoint(net, tmp_path / "refiner.pth")
+    metrics = adopt(toy_cfg(tmp_path, "exp=r", "stage=adopt", "adopt.stage=refine", f"adopt.path={path}"))
+    assert metrics == {"refine/format": "release", "refine/tensors": len(net.state_dict())}
+    rebuilt = load_network(tmp_path / "runs" / "r" / "refine" / "checkpoints" / "best.ckpt")
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
