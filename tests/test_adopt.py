@@ -451,3 +451,23 @@ def test_a_release_layout_refiner_is_adopted_as_refine(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
+
+
+def test_wsss_npz_maps_are_adopted_as_they_are(adopted_release: dict, voc_root: Path) -> None:
+    """A maps folder wsss made (npz, with its bookkeeping files) adopted into another experiment: the same
+    files; the folder's hash covers the maps files only."""
+    from wsss.adopt import folder_sha256
+
+    own: Experiment = adopted_release["exp"]
+    args = [a for a in adopted_release["args"] if not a.startswith("exp=")]
+    folder = own.stage_dir("maps_cls").resolve()
+    metrics = adopt(
+        compose_config(["stage=adopt", "adopt.stage=maps_cls", f"adopt.path={folder}", "exp=npz", *args])
+    )
+    assert metrics["maps_cls/format"] == "wsss_npz"
+    mine = Experiment(adopted_release["runs"] / "npz", runs=adopted_release["runs"])
+    for image_id in VOCDataset(voc_root, "train").ids:
+        assert (mine.stage_dir("maps_cls") / f"{image_id}.npz").read_bytes() == (
+            folder / f"{image_id}.npz"
+        ).read_bytes()
+    assert mine.record("maps_cls")["external"]["sha256"] == folder_sha256(sorted(folder.glob("*.npz")))

@@ -28,7 +28,8 @@ What ``adopt.stage`` can name, and what ``adopt.path`` must then be:
 
 The record (``identity.json``) holds the stage's usual identity keys, valued from the config (the
 settings the user declares the file was made with), plus ``external.kind``, ``external.format``,
-``external.path`` and ``external.sha256`` (of the file; of a folder, of its sorted ``name sha256`` lines),
+``external.path`` and ``external.sha256`` (of the file; of a folder, of the sorted ``name sha256`` lines
+of its maps or label files),
 and no upstream. Later stages of the experiment read an adopted artifact exactly as one wsss made
 (``wsss.provenance.current_record``) while the config gives its stage the declared settings; otherwise
 they refuse it naming the keys (maps of an adopted ``drs=fixed`` classifier under ``drs=learnable``).
@@ -382,10 +383,15 @@ def _source(cfg: DictConfig) -> tuple[str, Path]:
     return str(name), path
 
 
-def _hash(path: Path) -> str:
+FOLDER_FILES = {"maps": (".npy", ".npz"), "pseudo_labels": (".png",)}
+"""What a folder kind's hash covers (other files in the folder, e.g. a README, do not change it)."""
+
+
+def _hash(path: Path, kind: str) -> str:
     if path.is_file():
         return file_sha256(path)
-    return folder_sha256([p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")])
+    suffixes = FOLDER_FILES[kind]
+    return folder_sha256([p for p in path.iterdir() if p.is_file() and p.suffix in suffixes])
 
 
 def adopt(cfg: DictConfig) -> dict[str, Any]:
@@ -396,7 +402,7 @@ def adopt(cfg: DictConfig) -> dict[str, Any]:
 
     name, path = _source(cfg)
     exp = _experiment(cfg, name)
-    external = {"kind": KINDS[name], "path": str(path), "sha256": _hash(path)}
+    external = {"kind": KINDS[name], "path": str(path), "sha256": _hash(path, KINDS[name])}
     scratch = exp.root / f".tmp-adopt-{name}"  # checked and converted here, then moved into place
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
