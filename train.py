@@ -3,6 +3,7 @@
 python train.py stage=cls experiment=toy exp=demo
 python train.py stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
 python train.py -m experiment=toy drs.delta=0.4,0.55,0.7   # a sweep (see conf/sweep/)
+python train.py stage=adopt adopt.stage=cls adopt.path=/weights/best.pth exp=demo   # see wsss.stages.adopt
 
 Errors a user causes and can fix (``wsss.errors.WsssError``: config, data, missing upstream, weights,
 launch; Hydra's own config errors) print as one block without a traceback and exit with code 2;
@@ -49,7 +50,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     try:
         preflight(cfg)
-        metrics = run_stages(cfg)
+        if cfg.stage == "adopt":  # not a stage of the pipeline: it installs another's artifact
+            from wsss.stages.adopt import adopt
+
+            metrics = adopt(cfg)
+        else:
+            metrics = run_stages(cfg)
         _record_job(cfg, metrics)
         return metrics
     except BaseException as err:
@@ -72,6 +78,12 @@ def preflight(cfg: DictConfig) -> None:
 
     validate(cfg)
     _check_added_keys(cfg)
+    if cfg.stage == "adopt":  # no plan: adoption checks its own input (wsss.stages.adopt)
+        from wsss.data.content import attach_content
+
+        check_accelerator(cfg)
+        attach_content(cfg, [str(cfg.adopt.stage)])  # declared like the stage it stands for
+        return
     check_optimized_metric(cfg)
     check_accelerator(cfg)
     if cfg.get("print_config"):

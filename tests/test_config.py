@@ -77,7 +77,7 @@ def test_maps_stage_name_follows_source(tmp_path: Path) -> None:
         ("drs.delta=1.5", "drs.delta=1.5 must be in (0, 1]"),
         ("maps.source=seg", "maps.source='seg' is not supported; choose one of: cls, refine"),
         ("cls.optimizer=adamw", "cls.optimizer='adamw' is not supported; choose one of: sgd, adam"),
-        ("data.num_classes=21", "data.num_classes=21"),
+        ("data.num_classes=0", "data.num_classes=0: give the number of foreground classes, 1..254"),
     ],
 )
 def test_bad_values_are_rejected(override: str, message: str, tmp_path: Path) -> None:

@@ -41,6 +41,10 @@ class CorruptArtifactError(WsssError, ValueError):
     """A file written by a stage cannot be read back (truncated, wrong format, wrong shape)."""
 
 
+class AdoptionError(WsssError, ValueError):
+    """A file or folder given to ``stage=adopt`` is not a valid artifact of the named stage."""
+
+
 class WeightsError(WsssError, ValueError):
     """A weights file that cannot be used as asked (unknown format, shape mismatch, missing keys)."""
 

@@ -3,16 +3,16 @@
 ===========  ==========================  ==================================================================
 stage        loaders                     sample (before collation)
 ===========  ==========================  ==================================================================
-``cls``      train: ``data.train_split``  image (3, H, W) float normalised, label (20,) float, id
+``cls``      train: ``data.train_split``  image (3, H, W) float normalised, label (C,) float, id
              val: ``data.val_split``      image at original size, label, id, mask (H, W) long if the split
                                           has masks (batch 1, no crop: the validation map-mIoU is scored at
                                           full resolution)
-``refine``   train: ``data.maps_split``   image, maps (20, H, W) float in [0, 1] from ``maps_dir/<id>.npz``
+``refine``   train: ``data.maps_split``   image, maps (C, H, W) float in [0, 1] from ``maps_dir/<id>.npz``
                                           (resized to the image before the augmentation, so both get the
                                           same geometry; with a squash, maps stored at the squash size go
                                           in as they are, others are resized once to it), label, id
 ``seg``      train: ``data.maps_split``   image, mask (H, W) long pseudo label from ``pseudo_dir/<id>.png``, id;
-                                          with ``image_labels`` also label (20,) (the release's DeepLab-V2
+                                          with ``image_labels`` also label (C,) (the release's DeepLab-V2
                                           loss needs the image label)
              val: ``data.val_split``      image, mask (ground truth), id, size; original size, batch 1
 ``infer``    predict: ``data.maps_split`` image (squashed to ``infer_size`` if given, else original size),
@@ -22,7 +22,8 @@ stage        loaders                     sample (before collation)
 ===========  ==========================  ==================================================================
 
 ``split`` overrides the split of the stage's main loader. Masks are long with 255 = ignore; ``size``
-is a long tensor (2,) = (H, W). The global ``data.batch_size`` is divided by the trainer's world size.
+is a long tensor (2,) = (H, W); C is the dataset's class count (``data.num_classes``). The global
+``data.batch_size`` is divided by the trainer's world size.
 ``prepare_data`` generates the toy dataset on first use (``data.generate``).
 """
 
@@ -39,7 +40,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
 from wsss.data.toy import ensure_toy
@@ -132,10 +132,10 @@ class StageDataset(Dataset):
         inputs: dict[str, np.ndarray] = {"image": image}
         if self.kind == "refine":
             assert self.maps_dir is not None
-            classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz")
+            classes, maps = load_maps(self.maps_dir / f"{self.ids[i]}.npz", self.voc.num_classes)
             if not self.maps_squashed:  # one interpolation only: to the image, or by the squash
                 maps = resize_maps(maps, size)
-            maps = dense_maps(classes, maps, NUM_CLASSES)
+            maps = dense_maps(classes, maps, self.voc.num_classes)
             inputs["maps"] = np.ascontiguousarray(
                 maps.transpose(1, 2, 0)
             )  # (H, W, C): albumentations' layout

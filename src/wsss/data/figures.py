@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsss.data.maps_io import dense_maps, load_maps
+from wsss.constants import IGNORE_INDEX
+from wsss.data.maps_io import load_maps
 from wsss.pipeline.artifacts import atomic_path
 
 
@@ -59,10 +60,10 @@ def _heat(maps_dir: Path, image_id: str) -> np.ndarray | None:
     path = Path(maps_dir) / f"{image_id}.npz"
     if not path.is_file():
         return None
-    classes, maps = load_maps(path)
+    _, maps = load_maps(path, IGNORE_INDEX)  # any class count: only the top value is drawn
     if maps.shape[0] == 0:
         return np.zeros(maps.shape[1:], dtype=np.float32)
-    return dense_maps(classes, maps).max(axis=0)
+    return np.maximum(maps.max(axis=0), 0.0)  # absent classes count as zero maps
 
 
 def figure1(

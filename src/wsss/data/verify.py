@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 
 from wsss.data.content import DigestCache, cache_path, marker_dir, split_fingerprint
 from wsss.data.toy import ensure_toy
-from wsss.data.voc import DatasetLayoutError, VOCDataset
-from wsss.errors import MissingSaliencyError
+from wsss.data.voc import CLASSES_FILE, DatasetLayoutError, VOCDataset, read_class_names, resolve_voc_root
+from wsss.errors import ConfigError, MissingSaliencyError
 from wsss.pipeline.artifacts import write_json
 from wsss.pipeline.registry import stage, uses_saliency
 
@@ -110,6 +110,18 @@ def splits_read(cfg: Any, stage_names: Iterable[str]) -> list[SplitCheck]:
     return list(merged.values())
 
 
+def check_class_count(cfg: Any) -> None:
+    """``data.num_classes`` must be the number of classes the dataset names (``classes.txt``; VOC: 20)."""
+    voc = resolve_voc_root(str(cfg.data.root))
+    names = read_class_names(voc)
+    if len(names) != int(cfg.data.num_classes):
+        source = voc / CLASSES_FILE if (voc / CLASSES_FILE).is_file() else f"{voc} (VOC: no {CLASSES_FILE})"
+        raise ConfigError(
+            f"data.num_classes={cfg.data.num_classes} but {source} names {len(names)} classes; set "
+            f"data.num_classes={len(names)} data.seg_classes={len(names) + 1} (data=folder and data=coco read them)"
+        )
+
+
 def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) -> list[str]:
     """Verify (``verify_split``) every split the stages read, unless a marker says it passed with exactly
     these files; returns the splits checked now. The first problem raises its ``DatasetLayoutError``."""
@@ -129,6 +141,7 @@ def verify_for_stages(cfg: Any, stage_names: Iterable[str], threads: int = 4) ->
     if not checks:
         return []
     ensure_toy(cfg.data)  # generated data exists before it is checked
+    check_class_count(cfg)
     root, saliency_dir = str(cfg.data.root), cfg.data.get("saliency_dir")
     labels_file = cfg.data.get("labels_file")
     cache = DigestCache(cache_path(cfg))

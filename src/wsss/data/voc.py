@@ -11,6 +11,10 @@ Image-level labels are the classes 1..20 present in each mask, as a 20-dim multi
 the authors' format) take their labels from it instead. Labels are derived once per dataset object
 and optionally cached as ``.npz`` in a ``cache_dir``; nothing is ever written into the data folder.
 
+Another dataset in this layout (``python -m wsss.data.folder``, ``python -m wsss.data.coco``) names its
+classes in ``classes.txt`` beside ``JPEGImages`` (one name per line, background not listed): its labels,
+masks and scores then have that many classes. Without the file the classes are VOC's 20.
+
 Layout problems raise a ``DatasetLayoutError`` subclass whose message names the file and the fix.
 """
 
@@ -58,6 +62,8 @@ __all__ = [
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 """Mask folders in order of preference."""
 LIST_DIR = Path("ImageSets") / "Segmentation"
+CLASSES_FILE = "classes.txt"
+"""The dataset's foreground class names, one per line, beside ``JPEGImages`` (absent: VOC's)."""
 
 
 def resolve_voc_root(root: str | Path) -> Path:
@@ -99,8 +105,21 @@ def read_split(voc: Path, split: str) -> list[str]:
     return ids
 
 
-def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Parse ``<id> <0-based class indices>`` lines into id -> float32 (20,) multi-hot."""
+def read_class_names(voc: Path) -> tuple[str, ...]:
+    """The foreground class names of the dataset folder ``voc`` (``classes.txt``; VOC's without one)."""
+    path = voc / CLASSES_FILE
+    if not path.is_file():
+        return VOC_CLASSES
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not names or len(set(names)) != len(names) or len(names) > 254:
+        raise MissingLabelsError(
+            f"{path}: give 1..254 distinct class names, one per line (background not listed); got {len(names)}"
+        )
+    return names
+
+
+def read_labels_file(path: str | Path, num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
+    """Parse ``<id> <0-based class indices>`` lines into id -> float32 (num_classes,) multi-hot."""
     path = Path(path)
     if not path.is_file():
         raise MissingLabelsError(
@@ -118,32 +137,35 @@ def read_labels_file(path: str | Path) -> dict[str, np.ndarray]:
             raise MissingLabelsError(
                 f"{path}:{n}: expected '<id> <0-based class ids>', got {line!r}"
             ) from err
-        if any(not 0 <= c < NUM_CLASSES for c in classes):
-            raise MissingLabelsError(f"{path}:{n}: class ids must be 0..{NUM_CLASSES - 1}, got {classes}")
-        vec = np.zeros(NUM_CLASSES, dtype=np.float32)
+        if any(not 0 <= c < num_classes for c in classes):
+            raise MissingLabelsError(f"{path}:{n}: class ids must be 0..{num_classes - 1}, got {classes}")
+        vec = np.zeros(num_classes, dtype=np.float32)
         vec[classes] = 1.0
         labels[Path(parts[0]).stem] = vec
     return labels
 
 
-def label_from_mask(mask: np.ndarray) -> np.ndarray:
-    """20-dim multi-hot of the classes 1..20 present in ``mask`` (0 and 255 excluded)."""
+def label_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Multi-hot (num_classes,) of the classes 1..num_classes present in ``mask`` (0 and 255 excluded)."""
     counts = np.bincount(np.asarray(mask, dtype=np.uint8).ravel(), minlength=256)
-    return (counts[1 : NUM_CLASSES + 1] > 0).astype(np.float32)
+    return (counts[1 : num_classes + 1] > 0).astype(np.float32)
 
 
-def check_mask(mask: np.ndarray, path: Path, image_size: tuple[int, int] | None) -> np.ndarray:
-    """Raise MaskSizeError / MaskValueError unless ``mask`` has ``image_size`` (H, W) and values 0..20, 255."""
+def check_mask(
+    mask: np.ndarray, path: Path, image_size: tuple[int, int] | None, num_classes: int = NUM_CLASSES
+) -> np.ndarray:
+    """Raise MaskSizeError / MaskValueError unless ``mask`` has ``image_size`` (H, W) and values
+    0..num_classes, 255."""
     if image_size is not None and mask.shape != tuple(image_size):
         raise MaskSizeError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is "
             f"{image_size[1]}x{image_size[0]}; masks must match their JPEG pixel for pixel - "
             "regenerate this mask (python -m wsss.data.sbd for SegmentationClassAug) or remove it"
         )
-    bad = np.unique(mask[(mask > NUM_CLASSES) & (mask != IGNORE_INDEX)])
+    bad = np.unique(mask[(mask > num_classes) & (mask != IGNORE_INDEX)])
     if bad.size:
         raise MaskValueError(
-            f"{path}: mask holds values {bad[:10].tolist()} outside 0..{NUM_CLASSES} and {IGNORE_INDEX}; "
+            f"{path}: mask holds values {bad[:10].tolist()} outside 0..{num_classes} and {IGNORE_INDEX}; "
             "masks must be index PNGs of class ids (an RGB-coloured mask saved as grayscale gives this) - "
             "convert it to class ids with the VOC palette"
         )
@@ -240,10 +262,11 @@ class VOCDataset:
         self.root = resolve_voc_root(root)
         self.split = str(split)
         self.ids: list[str] = read_split(self.root, self.split)
-        self.class_names = VOC_CLASSES
+        self.class_names = read_class_names(self.root)
+        self.num_classes = len(self.class_names)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.labels_file = Path(labels_file) if labels_file else None
-        self._file_labels = read_labels_file(self.labels_file) if self.labels_file else {}
+        self._file_labels = read_labels_file(self.labels_file, self.num_classes) if self.labels_file else {}
         self._labels: np.ndarray | None = None
 
         image_dir = self.root / "JPEGImages"
@@ -332,11 +355,11 @@ class VOCDataset:
         return _image_size(self.image_path(i))
 
     def mask(self, i: int) -> np.ndarray | None:
-        """Class ids uint8 (H, W) (0..20, 255 ignore), or None when the image has no mask."""
+        """Class ids uint8 (H, W) (0..num_classes, 255 ignore), or None when the image has no mask."""
         path = self._mask_paths[i]
         if path is None:
             return None
-        return check_mask(read_index_png(path), path, self.image_size(i))
+        return check_mask(read_index_png(path), path, self.image_size(i), self.num_classes)
 
     def saliency(self, i: int) -> np.ndarray:
         """Saliency uint8 (H, W), 0 = background, 255 = salient."""
@@ -356,7 +379,7 @@ class VOCDataset:
         return sal
 
     def label(self, i: int) -> np.ndarray:
-        """float32 (20,) multi-hot image-level label."""
+        """float32 (num_classes,) multi-hot image-level label."""
         if self._labels is not None:
             return self._labels[i].copy()
         return self._label_one(i)
@@ -372,7 +395,8 @@ class VOCDataset:
                 "data.labels_file=<file of '<id> <0-based class ids>' lines> (e.g. the authors' "
                 "train_aug list), or build SegmentationClassAug with python -m wsss.data.sbd"
             )
-        return label_from_mask(check_mask(read_index_png(path), path, self.image_size(i)))
+        mask = check_mask(read_index_png(path), path, self.image_size(i), self.num_classes)
+        return label_from_mask(mask, self.num_classes)
 
     def labels(self, threads: int = 4) -> np.ndarray:
         """All labels as float32 (N, 20): derived once (in threads), then kept in memory and ``cache_dir``."""
@@ -386,7 +410,7 @@ class VOCDataset:
                     return self._labels
         with ThreadPoolExecutor(max(1, threads)) as pool:
             rows = list(pool.map(self._label_one, range(len(self.ids))))
-        labels = np.stack(rows) if rows else np.zeros((0, NUM_CLASSES), np.float32)
+        labels = np.stack(rows) if rows else np.zeros((0, self.num_classes), np.float32)
         if cache is not None:
             save_npz(cache, ids=np.array(self.ids), labels=labels.astype(np.uint8))
         self._labels = labels
@@ -397,6 +421,8 @@ class VOCDataset:
         if self.cache_dir is None:
             return None
         key = [str(self.root.resolve()), self.split]
+        if (self.root / CLASSES_FILE).is_file():
+            key.append(f"classes:{self.num_classes}")
         if self.labels_file is not None:
             key.append(f"{self.labels_file.resolve()}:{self.labels_file.stat().st_mtime_ns}")
         for folder in MASK_DIRS:

@@ -15,6 +15,7 @@ and the prediction has an undefined IoU and is left out of the mean, as are its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -97,15 +98,24 @@ def scores_from_confusion(
     }
 
 
+def seg_class_names(foreground: Sequence[str] | None, num_classes: int | None = None) -> tuple[str, ...]:
+    """``("background", *foreground)``; without names, VOC's when ``num_classes`` fits them, else
+    ``class_1`` ... (the names a per-class table shows)."""
+    if foreground is not None:
+        return ("background", *foreground)
+    n = len(SEG_CLASSES) if num_classes is None else int(num_classes)
+    return SEG_CLASSES[:n] if n <= len(SEG_CLASSES) else ("background", *(f"class_{k}" for k in range(1, n)))
+
+
 class ConfusionMatrix(Metric):
     """Confusion counts accumulated over a split (numpy or torch inputs; summed over DDP ranks)."""
 
     full_state_update = False
 
-    def __init__(self, num_classes: int = 21, class_names: tuple[str, ...] = SEG_CLASSES) -> None:
+    def __init__(self, num_classes: int = 21, class_names: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
-        self.class_names = class_names[: self.num_classes]
+        self.class_names = seg_class_names(class_names, self.num_classes)
         self.add_state("counts", torch.zeros(self.num_classes, self.num_classes, dtype=torch.long), "sum")
 
     def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> None:

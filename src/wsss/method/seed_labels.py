@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from wsss.constants import NUM_CLASSES
 from wsss.errors import ConfigError
 from wsss.method.localization import resize_maps
 from wsss.method.metrics import confusion_counts, scores_from_confusion
@@ -91,6 +92,7 @@ def evaluate_seeds(
     ids: Sequence[str],
     mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Score the maps ``read_maps(id)`` (None: no maps; ``str(read_maps)`` names where they are, as
     ``wsss.data.maps_io.MapsFolder`` does) against ``mask(i)`` for the ids (index i) that have both.
@@ -99,7 +101,7 @@ def evaluate_seeds(
     flat metrics (with ``seed_missing``: images with a mask but no maps) and the sweep curve.
     """
     where = str(read_maps)
-    sweep = SeedSweep(thresholds)
+    sweep = SeedSweep(thresholds, num_classes + 1)
     missing = 0
     for i, image_id in enumerate(ids):
         read = read_maps(image_id)

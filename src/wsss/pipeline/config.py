@@ -46,9 +46,23 @@ def run_id() -> str:
     return os.environ["WSSS_RUN_ID"]
 
 
+def count_lines(path: str, offset: int = 0) -> int:
+    """``${wsss_lines:<file>}``: the non-empty lines of a file (+ ``offset``), e.g. the class names of a
+    dataset's ``classes.txt`` (``data=folder``: ``1`` more counts the background)."""
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"{file} not found: data=folder reads its class names there; make the dataset with "
+            "`python -m wsss.data.folder ... --out <data.root>` or set data.num_classes / data.seg_classes"
+        )
+    return sum(1 for line in file.read_text().splitlines() if line.strip()) + int(offset)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wsss_run_id"):
         OmegaConf.register_new_resolver("wsss_run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("wsss_lines"):
+        OmegaConf.register_new_resolver("wsss_lines", count_lines)
     if not OmegaConf.has_resolver("wsss_dirname"):
         OmegaConf.register_new_resolver("wsss_dirname", job_dirname)
 
@@ -114,10 +128,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")
     _check(cfg.cls.optimizer, OPTIMIZERS, "cls.optimizer")
-    if int(cfg.data.num_classes) != 20:
+    if not 1 <= int(cfg.data.num_classes) <= 254:
         raise ConfigError(
-            f"data.num_classes={cfg.data.num_classes}: wsss targets PASCAL VOC (20 foreground classes); "
-            "the toy dataset uses the same 20 classes"
+            f"data.num_classes={cfg.data.num_classes}: give the number of foreground classes, 1..254 "
+            "(VOC and the toy data: 20; data=coco: 80; data=folder: the lines of its classes.txt)"
         )
     if int(cfg.data.seg_classes) != int(cfg.data.num_classes) + 1:
         raise ConfigError(

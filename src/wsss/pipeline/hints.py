@@ -38,3 +38,9 @@ def command(cfg: DictConfig, names: list[str], extra: tuple[str, ...] = ()) -> s
         head = ["stage=pipeline", f"pipeline.stages=[{','.join(names)}]"]
     args = [*head, *user_overrides(cfg), *extra]
     return "python train.py " + " ".join(shlex.quote(a) for a in args)
+
+
+def adopt_command(cfg: DictConfig, name: str, path: str) -> str:
+    """``python train.py stage=adopt ...`` that adopts ``path`` as ``name`` again under this run's settings."""
+    args = ["stage=adopt", f"adopt.stage={name}", f"adopt.path={path}", *user_overrides(cfg), "force=true"]
+    return "python train.py " + " ".join(shlex.quote(a) for a in args)

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wsss.constants import COMPLETE, RECORD
 from wsss.pipeline.registry import STAGES, stage
 
 PATH_KEYS = ("weights",)
@@ -99,7 +100,7 @@ def expected_record(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The record the current config gives stage ``name`` (and, recursively, its upstreams)."""
     declared = stage(name)
     staged = staged_config(cfg, name)
-    upstream = {up: expected_record(cfg, up) for up in declared.upstream(staged)}
+    upstream = {up: current_record(cfg, up) for up in declared.upstream(staged)}
     config = stage_config(staged, name)
     return {
         "stage": name,
@@ -107,6 +108,35 @@ def expected_record(cfg: DictConfig, name: str) -> dict[str, Any]:
         "config": config,
         "upstream": upstream,
     }
+
+
+EXTERNAL = "external."
+"""Prefix of the config keys that record where an adopted artifact came from (``wsss.stages.adopt``)."""
+
+
+def declared_config(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's config without its ``external.*`` keys: the settings the artifact was declared with."""
+    return {k: v for k, v in record.get("config", {}).items() if not k.startswith(EXTERNAL)}
+
+
+def adopted_record(cfg: DictConfig, name: str) -> dict[str, Any] | None:
+    """The record of an artifact adopted into ``cfg``'s experiment as ``name`` (``stage=adopt``), when it is
+    complete and was declared with exactly the settings ``cfg`` gives that stage; else None."""
+    folder = os.path.join(str(cfg.paths.exp_dir), stage(name).folder)
+    path = os.path.join(folder, RECORD)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(folder, COMPLETE))):
+        return None
+    with open(path) as fh:
+        record = json.load(fh)
+    if "external" not in record:
+        return None
+    return record if declared_config(record) == stage_config(staged_config(cfg, name), name) else None
+
+
+def current_record(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """The record the plan holds for ``name``: the experiment's adopted artifact when its declared settings
+    are the config's (downstream stages then read it like one wsss made), else ``expected_record``."""
+    return adopted_record(cfg, name) or expected_record(cfg, name)
 
 
 def staged_config(cfg: DictConfig, name: str) -> DictConfig:
@@ -157,4 +187,12 @@ def upstream_names(record: dict[str, Any]) -> set[str]:
     return names
 
 
-__all__ = ["STAGES", "describe", "differences", "expected_record", "identity_of", "stage_config"]
+__all__ = [
+    "STAGES",
+    "current_record",
+    "describe",
+    "differences",
+    "expected_record",
+    "identity_of",
+    "stage_config",
+]

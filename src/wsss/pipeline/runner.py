@@ -30,8 +30,15 @@ from wsss.errors import (
     StageCompleteError,
 )
 from wsss.pipeline.artifacts import Experiment, remove_temporaries, write_text
-from wsss.pipeline.hints import command
-from wsss.pipeline.provenance import describe, differences, expected_record, staged_config, upstream_names
+from wsss.pipeline.hints import adopt_command, command
+from wsss.pipeline.provenance import (
+    current_record,
+    describe,
+    differences,
+    expected_record,
+    staged_config,
+    upstream_names,
+)
 from wsss.pipeline.registry import STAGES, Stage, load_plugins, stage, upstream_closure
 from wsss.pipeline.store import Store
 
@@ -124,12 +131,22 @@ def _matches(exp: Experiment, cfg: DictConfig, name: str) -> bool:
     return (
         exp.is_complete(name)
         and record is not None
-        and record["identity"] == expected_record(cfg, name)["identity"]
+        and record["identity"] == current_record(cfg, name)["identity"]
     )
 
 
 def _mismatch(cfg: DictConfig, exp: Experiment, name: str, expected: dict, recorded: dict, what: str) -> str:
     diffs = differences(expected, recorded)
+    if "external" in recorded:  # adopted (wsss.stages.adopt): its settings are what the user declared
+        source = recorded["external"].get("path", "<file>")
+        return (
+            f"{what} {exp.stage_dir(name)} was adopted from {source} with settings that contradict the "
+            f"current config:\n{describe([d for d in diffs if not d[1].startswith('external.')])}\n"
+            "Two ways out:\n"
+            "  - run with the settings it was adopted with (the 'made with' values above), or pick another exp=<name>;\n"
+            "  - or, if the file was made with the current settings, adopt it again under them:\n"
+            f"    {adopt_command(cfg, name, source)}"
+        )
     return (
         f"{what} {exp.stage_dir(name)} was made with settings that contradict the current config:\n"
         f"{describe(diffs)}\n"
@@ -169,7 +186,7 @@ def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]
     planned: set[str] = set()
     for name in names:
         declared = stage(name)
-        expected = expected_record(cfg, name)
+        expected = expected_record(cfg, name) if force else current_record(cfg, name)
         for up in declared.upstream(staged_config(cfg, name)):
             if up in planned:
                 continue

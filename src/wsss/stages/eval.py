@@ -88,7 +88,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     save = bool(ecfg.save_predictions)
     shutil.rmtree(pred_dir, ignore_errors=True)  # every prediction is made again; none left from another run
     n_fig = int(ecfg.get("figure_images", 4))
-    scorer = ConfusionMatrix(int(cfg.data.seg_classes))
+    scorer = ConfusionMatrix(int(cfg.data.seg_classes), getattr(dataset, "class_names", None))
     rows: list[list[np.ndarray]] = []
     log.info("eval on %s (%d images): %s", split, len(dataset.ids), {k: v for k, v in settings.items()})
     for index, label in segment_images(model, dataset, range(len(dataset.ids)), **settings):

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
+from wsss.constants import NUM_CLASSES
 from wsss.data.datamodule import WSSSDataModule
 from wsss.data.figures import figure1
 from wsss.data.maps_io import MapsFolder
@@ -61,7 +62,10 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
 
     cfg, out = ctx.cfg, ctx.out
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(MapsFolder(out), list(gt.ids), gt.mask, list(cfg.maps.thresholds))
+    num_classes = getattr(gt, "num_classes", NUM_CLASSES)
+    metrics, curve = evaluate_seeds(
+        MapsFolder(out, num_classes), list(gt.ids), gt.mask, list(cfg.maps.thresholds), num_classes
+    )
     write_csv(
         out / "seed_sweep.csv",
         ("threshold", "miou", "precision", "recall"),

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from wsss.constants import NUM_CLASSES
 from wsss.data.maps_io import MAP_DTYPES, QUANTIZE, maps_file_problem, save_maps
 from wsss.ddp.sync import ShardSampler, barrier
 from wsss.errors import ConfigError
@@ -162,14 +163,16 @@ class MapWriter(BasePredictionWriter):
         self.flush()
 
 
-def pending_indices(ids: Sequence[str], out_dir: str | Path, overwrite: bool = False) -> list[int]:
+def pending_indices(
+    ids: Sequence[str], out_dir: str | Path, overwrite: bool = False, num_classes: int = NUM_CLASSES
+) -> list[int]:
     """Dataset indices whose ``<id>.npz`` is missing from ``out_dir`` or cannot be read back (a damaged
     file is made again, with a warning); all of them with ``overwrite``."""
     out_dir = Path(out_dir)
     todo = []
     for i, image_id in enumerate(ids):
         path = out_dir / f"{image_id}.npz"
-        problem = None if overwrite or not path.is_file() else maps_file_problem(path)
+        problem = None if overwrite or not path.is_file() else maps_file_problem(path, num_classes)
         if problem:
             log.warning("%s: %s; making it again", path, problem)
         if overwrite or problem or not path.is_file():
@@ -204,7 +207,8 @@ def write_maps(
     ids = [str(i) for i in dataset.ids]  # type: ignore[attr-defined]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = pending_indices(ids, out_dir, overwrite)
+    voc = getattr(dataset, "voc", None)  # the StageDataset's split: its class count bounds the stored ids
+    todo = pending_indices(ids, out_dir, overwrite, int(getattr(voc, "num_classes", NUM_CLASSES)))
     barrier()  # every rank has listed the pending ids before anyone writes
     written = 0
     if todo:

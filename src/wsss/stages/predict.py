@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "archive": archive.name,
     }
     if getattr(dataset, "has_masks", False):  # a split with ground truth: score the written PNGs
-        acc = ConfusionMatrix(int(cfg.data.seg_classes))
+        acc = ConfusionMatrix(int(cfg.data.seg_classes), getattr(dataset, "class_names", None))
         for k, image_id in enumerate(ids):
             acc.update(read_index_png(folder / f"{image_id}.png"), dataset.mask(k))
         metrics |= {k: v for k, v in acc.compute().items() if k != "per_class_iou"}

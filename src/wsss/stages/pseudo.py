@@ -94,7 +94,9 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     that marks almost everything 255 can max out). ``ignore_ratio`` is the share of 255 pixels.
     """
 
-    dense, labeled = ConfusionMatrix(), ConfusionMatrix()
+    names = getattr(gt, "class_names", None)
+    n = 21 if names is None else len(names) + 1
+    dense, labeled = ConfusionMatrix(n, names), ConfusionMatrix(n, names)
     ignored = total = scored = missing = 0
     for i, image_id in enumerate(gt.ids):
         path = out / f"{image_id}.png"

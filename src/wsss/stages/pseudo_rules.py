@@ -284,7 +284,7 @@ def label_image(index: int) -> tuple[int, int]:
     if job is None:
         raise RuntimeError("label_image runs inside crf_map(..., initializer=set_job)")
     image_id = job.dataset.ids[index]
-    classes, maps = load_maps(job.maps_dir / f"{image_id}.npz")
+    classes, maps = load_maps(job.maps_dir / f"{image_id}.npz", job.num_classes)
     saliency = read_saliency(job.saliency_dir / f"{image_id}.png") if job.saliency_dir else None
     image = job.dataset.image(index) if job.crf is not None else None
     size = tuple(image.shape[:2]) if image is not None else tuple(job.dataset.image_size(index))
