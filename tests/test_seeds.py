@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from wsss.config import CONF_DIR
 from wsss.data.maps_io import save_maps
 from wsss.localization import resize_maps
 from wsss.seeds import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds
@@ -27,7 +28,7 @@ MAPS = np.array(
 def test_default_thresholds_are_0_to_095_and_match_the_config() -> None:
     assert DEFAULT_THRESHOLDS[:3] == (0.0, 0.05, 0.1) and DEFAULT_THRESHOLDS[-2:] == (0.9, 0.95)
     assert len(DEFAULT_THRESHOLDS) == 20 and np.allclose(np.diff(DEFAULT_THRESHOLDS), 0.05)
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "settings" / "maps.yaml")
+    conf = OmegaConf.load(CONF_DIR / "settings" / "maps.yaml")
     assert tuple(conf.thresholds) == DEFAULT_THRESHOLDS
 
 

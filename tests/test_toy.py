@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from wsss.config import CONF_DIR
 from wsss.data.toy import (
     DESIGNS,
     PART_COLOURS,
@@ -260,7 +261,7 @@ def test_designs_and_their_knobs_in_the_record_the_cli_and_errors(tmp_path: Path
 
 
 def test_hydra_data_toy_compact_selects_the_compact_design() -> None:
-    conf = Path(__file__).resolve().parents[1] / "conf" / "data"
+    conf = CONF_DIR / "data"
     toy, compact = OmegaConf.load(conf / "toy.yaml"), OmegaConf.load(conf / "toy_compact.yaml")
     assert toy.toy.design == "elongated" and compact.toy.design == "compact"
     assert set(toy.toy) == {"seed", "design", "num_train", "num_val", "num_test", "size", *SHAPE}

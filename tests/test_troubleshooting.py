@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import compose_config, copy_voc_sample, finish_as_made, run_train
-from train import format_error, preflight, user_error
+from wsss.cli import format_error, preflight, user_error
 from wsss.data.palette import read_index_png, save_mask
 
 
