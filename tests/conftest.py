@@ -16,12 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("WSSS_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only real VOC fixtures (../shared/data); skips when absent."""
+    """The read-only real VOC fixtures (``$WSSS_SHARED_DATA``, else ``shared/data`` beside the checkout);
+    skips when absent."""
     if not (SHARED_DATA / "voc_sample" / "VOCdevkit" / "VOC2012").is_dir():
         pytest.skip(f"real VOC fixtures not found at {SHARED_DATA} (they ship beside the repo, not in it)")
     return SHARED_DATA

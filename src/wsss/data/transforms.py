@@ -1,4 +1,4 @@
-"""albumentations pipelines per stage (SPEC.md "Classifier", "Segmentation", "The release, exactly").
+"""albumentations pipelines per stage (docs/protocol.md "Classifier", "Refinement", "Segmentation").
 
 Every pipeline takes an RGB uint8 image and returns it ImageNet-normalised (float32, H x W x 3).
 Photometric steps run first (on uint8), then ``Normalize``, then the geometry, so padding with
@@ -47,7 +47,7 @@ SEG_RESIZES = ("cv2", "cv2_pil_labels", "pil")
 JITTER = (0.3, 0.3, 0.3, 0.1)
 """Colour jitter (brightness, contrast, saturation, hue) of the authors' release."""
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
-"""Random scales of the DeepLab training (SPEC.md)."""
+"""Random scales of the DeepLab training (docs/protocol.md)."""
 
 
 def _jitter(jitter: Sequence[float] | None) -> list[A.BasicTransform]:
