@@ -85,14 +85,14 @@ def make_classifier(backbone: str = "tiny", drs: str = "learnable", **kwargs):
 
 
 def segmenter_spec(name: str = "largefov_tiny", **overrides) -> dict:
-    """The ``_target_`` spec of ``conf/segmenter/<name>.yaml`` with dotted ``overrides``."""
+    """The ``_target_`` spec of ``wsss/conf/segmenter/<name>.yaml`` with dotted ``overrides``."""
     from wsss.models.networks import group_config, spec
 
     return spec(group_config("segmenter", name, **overrides))
 
 
 def make_segmenter(name: str = "largefov_tiny", **overrides):
-    """A segmenter built from ``conf/segmenter/<name>.yaml`` (``wsss.models.networks.segmenter_from_files``)."""
+    """A segmenter built from ``wsss/conf/segmenter/<name>.yaml`` (``wsss.models.networks.segmenter_from_files``)."""
     from wsss.models.networks import segmenter_from_files
 
     return segmenter_from_files(name, **overrides)

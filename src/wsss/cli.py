@@ -2,7 +2,7 @@
 
 wsss stage=cls experiment=toy exp=demo                 # = python train.py stage=cls experiment=toy exp=demo
 wsss stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
-wsss -m experiment=toy drs.delta=0.4,0.55,0.7          # a sweep (see conf/sweep/)
+wsss -m experiment=toy drs.delta=0.4,0.55,0.7          # a sweep (see wsss/conf/sweep/)
 wsss demo                                              # = python -m wsss.demo (make demo)
 wsss --help                                            # stages, recipes, example commands
 

@@ -7,7 +7,7 @@ and what it needs from the DataModule. The runner (``wsss.stages.runner``), the 
 (``wsss.hints``) and the DataModule's per-stage data all read these declarations.
 
 Adding a stage: one ``Stage`` here, its module ``wsss.stages.<module>`` with ``run(ctx) -> metrics``,
-and its settings in ``conf/settings/<name>.yaml`` (plus ``conf/stage/<name>.yaml`` to run it alone).
+and its settings in ``wsss/conf/settings/<name>.yaml`` (plus ``wsss/conf/stage/<name>.yaml`` to run it alone).
 
 This module imports nothing heavy: the plan of a pipeline is checked before torch is loaded.
 """
