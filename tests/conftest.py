@@ -38,6 +38,35 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def copy_source(dest: Path) -> Path:
+    """What a source distribution of wsss holds (pyproject, README, LICENSE, src/), copied to ``dest``: a
+    wheel is built from the copy, so a build leaves nothing in the checkout."""
+    import shutil
+
+    shutil.copytree(
+        REPO / "src", dest / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "local")
+    )
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, dest / name)
+    return dest
+
+
+def run_ok(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run a command (W&B off, no inherited run id unless ``env`` is given); fails the test, with its
+    output, when it exits non-zero. Returns the CompletedProcess."""
+    import shlex
+    import subprocess
+
+    if env is None:
+        env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
+        env.pop("WSSS_RUN_ID", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{shlex.join(map(str, args))}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
 def compose_config(overrides: list[str], runs: Path | None = None):
     """Compose the real config the way train.py does (with the hydra node set), for tests."""
     from wsss.config import compose

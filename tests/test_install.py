@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import sysconfig
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from conftest import REPO
+from conftest import REPO, copy_source, run_ok
 from wsss.config import CONF_DIR
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -119,14 +116,9 @@ def test_python_requirement_matches_the_lock() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """wsss's wheel, built (no network, no build isolation) from a copy of what a source checkout holds."""
-    src = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(
-        REPO / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "local")
-    )
+    src = copy_source(tmp_path_factory.mktemp("source"))
     out = tmp_path_factory.mktemp("wheel")
-    _run(
+    run_ok(
         [
             sys.executable,
             "-m",
@@ -142,14 +134,6 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (found,) = out.glob("wsss-*.whl")
     return found
-
-
-def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
-    assert proc.returncode == 0, (
-        f"{cmd}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-    return proc
 
 
 def test_the_wheel_ships_every_config_the_license_and_the_wsss_command(wheel: Path) -> None:
@@ -171,31 +155,31 @@ def test_the_installed_wheel_composes_and_answers_help_outside_the_checkout(
 ) -> None:
     """A fresh venv that sees the project's dependencies (not its editable wsss) + the wheel, run elsewhere."""
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    run_ok([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     site = Path(
-        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+        run_ok([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
     )
     deps = Path(
         sysconfig.get_path("purelib")
     )  # read as a plain folder: its editable-wsss .pth is not processed
     (site / "project_deps.pth").write_text(f"{deps}\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)])
+    run_ok([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WSSS_RUN_ID")}
-    composed = _run(
+    composed = run_ok(
         [str(python), "-c", COMPOSE, "stage=pipeline", "experiment=toy", "drs=fixed"], cwd=elsewhere, env=env
     ).stdout.split()
     assert composed[0] == str(site / "wsss" / "conf") and composed[1:4] == ["pipeline", "tiny", "fixed"]
     assert composed[4] == str(elsewhere / "runs")  # outputs go under the folder it runs in
-    help_text = _run([str(venv / "bin" / "wsss"), "--help"], cwd=elsewhere, env=env).stdout
+    help_text = run_ok([str(venv / "bin" / "wsss"), "--help"], cwd=elsewhere, env=env).stdout
     assert "Recipes (experiment=...):" in help_text and "toy_pretrain" in help_text
-    job = _run(
+    job = run_ok(
         [str(venv / "bin" / "wsss"), "stage=cls", "experiment=toy", "--cfg", "job"], cwd=elsewhere, env=env
     )
     assert "name: tiny" in job.stdout and not list(elsewhere.iterdir())  # --cfg job writes nothing
-    demo = _run([str(venv / "bin" / "wsss"), "demo", "--help"], cwd=elsewhere, env=env).stdout
+    demo = run_ok([str(venv / "bin" / "wsss"), "demo", "--help"], cwd=elsewhere, env=env).stdout
     assert "make demo" in demo and "--runs" in demo
 
 

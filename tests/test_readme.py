@@ -5,17 +5,15 @@ at most 250 lines, and no tracked file points outside the repository."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, copy_source, run_ok
 
 README = (REPO / "README.md").read_text()
 MAX_LINES = 250
@@ -37,16 +35,6 @@ def commands(text: str = README) -> list[str]:
 COMMANDS = commands()
 
 
-def _run(args: list[str], cwd: Path = REPO, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    env.pop("WSSS_RUN_ID", None)
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (
-        f"{shlex.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-    )
-    return proc
-
-
 def _compose(overrides: list[str]) -> None:
     """What ``wsss <overrides>`` would run: composed and validated (``-m`` composes the job's config)."""
     from wsss.config import compose, validate
@@ -57,14 +45,14 @@ def _compose(overrides: list[str]) -> None:
 
 def _help_lists_flags(module: list[str], args: list[str]) -> None:
     """A module CLI whose run needs real data: its ``--help`` works and knows every flag the README uses."""
-    text = _run([sys.executable, *module, "--help"]).stdout
+    text = run_ok([sys.executable, *module, "--help"]).stdout
     for flag in (a.split("=")[0] for a in args if a.startswith("--")):
         assert flag in text, f"{shlex.join(module)} has no option {flag}"
 
 
 def _make(args: list[str]) -> str:
     """``make -n``: the recipe exists and expands (nothing runs; the recursive install is printed only)."""
-    return _run(["make", "-n", "--no-print-directory", *args]).stdout
+    return run_ok(["make", "-n", "--no-print-directory", *args]).stdout
 
 
 def check(command: str, variables: dict[str, str], tmp_path: Path) -> None:
@@ -77,7 +65,7 @@ def check(command: str, variables: dict[str, str], tmp_path: Path) -> None:
         if args == ["--help"]:
             wsss = Path(sys.executable).parent / "wsss"
             assert wsss.is_file(), f"{wsss} is missing: run make install (pyproject.toml's [project.scripts])"
-            assert "Recipes (experiment=...):" in _run([str(wsss), "--help"], cwd=tmp_path).stdout
+            assert "Recipes (experiment=...):" in run_ok([str(wsss), "--help"], cwd=tmp_path).stdout
         else:
             _compose(args)
     elif head == "make":
@@ -86,20 +74,15 @@ def check(command: str, variables: dict[str, str], tmp_path: Path) -> None:
             line = next(s for s in printed.splitlines() if " train.py " in s)
             _compose(shlex.split(line.split(" train.py ", 1)[1]))
     elif head in ("python", ".venv/bin/python") and args[:2] == ["-m", "pip"]:
-        source = tmp_path / "source"  # a copy: the build leaves build/ and dist/ behind
-        shutil.copytree(
-            REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
-        )
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            shutil.copy(REPO / name, source / name)
-        _run([sys.executable, *args], cwd=source)
+        source = copy_source(tmp_path / "source")  # the build leaves build/ and dist/ behind
+        run_ok([sys.executable, *args], cwd=source)
         assert list((source / "dist").glob("wsss-*.whl"))
     elif head == "python" and args[:2] == ["-m", "wsss.bench.estimate"] and "-m" in args[2:]:
         _compose([a for a in args[2:] if not a.startswith("--")])  # a sweep's plan composes every job: slow
     elif head == "python" and args[:2] == ["-m", "wsss.bench.estimate"]:
-        _run([sys.executable, *args, *([] if "--dry-run" in args else ["--dry-run"])], cwd=tmp_path)
+        run_ok([sys.executable, *args, *([] if "--dry-run" in args else ["--dry-run"])], cwd=tmp_path)
     elif head == "python" and args[:2] == ["-m", "wsss.store"]:
-        _run([sys.executable, *args, *(["--dry-run"] if "gc" in args else [])], cwd=tmp_path)
+        run_ok([sys.executable, *args, *(["--dry-run"] if "gc" in args else [])], cwd=tmp_path)
     elif head == "python" and args[:1] == ["-m"]:
         _help_lists_flags(args[:2], args[2:])
     elif head == "python" and args[0].startswith("bench/"):
