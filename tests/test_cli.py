@@ -72,3 +72,15 @@ def test_wsss_demo_runs_the_demo_and_anything_else_is_train_py(monkeypatch) -> N
     monkeypatch.setattr(sys, "argv", ["wsss", "stage=cls", "experiment=toy"])
     assert cli.entry() == 0
     assert calls == [("demo", ["--resume", "seed=1"]), ("train", None)]
+
+
+def test_hints_name_the_command_the_user_ran(monkeypatch) -> None:
+    """A "produce it first with:" hint pastes as typed: ``wsss ...`` from the console script."""
+    from conftest import compose_config
+    from wsss.hints import command
+
+    cfg = compose_config(["stage=maps", "experiment=toy", "exp=e1"])
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/wsss", "stage=maps"])
+    assert command(cfg, ["cls"]).startswith("wsss stage=cls ")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "stage=maps"])
+    assert command(cfg, ["cls"]).startswith("python train.py stage=cls ")
