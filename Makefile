@@ -10,6 +10,9 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PIP_PIN := $(if $(HAS_GPU),,-c constraints-cpu.txt)
 # Exact versions proven together (pyproject.toml keeps the ranges); `make lock` refreshes both files.
 LOCK := requirements/$(if $(HAS_GPU),gpu,cpu).lock
+# The CPU build of torch comes from PyTorch's CPU wheel index (requirements/torch-cpu.txt names it): installed
+# alone first, so the other ~110 pins never ask that index (each ask of an unreachable index costs seconds).
+TORCH_CPU := requirements/torch-cpu.txt
 ENV := WANDB_MODE=$${WANDB_MODE:-offline} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 TEST_ENV := WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1
 
@@ -35,21 +38,22 @@ help: ## Show this help
 	@echo "wsss - DRS weakly-supervised segmentation (Lightning + Hydra)"
 	@echo
 	@echo "  make stage=<cls|maps|refine|pseudo|seg|eval|predict|pipeline|probe> [exp=<name>] [args=\"<hydra overrides>\"]"
-	@echo "  make sweep=<$(subst $(eval) ,|,$(sort $(notdir $(basename $(wildcard conf/sweep/*.yaml)))))> [args=\"...\"]"
+	@echo "  make sweep=<$(subst $(eval) ,|,$(sort $(notdir $(basename $(wildcard src/wsss/conf/sweep/*.yaml)))))> [args=\"...\"]"
 	@echo
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv: the locked versions (requirements/cpu.lock; gpu.lock with a GPU) + wsss [dev,crf,sweep]
+install: $(STAMP) ## Create .venv: the locked versions (requirements/cpu.lock, torch from PyTorch's CPU index; gpu.lock with a GPU) + wsss [dev,crf,sweep]
 
-$(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
+$(STAMP): pyproject.toml constraints-cpu.txt $(LOCK) $(TORCH_CPU)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(if $(HAS_GPU),,$(PY) -m pip install -q --no-deps $(PIP_PIN) -r $(TORCH_CPU))
 	$(PY) -m pip install -q $(PIP_PIN) -r $(LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 
-lock: ## Re-resolve pyproject.toml's ranges into requirements/{cpu,gpu}.lock (a scratch venv; ~2 min)
+lock: ## Re-resolve pyproject.toml's ranges into requirements/{cpu,gpu}.lock and torch-cpu.txt (a scratch venv; ~2 min)
 	bash requirements/lock.sh
 
 test: install ## Run the test suite (every stage end to end at tiny scale; not the slow-marked tests)

@@ -27,7 +27,7 @@ def quiet() -> None:
 
 
 def classifier(backbone: str, drs: str = "learnable") -> nn.Module:
-    """The classifier of ``conf/backbone/<backbone>`` with ``conf/drs/<drs>`` (DRS on layer1..layer6),
+    """The classifier of ``wsss/conf/backbone/<backbone>`` with ``wsss/conf/drs/<drs>`` (DRS on layer1..layer6),
     random weights, built as the cls stage builds it."""
     from wsss.models.networks import classifier_from_files
 
@@ -42,7 +42,7 @@ def refiner(backbone: str) -> nn.Module:
 
 
 def segmenter(name: str) -> nn.Module:
-    """The DeepLab of conf/segmenter/<name>.yaml (largefov_tiny, largefov_vgg16, aspp_r101), random weights."""
+    """The DeepLab of wsss/conf/segmenter/<name>.yaml (largefov_tiny, largefov_vgg16, aspp_r101), random weights."""
     from wsss.models.networks import segmenter_from_files
 
     return segmenter_from_files(name)

@@ -13,7 +13,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WSSS_SHARED_DATA") or REPO.parent / "shared" / "data")
-"""The real VOC fixtures (../shared/data beside the repo; WSSS_SHARED_DATA points elsewhere)."""
+"""The real VOC fixtures: ``$WSSS_SHARED_DATA``, else the ``shared/data`` folder beside the checkout."""
 SAMPLE = SHARED / "voc_sample" / "VOCdevkit" / "VOC2012"
 SALIENCY = SAMPLE / "saliency_isnet_imgly"
 MASKS_ALL = SHARED / "voc_masks_all" / "SegmentationClassAug"
@@ -21,7 +21,7 @@ NUM_CLASSES = 20
 
 
 def sample_ids() -> list[str]:
-    """The ids of the 46 real VOC sample images (../shared/data/voc_sample)."""
+    """The ids of the 46 real VOC sample images (``SHARED/voc_sample``)."""
     if not SAMPLE.is_dir():
         raise FileNotFoundError(f"real VOC sample not found at {SAMPLE}; set WSSS_SHARED_DATA=<folder>")
     return sorted(p.stem for p in (SAMPLE / "JPEGImages").glob("*.jpg"))
@@ -78,7 +78,7 @@ def noop(index: int) -> int:
 
 def crf_sample(image_id: str) -> int:
     """The pseudo stage's CRF on one real image: paper rule scores from stand-in maps and the real
-    saliency, then the dense CRF (``make_label`` with ``crf_params``, SPEC parameters). Returns the
+    saliency, then the dense CRF (``make_label`` with ``crf_params``, docs/protocol.md's parameters). Returns the
     labelled pixels."""
     from wsss.method.crf import CRFParams
     from wsss.stages.pseudo_rules import PseudoRule, make_label

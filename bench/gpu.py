@@ -106,7 +106,7 @@ def sizes(tiny: bool) -> dict[str, Any]:
 def build_task(stage: str, network: str, channels_last: bool, compile_: bool):
     """The stage's LightningModule exactly as the stage builds it (its ``build_task`` on the composed
     config with ``<stage>.channels_last`` / ``<stage>.compile``; random weights): ``network`` is a
-    backbone name for cls and refine, a conf/segmenter name for seg. Also what its batches hold besides
+    backbone name for cls and refine, a wsss/conf/segmenter name for seg. Also what its batches hold besides
     the image."""
     speed = [
         f"{stage}.channels_last={str(channels_last).lower()}",

@@ -1,4 +1,4 @@
-"""The authors' release's code paths, re-created from SPEC.md "The release, exactly", as baselines.
+"""The authors' release's code paths, re-created from docs/protocol.md (the release's facts), as baselines.
 
 These are what the release's scripts do around a network, written from the spec for the benchmarks
 (never imported by wsss): the classifier's localization-map loop (``localization_map_gen.py``), its

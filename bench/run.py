@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "schema": SCHEMA,
         "machine": machine(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {
             "rounds": opts.rounds,
             "workers": opts.workers,

@@ -16,12 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("WSSS_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only real VOC fixtures (../shared/data); skips when absent."""
+    """The read-only real VOC fixtures (``$WSSS_SHARED_DATA``, else ``shared/data`` beside the checkout);
+    skips when absent."""
     if not (SHARED_DATA / "voc_sample" / "VOCdevkit" / "VOC2012").is_dir():
         pytest.skip(f"real VOC fixtures not found at {SHARED_DATA} (they ship beside the repo, not in it)")
     return SHARED_DATA
@@ -35,6 +36,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def copy_source(dest: Path) -> Path:
+    """What a source distribution of wsss holds (pyproject, README, LICENSE, src/), copied to ``dest``: a
+    wheel is built from the copy, so a build leaves nothing in the checkout."""
+    import shutil
+
+    shutil.copytree(
+        REPO / "src", dest / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "local")
+    )
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, dest / name)
+    return dest
+
+
+def run_ok(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run a command (W&B off, no inherited run id unless ``env`` is given); fails the test, with its
+    output, when it exits non-zero. Returns the CompletedProcess."""
+    import shlex
+    import subprocess
+
+    if env is None:
+        env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
+        env.pop("WSSS_RUN_ID", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{shlex.join(map(str, args))}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc
 
 
 def compose_config(overrides: list[str], runs: Path | None = None):
@@ -84,14 +114,14 @@ def make_classifier(backbone: str = "tiny", drs: str = "learnable", **kwargs):
 
 
 def segmenter_spec(name: str = "largefov_tiny", **overrides) -> dict:
-    """The ``_target_`` spec of ``conf/segmenter/<name>.yaml`` with dotted ``overrides``."""
+    """The ``_target_`` spec of ``wsss/conf/segmenter/<name>.yaml`` with dotted ``overrides``."""
     from wsss.models.networks import group_config, spec
 
     return spec(group_config("segmenter", name, **overrides))
 
 
 def make_segmenter(name: str = "largefov_tiny", **overrides):
-    """A segmenter built from ``conf/segmenter/<name>.yaml`` (``wsss.models.networks.segmenter_from_files``)."""
+    """A segmenter built from ``wsss/conf/segmenter/<name>.yaml`` (``wsss.models.networks.segmenter_from_files``)."""
     from wsss.models.networks import segmenter_from_files
 
     return segmenter_from_files(name, **overrides)

@@ -1,5 +1,5 @@
 """Test helper: random-weight state dicts in the release's file formats, from the listings in
-tests/data/release_formats/ (copies of ../shared/release_formats/)."""
+tests/data/release_formats/ (the release's formats, docs/protocol.md)."""
 
 from __future__ import annotations
 

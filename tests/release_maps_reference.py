@@ -1,5 +1,5 @@
-"""Test-only re-creation of the release's map, pseudo-label and refinement-target formulas (SPEC.md "The
-release, exactly"), written from the facts. Not used by wsss itself.
+"""Test-only re-creation of the release's map, pseudo-label and refinement-target formulas (docs/protocol.md,
+"Localization maps", "Refinement", "Pseudo labels"), written from the facts. Not used by wsss itself.
 
 - ``release_input``: ``transforms.Resize(320)`` (PIL bilinear on the RGB image), ``ToTensor`` (/255),
   ``Normalize`` (ImageNet mean/std), in torch float32.

@@ -1,6 +1,6 @@
 """Test-only re-creation of the release's DeepLab-V2 (kazuto1011's DeepLab-V2-PyTorch), written from the facts.
 
-Module names give the release's state-dict keys (../shared/release_formats/deeplabv2_resnet101_msc.txt);
+Module names give the release's state-dict keys (tests/data/release_formats/deeplabv2_resnet101_msc.txt);
 the tests check that, then compare wsss's ``DeepLabV2`` against it. Input: the caffe image (BGR, 0-255,
 minus the caffe mean). Not used by wsss itself.
 """

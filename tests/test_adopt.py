@@ -124,7 +124,7 @@ def test_the_adopted_checkpoint_s_record_names_its_file_and_settings(adopted_rel
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert record["external"] == {
         "kind": "classifier",
-        "format": "release",
+        "format": "release_classifier",
         "path": str(checkpoint),
         "sha256": sha,
     }
@@ -132,7 +132,7 @@ def test_the_adopted_checkpoint_s_record_names_its_file_and_settings(adopted_rel
     assert record["config"]["drs.mode"] == "learnable" and record["config"]["protocol"] == "release"
     maps = exp.record("maps_cls")
     assert maps["upstream"]["cls"]["identity"] == record["identity"]
-    assert exp.metrics("cls") == {"format": "release", "tensors": 26}
+    assert exp.metrics("cls") == {"format": "release_classifier", "tensors": 26}
     ckpt = torch.load(exp.stage_dir("cls") / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["network"]["backbone"]["_target_"] == "wsss.models.tiny.TinyBackbone"
 
@@ -311,7 +311,7 @@ def test_an_adopted_segmenter_is_evaluated_as_the_one_it_holds(tmp_path: Path) -
     adopted = run_stage(toy_cfg(tmp_path, "exp=ad", "stage=eval"))
     assert adopted["miou"] == made["miou"] and adopted["pixel_accuracy"] == made["pixel_accuracy"]
     exp = Experiment(tmp_path / "runs" / "ad", runs=tmp_path / "runs")
-    assert exp.record("seg")["external"]["format"] == "wsss"
+    assert exp.record("seg")["external"]["format"] == "wsss_segmenter"
     assert exp.record("eval")["upstream"]["seg"]["identity"] == exp.record("seg")["identity"]
 
 
@@ -446,7 +446,7 @@ def test_a_release_layout_refiner_is_adopted_as_refine(tmp_path: Path) -> None:
     net = make_classifier("tiny", refiner=True, output_stride=4).eval()  # the toy recipe's backbone
     path = release_checkpoint(net, tmp_path / "refiner.pth")
     metrics = adopt(toy_cfg(tmp_path, "exp=r", "stage=adopt", "adopt.stage=refine", f"adopt.path={path}"))
-    assert metrics == {"refine/format": "release", "refine/tensors": len(net.state_dict())}
+    assert metrics == {"refine/format": "release_classifier", "refine/tensors": len(net.state_dict())}
     rebuilt = load_network(tmp_path / "runs" / "r" / "refine" / "checkpoints" / "best.ckpt")
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():

@@ -28,7 +28,7 @@ def test_vgg16_parameter_counts_match_the_paper(vgg_learnable: DRSClassifier) ->
     off = make_classifier("vgg16", "off")
     assert n_params(fixed) == n_params(off) == 21_804_372
     assert round(n_params(off) / 1e6 / 0.05) * 0.05 == pytest.approx(21.8)
-    assert n_params(vgg_learnable) - n_params(off) == 2_596_864  # the 16 controllers (SPEC)
+    assert n_params(vgg_learnable) - n_params(off) == 2_596_864  # the 16 controllers (docs/protocol.md)
     assert round(n_params(vgg_learnable) / 1e6 / 0.05) * 0.05 == pytest.approx(24.4)
 
 

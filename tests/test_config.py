@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
-from wsss.pipeline.config import ConfigError, validate
+from conftest import compose_config
+from wsss.pipeline.config import CONF_DIR, ConfigError, validate
 from wsss.pipeline.runner import auto_pipeline, pipeline_names
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-SWEEPS = sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 
 
 def test_recipes_and_sweeps_exist() -> None:
@@ -104,8 +104,8 @@ def test_protocol_files_set_the_same_keys() -> None:
             out |= keys(v, f"{prefix}{k}.") if OmegaConf.is_dict(v) else {f"{prefix}{k}"}
         return out
 
-    paper = keys(OmegaConf.load(REPO / "conf" / "protocol" / "paper.yaml"))
-    release = keys(OmegaConf.load(REPO / "conf" / "protocol" / "release.yaml"))
+    paper = keys(OmegaConf.load(CONF_DIR / "protocol" / "paper.yaml"))
+    release = keys(OmegaConf.load(CONF_DIR / "protocol" / "release.yaml"))
     assert paper == release
     assert {
         "cls.lr_groups",
@@ -133,7 +133,7 @@ def _added(tmp_path: Path, *overrides: str) -> None:
     from wsss.pipeline.config import check_added_keys
 
     cfg = compose_config(list(overrides), runs=tmp_path)
-    check_added_keys(cfg, list(HydraConfig.get().overrides.task), [str(REPO / "conf")])
+    check_added_keys(cfg, list(HydraConfig.get().overrides.task), [str(CONF_DIR)])
 
 
 def test_a_plus_override_of_a_key_wsss_does_not_have_is_refused(tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def test_every_layout_error_is_a_value_error() -> None:
 @pytest.mark.slow
 def test_all_12031_derived_labels_equal_the_authors_lists_and_spec_counts(shared_data: Path) -> None:
     """Labels from every SegmentationClassAug mask equal DRS's own list files (SEAM's XML-based labels
-    differ on 818 images, 2010_003321 among them); the train_aug histogram matches SPEC.md."""
+    differ on 818 images, 2010_003321 among them); the train_aug histogram matches docs/protocol.md."""
     from concurrent.futures import ThreadPoolExecutor
 
     from wsss.data.voc import read_index_png, read_labels_file

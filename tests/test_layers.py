@@ -25,10 +25,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("wsss.stages",),
     ("wsss.experiments",),
     ("wsss.bench",),
+    ("wsss.cli",),
 )
 """Units of wsss from the ground floor up: the pipeline (declarations, runner, provenance, store) knows
 no method, data or network; the method's maths knows no files; stages use everything below them;
-experiments (sweeps, reports, the demo) and the cost model sit on top."""
+experiments (sweeps, reports, the demo), the cost model and the ``wsss`` command sit on top."""
 
 
 def module_name(path: Path) -> str:

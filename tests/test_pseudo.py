@@ -129,7 +129,7 @@ def test_make_label_checks_saliency_size_and_dispatches() -> None:
 
 
 def _naive_release(maps: np.ndarray, sal: np.ndarray) -> np.ndarray:
-    """SPEC's release rule transcribed literally over all 21 channels."""
+    """docs/protocol.md's release rule transcribed literally over all 21 channels."""
     maps = np.where(maps < 0.2, 0.0, maps)
     salient = (sal > 50).astype(np.float32)
     scores = np.concatenate([1.0 - salient[None], maps])

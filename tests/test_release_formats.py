@@ -15,7 +15,7 @@ from wsss.errors import WeightsError
 from wsss.models.release_formats import classifier_wsss_to_release
 from wsss.models.weights import detect_format, load_classifier_weights, release_to_wsss
 
-ALIAS_OF = {  # features index -> the release's name of that conv (SPEC.md "Weights that users bring")
+ALIAS_OF = {  # features index -> the release's name of that conv (docs/protocol.md "Weights users bring")
     0: "layer1_conv1", 2: "layer1_conv2", 5: "layer2_conv1", 7: "layer2_conv2", 10: "layer3_conv1",
     12: "layer3_conv2", 14: "layer3_conv3", 17: "layer4_conv1", 19: "layer4_conv2", 21: "layer4_conv3",
     24: "layer5_conv1", 26: "layer5_conv2", 28: "layer5_conv3",

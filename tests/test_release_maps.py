@@ -2,7 +2,7 @@
 
 Each test runs wsss's own path (the composed release config, the infer / refine DataModule, MapPredictor,
 the maps files, the pseudo-label worker) on real VOC images and a random-weight tiny network, and compares
-with ``release_maps_reference`` (the release's formulas, written from SPEC.md).
+with ``release_maps_reference`` (the release's formulas, written from docs/protocol.md).
 """
 
 from __future__ import annotations

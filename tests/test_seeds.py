@@ -13,6 +13,7 @@ from wsss.data.maps_io import MapsFolder, save_maps
 from wsss.errors import ConfigError
 from wsss.method.localization import resize_maps
 from wsss.method.seed_labels import DEFAULT_THRESHOLDS, SeedSweep, evaluate_seeds
+from wsss.pipeline.config import CONF_DIR
 
 GT = np.array([[0, 1, 1], [0, 2, 255]])
 CLASSES = np.array([0, 1])  # 0-based: aeroplane -> label 1, bicycle -> label 2
@@ -28,7 +29,7 @@ MAPS = np.array(
 def test_default_thresholds_are_0_to_095_and_match_the_config() -> None:
     assert DEFAULT_THRESHOLDS[:3] == (0.0, 0.05, 0.1) and DEFAULT_THRESHOLDS[-2:] == (0.9, 0.95)
     assert len(DEFAULT_THRESHOLDS) == 20 and np.allclose(np.diff(DEFAULT_THRESHOLDS), 0.05)
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "settings" / "maps.yaml")
+    conf = OmegaConf.load(CONF_DIR / "settings" / "maps.yaml")
     assert tuple(conf.thresholds) == DEFAULT_THRESHOLDS
 
 

@@ -254,7 +254,7 @@ class ToyVOCSeg(Dataset):
 
 @pytest.mark.slow
 def test_largefov_tiny_learns_the_toy_dataset(tmp_path) -> None:
-    """conf/segmenter/largefov_tiny.yaml on wsss.data.toy (20 classes, 64 px): well above all-background.
+    """wsss/conf/segmenter/largefov_tiny.yaml on wsss.data.toy (20 classes, 64 px): well above all-background.
 
     Measured: mIoU 0.19 after 800 steps at lr 0.1 (all-background 0.073); other head sizes gave 0.10-0.17.
     """

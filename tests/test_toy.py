@@ -23,6 +23,7 @@ from wsss.data.toy import (
     part_colour,
 )
 from wsss.data.voc import DatasetLayoutError, MissingLabelsError, VOCDataset
+from wsss.pipeline.config import CONF_DIR
 
 SMALL = {"num_train": 6, "num_val": 3, "num_test": 2, "size": 48}
 
@@ -260,7 +261,7 @@ def test_designs_and_their_knobs_in_the_record_the_cli_and_errors(tmp_path: Path
 
 
 def test_hydra_data_toy_compact_selects_the_compact_design() -> None:
-    conf = Path(__file__).resolve().parents[1] / "conf" / "data"
+    conf = CONF_DIR / "data"
     toy, compact = OmegaConf.load(conf / "toy.yaml"), OmegaConf.load(conf / "toy_compact.yaml")
     assert toy.toy.design == "elongated" and compact.toy.design == "compact"
     assert set(toy.toy) == {"seed", "design", "num_train", "num_val", "num_test", "size", *SHAPE}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_train
-from train import MetricNotFoundError, optimized_value
+from wsss.cli import MetricNotFoundError, optimized_value
 
 
 def test_optimized_metric_lookup() -> None:
@@ -69,7 +69,7 @@ def _cli_env(monkeypatch, full_error: str | None = None) -> None:
 
 
 def test_user_errors_print_one_block_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
-    import train
+    from wsss import cli as train
     from wsss.errors import ConfigError
 
     def fails_with(err: Exception):
@@ -96,7 +96,7 @@ def test_user_errors_print_one_block_and_bugs_keep_their_traceback(monkeypatch, 
 def test_errors_from_constructors_and_data_loader_workers_read_as_their_message() -> None:
     from hydra.errors import InstantiationException
 
-    from train import user_error
+    from wsss.cli import user_error
     from wsss.errors import CorruptArtifactError
 
     try:

@@ -23,7 +23,7 @@ VGG_CONVS = {  # torchvision features index of each conv: (in, out)
     0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
     17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512),
 }  # fmt: skip
-# the release's names of the same convs, written out by hand (SPEC.md "Weights that users bring")
+# the release's names of the same convs, written out by hand (docs/protocol.md "Weights users bring")
 RELEASE_NAMES = {
     0: "layer1_conv1", 2: "layer1_conv2", 5: "layer2_conv1", 7: "layer2_conv2", 10: "layer3_conv1",
     12: "layer3_conv2", 14: "layer3_conv3", 17: "layer4_conv1", 19: "layer4_conv2", 21: "layer4_conv3",

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 VOC_IMAGES: dict[str, int] = {"train_aug": 10_582, "val": 1_449, "train": 1_464, "test": 1_456}
-"""Images per split of VOC 2012 + SBD (SPEC.md)."""
+"""Images per split of VOC 2012 + SBD (docs/protocol.md "Data")."""
 
 
 @dataclass(frozen=True)

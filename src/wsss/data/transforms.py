@@ -1,4 +1,4 @@
-"""albumentations pipelines per stage (SPEC.md "Classifier", "Segmentation", "The release, exactly").
+"""albumentations pipelines per stage (docs/protocol.md "Classifier", "Refinement", "Segmentation").
 
 Every pipeline takes an RGB uint8 image and returns it ImageNet-normalised (float32, H x W x 3).
 Photometric steps run first (on uint8), then ``Normalize``, then the geometry, so padding with
@@ -10,7 +10,7 @@ padded with 255 (ignore).
   image, as the release's ``transforms.Resize``; cv2's linear resize does not antialias and differs by up
   to 64 grey levels when shrinking a VOC image to 320); then colour jitter, pad to ``crop_size`` as
   needed, random crop ``crop_size`` (paper 321, release 320), horizontal flip. The paper names colour
-  jitter without values; both protocols use the release's (0.3, 0.3, 0.3, 0.1). ``conf/protocol/`` sets
+  jitter without values; both protocols use the release's (0.3, 0.3, 0.3, 0.1). ``wsss/conf/protocol/`` sets
   the sizes. ``refine`` carries the stored maps as the extra target ``maps`` (H x W x 20 float): it gets
   the image's geometry exactly and is padded with 0 (no map evidence), not 255. Maps already stored at
   the squash size (the release's 320 x 320 maps) are not resized at all; others are resized once,
@@ -49,7 +49,7 @@ SEG_RESIZES = ("cv2", "cv2_pil_labels", "pil")
 JITTER = (0.3, 0.3, 0.3, 0.1)
 """Colour jitter (brightness, contrast, saturation, hue) of the authors' release."""
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
-"""Random scales of the DeepLab training (SPEC.md)."""
+"""Random scales of the DeepLab training (docs/protocol.md)."""
 
 
 def _jitter(jitter: Sequence[float] | None) -> list[A.BasicTransform]:

@@ -48,7 +48,7 @@ def check_launch(launcher: DictConfig, trainer: DictConfig) -> None:
     - joblib, ray, submitit_local: jobs run in pooled worker processes: ``ddp`` cannot re-execute the
       script there - use ``trainer=ddp_spawn`` (or the basic launcher);
     - SLURM (``hydra/launcher=slurm``): SLURM starts the ranks, so ``tasks_per_node`` must equal
-      ``trainer.devices`` (``conf/hydra/launcher/slurm.yaml`` sets it so).
+      ``trainer.devices`` (``wsss/conf/hydra/launcher/slurm.yaml`` sets it so).
     """
     target = str(launcher.get("_target_", ""))
     if not relaunches_script(trainer):
@@ -62,7 +62,7 @@ def check_launch(launcher: DictConfig, trainer: DictConfig) -> None:
     if "SlurmLauncher" in target and int(launcher.get("tasks_per_node", 1)) != int(trainer.get("devices", 1)):
         raise UnsupportedLaunchError(
             f"hydra.launcher.tasks_per_node={launcher.get('tasks_per_node')} but trainer.devices={trainer.devices}: "
-            "under SLURM each rank is a SLURM task; set them equal (conf/hydra/launcher/slurm.yaml does by default)"
+            "under SLURM each rank is a SLURM task; set them equal (wsss/conf/hydra/launcher/slurm.yaml does by default)"
         )
 
 

@@ -25,8 +25,6 @@ from wsss.data.figures import figure1
 from wsss.data.voc import VOCDataset
 from wsss.pipeline.artifacts import Experiment, write_json
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -55,13 +53,14 @@ def pretrained_weights(runs: Path) -> Path:
 
 
 def train(name: str, args: list[str], runs: Path, threads: int) -> None:
-    """``train.py <args>`` in its own process; its log goes to ``<runs>/<name>.log``."""
+    """``train.py <args>`` (``python -m wsss.cli``) in its own process; its log goes to ``<runs>/<name>.log``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.setdefault("WANDB_MODE", "offline")
     env.pop("WSSS_RUN_ID", None)
     cmd = [
         sys.executable,
-        str(REPO / "train.py"),
+        "-m",
+        "wsss.cli",  # what train.py and the wsss command run, in a checkout or an installed wheel
         f"paths.runs={runs}",
         "logger=csv",
         "print_config=false",
@@ -70,7 +69,7 @@ def train(name: str, args: list[str], runs: Path, threads: int) -> None:
     ]
     log_path = runs / f"{name}.log"
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = log_path.read_text()[-4000:]
         raise RuntimeError(f"demo step {name!r} failed (exit {code}); log {log_path}:\n{tail}")
@@ -178,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--runs", type=Path, default=REPO / "runs" / "demo", help="where the four experiments go"
+        "--runs",
+        type=Path,
+        default=Path.cwd() / "runs" / "demo",
+        help="where the four experiments go (default: ./runs/demo)",
     )
     parser.add_argument("--resume", action="store_true", help="keep finished stages of an earlier demo run")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """The paper's tables (and the authors' release's numbers) as data, and the row a job's config belongs to.
 
-Every number is VOC 2012 val segmentation mIoU in % (SPEC.md "Numbers to put beside ours"). A job is
+Every number is VOC 2012 val segmentation mIoU in % (docs/protocol.md "Published numbers"). A job is
 matched to a row by its resolved config (``JobSettings``: controller, delta, placement, map source,
 segmenter), never by its override strings, so ``drs=fixed drs.delta=0.55`` and a recipe that sets the
 same values land on the same row.

@@ -1,6 +1,6 @@
 """Dense CRF (Krähenbühl and Koltun 2011) on class probabilities, and a process pool to run it on many images.
 
-The defaults are DeepLab's test-time CRF that SPEC.md gives: Gaussian kernel sxy=1 compat=3, bilateral
+The defaults are DeepLab's test-time CRF (docs/protocol.md "Segmentation"): Gaussian kernel sxy=1 compat=3, bilateral
 kernel sxy=67 srgb=3 compat=4, 10 mean-field iterations, unary = -log(probability).
 pydensecrf is an optional dependency (``pip install 'wsss[crf]'``); stages that are asked for a CRF call
 ``require_pydensecrf()`` before any work, so a missing package fails at start with the install command.
@@ -42,7 +42,7 @@ def require_pydensecrf() -> ModuleType:
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Kernel parameters of the dense CRF (SPEC.md, DeepLab test-time values)."""
+    """Kernel parameters of the dense CRF (docs/protocol.md, DeepLab test-time values)."""
 
     gaussian_sxy: float = 1.0
     gaussian_compat: float = 3.0

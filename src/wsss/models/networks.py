@@ -9,7 +9,7 @@ it (``weights_only=True`` loads it back) and a checkpoint rebuilds its own netwo
 A new backbone or segmenter is a module with an ``nn.Module`` class and a config file naming it.
 
 ``group_config``, ``classifier_from_files`` and ``segmenter_from_files`` build networks straight from the
-config files (``conf/<group>/<name>.yaml``) without composing a whole config: what tests, benchmarks and
+config files (``wsss/conf/<group>/<name>.yaml``) without composing a whole config: what tests, benchmarks and
 the cost model use to get the stages' networks.
 """
 
@@ -71,7 +71,7 @@ def segmenter_spec(cfg: DictConfig) -> dict[str, Any]:
 
 
 def group_config(group: str, name: str, conf_dir: Path = CONF_DIR, **overrides: Any) -> DictConfig:
-    """A network config node as its group file holds it (``conf/<group>/<name>.yaml``), resolved.
+    """A network config node as its group file holds it (``wsss/conf/<group>/<name>.yaml``), resolved.
 
     A file built on others of its group (``defaults: [base, _self_]``) is merged onto them. Dotted
     ``overrides`` use ``__`` for dots (``backbone__output_stride=4`` -> ``backbone.output_stride=4``).
@@ -102,7 +102,7 @@ def classifier_from_files(
     **backbone_overrides: Any,
 ) -> nn.Module:
     """The classifier (``refiner=True``: the refinement network) the stages build from
-    ``conf/backbone/<backbone>``, ``conf/drs/<drs>`` and ``conf/model/classifier``, random weights."""
+    ``wsss/conf/backbone/<backbone>``, ``wsss/conf/drs/<drs>`` and ``wsss/conf/model/classifier``, random weights."""
     drs_node = group_config("drs", drs)
     if placement is not None:
         drs_node.placement = list(placement)
@@ -121,7 +121,7 @@ def classifier_from_files(
 
 
 def segmenter_from_files(name: str = "largefov_tiny", **overrides: Any) -> nn.Module:
-    """The DeepLab of ``conf/segmenter/<name>.yaml`` (weights from its ``weights`` when set)."""
+    """The DeepLab of ``wsss/conf/segmenter/<name>.yaml`` (weights from its ``weights`` when set)."""
 
     node = group_config("segmenter", name, **overrides)
     model = build(spec(node))

@@ -1,4 +1,4 @@
-"""The authors' release file formats <-> wsss state dicts, both ways (docs/protocol.md lists them).
+"""The authors' release file formats <-> wsss state dicts, both ways (listings: tests/data/release_formats/).
 
 DeepLab-V2 (kazuto1011's DeepLab-V2-PyTorch; ``wsss.models.deeplabv2``):
 

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from wsss.constants import DRS_LAYERS, DRS_MODES
 from wsss.errors import ConfigError, UnknownKeyError, UnsupportedLaunchError
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-"""The repository's config folder (what train.py composes)."""
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+"""The Hydra configs, shipped inside the package (what ``wsss`` and ``train.py`` compose)."""
 
 OPTIMIZERS = ("sgd", "adam")
 MAP_SOURCES = ("cls", "refine")

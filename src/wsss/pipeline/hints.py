@@ -7,6 +7,8 @@ the ones that pick the stage, plus ``exp=`` and ``paths.runs=`` so it lands in t
 from __future__ import annotations
 
 import shlex
+import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -30,17 +32,22 @@ def user_overrides(cfg: DictConfig) -> list[str]:
     return kept
 
 
+def program() -> str:
+    """How this run was started, as a user types it: ``wsss`` (the console script) or ``python train.py``."""
+    return "wsss" if Path(sys.argv[0]).name == "wsss" else "python train.py"
+
+
 def command(cfg: DictConfig, names: list[str], extra: tuple[str, ...] = ()) -> str:
-    """``python train.py ...`` that runs the stages ``names`` (one stage alone, or a pipeline)."""
+    """``python train.py ...`` (or ``wsss ...``) that runs the stages ``names`` (one stage alone, or a pipeline)."""
     if len(names) == 1:
         head = stage(names[0]).cli.split()
     else:
         head = ["stage=pipeline", f"pipeline.stages=[{','.join(names)}]"]
     args = [*head, *user_overrides(cfg), *extra]
-    return "python train.py " + " ".join(shlex.quote(a) for a in args)
+    return f"{program()} " + " ".join(shlex.quote(a) for a in args)
 
 
 def adopt_command(cfg: DictConfig, name: str, path: str) -> str:
-    """``python train.py stage=adopt ...`` that adopts ``path`` as ``name`` again under this run's settings."""
+    """``wsss stage=adopt ...`` that adopts ``path`` as ``name`` again under this run's settings."""
     args = ["stage=adopt", f"adopt.stage={name}", f"adopt.path={path}", *user_overrides(cfg), "force=true"]
-    return "python train.py " + " ".join(shlex.quote(a) for a in args)
+    return f"{program()} " + " ".join(shlex.quote(a) for a in args)

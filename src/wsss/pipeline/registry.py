@@ -7,7 +7,7 @@ and what it needs from the DataModule. The runner (``wsss.pipeline.runner``), th
 (``wsss.pipeline.hints``) and the DataModule's per-stage data all read these declarations.
 
 Adding a stage: one ``Stage`` here, its module (``wsss.stages.<name>``) with ``run(ctx) -> metrics``,
-and its settings in ``conf/settings/<name>.yaml``. A stage outside wsss is a module that calls
+and its settings in ``wsss/conf/settings/<name>.yaml``. A stage outside wsss is a module that calls
 ``register(Stage(...))`` on import, named in ``plugins=[<module>]``.
 
 This module imports nothing heavy: the plan of a pipeline is checked before torch is loaded.

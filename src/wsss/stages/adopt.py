@@ -54,16 +54,21 @@ from wsss.data.toy import ensure_toy
 from wsss.data.voc import VOCDataset
 from wsss.errors import AdoptionError, StageCompleteError, WsssError
 from wsss.method.seed_labels import evaluate_seeds
-from wsss.models.deeplab import load_weights, weights_format
 from wsss.models.deeplabv2 import MultiScaleInputs
 from wsss.models.networks import build, classifier_spec, refiner_spec
-from wsss.models.release_formats import MSC_PREFIX, release_format, strip_prefix
-from wsss.models.weights import load_classifier_weights, read_state_dict
+from wsss.models.segmenter_weights import load_weights
+from wsss.models.weights import (
+    MSC_PREFIX,
+    detect_format,
+    load_classifier_weights,
+    read_state_dict,
+    strip_prefix,
+)
 from wsss.pipeline.artifacts import atomic_path, save_npz, write_csv, write_text
 from wsss.pipeline.provenance import EXTERNAL, identity_of, stage_config, staged_config
 from wsss.pipeline.registry import stage
 from wsss.pipeline.runner import _prepare, experiment
-from wsss.stages.maps import _write_curve
+from wsss.stages.maps import write_seed_curve
 from wsss.stages.pseudo import evaluate
 from wsss.stages.seg import network_spec
 
@@ -153,18 +158,18 @@ def adopt_segmenter(cfg: DictConfig, name: str, path: Path, out: Path) -> tuple[
     """A trained segmenter file (release DeepLab-V2 / V3+, wsss) -> ``checkpoints/best.ckpt``."""
 
     state = read_state_dict(path, "adopt.path")
-    fmt = release_format(state)
-    if fmt == "deeplabv2_coco_init":
+    fmt = detect_format(state)
+    if fmt == "release_deeplabv2_coco_init":
         raise AdoptionError(
             f"adopt.path={path} is the release's COCO init (no ASPP classifier), not a trained segmenter: "
             "train on it with stage=seg segmenter.weights=<this file>, or adopt checkpoint_final.pth"
         )
     spec = network_spec(cfg)
     model = build(spec)
-    if fmt is None:  # a wsss segmenter: loaded whole, strictly
-        if weights_format(state) != "segmenter":
+    if not fmt.startswith("release_"):  # a wsss segmenter: loaded whole, strictly
+        if fmt != "wsss_segmenter":
             raise AdoptionError(
-                f"adopt.path={path} holds {weights_format(state)} weights, not a trained segmenter; adopt the "
+                f"adopt.path={path} holds {fmt} weights, not a trained segmenter; adopt the "
                 "release's checkpoint_final.pth / best_*.pth or a wsss <exp>/seg/checkpoints/best.ckpt"
             )
         net = model.base if isinstance(model, MultiScaleInputs) else model
@@ -175,7 +180,6 @@ def adopt_segmenter(cfg: DictConfig, name: str, path: Path, out: Path) -> tuple[
                 f"adopt.path={path} does not fit segmenter={cfg.segmenter.get('name')} "
                 f"({str(err).splitlines()[0]}); set segmenter=... (and data.num_classes) to what it was trained as"
             ) from err
-        fmt = "wsss"
     else:
         load_weights(model, path, "adopt.path")  # the release's layouts; every tensor must fit
     _finite_state(dict(model.state_dict()), path)
@@ -312,7 +316,7 @@ def _score_maps(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     gt = _split(cfg, str(cfg.data.eval_split))
     metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds), gt.num_classes)
-    _write_curve(out / "seed_sweep.csv", curve)
+    write_seed_curve(out / "seed_sweep.csv", curve)
     return metrics
 
 

@@ -2,7 +2,7 @@
 
 Builds the classifier from ``model``/``backbone``/``drs`` (``_target_`` specs; ``model.weights``
 continues from a whole classifier file, else ``backbone.weights`` gives the ImageNet init), trains it
-with the settings of ``cls`` (conf/settings/cls.yaml; the protocol group sets augmentation sizes and
+with the settings of ``cls`` (wsss/conf/settings/cls.yaml; the protocol group sets augmentation sizes and
 optimiser groups) on ``data``'s classification split, validates every epoch and writes
 ``checkpoints/{best,last}.ckpt``. ``best.ckpt`` is the last epoch, unless ``cls.select_on_map_miou``
 keeps the epoch with the best validation map mIoU (the release's model selection, which uses

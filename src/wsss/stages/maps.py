@@ -44,6 +44,15 @@ def infer_dataset(cfg: DictConfig, split: str, infer_size: int | None) -> Datase
     return dm.predict_set
 
 
+def write_seed_curve(path: Path, curve: list[dict[str, float]]) -> None:
+    """``seed_sweep.csv``: mIoU, precision and recall of the seed labels per background threshold."""
+    write_csv(
+        path,
+        ("threshold", "miou", "precision", "recall"),
+        ([f"{r['threshold']:.2f}", r["miou"], r["precision"], r["recall"]] for r in curve),
+    )
+
+
 def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, Path]:
     """Figure-1 columns of this experiment: CAM or DRS (classifier maps) and DRS† (refined maps).
 
@@ -66,11 +75,7 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     metrics, curve = evaluate_seeds(
         MapsFolder(out, num_classes), list(gt.ids), gt.mask, list(cfg.maps.thresholds), num_classes
     )
-    write_csv(
-        out / "seed_sweep.csv",
-        ("threshold", "miou", "precision", "recall"),
-        ([f"{r['threshold']:.2f}", r["miou"], r["precision"], r["recall"]] for r in curve),
-    )
+    write_seed_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)
     png = draw_figure1(ctx, gt)
     if png is not None:

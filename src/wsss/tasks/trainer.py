@@ -1,6 +1,6 @@
 """Trainer, logger and callbacks built from the config; helpers to log figures, tables and metrics.
 
-Loggers and callbacks are ``_target_`` nodes (``conf/logger``, ``conf/callbacks``) built with
+Loggers and callbacks are ``_target_`` nodes (``wsss/conf/logger``, ``wsss/conf/callbacks``) built with
 ``hydra.utils.instantiate``; the stage supplies what only it knows (the checkpoint folder, the metric
 to select on). Checkpoints are written atomically, carry the stage's provenance record, and are never
 written with non-finite weights; a non-finite loss stops training (``StopOnNonFiniteLoss``). A stage
@@ -277,7 +277,7 @@ def check_trainer_arguments(names: list[str]) -> None:
             )
         raise UnknownKeyError(
             f"{', '.join(hints)}: not an argument of lightning.pytorch.Trainer; the trainer node passes its keys "
-            "to the Trainer unchanged (see conf/trainer/default.yaml for the usual ones)"
+            "to the Trainer unchanged (see wsss/conf/trainer/default.yaml for the usual ones)"
         )
 
 

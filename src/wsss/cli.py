@@ -1,0 +1,265 @@
+"""The ``wsss`` command (and ``train.py``): compose the Hydra config, then run one stage or a pipeline.
+
+wsss stage=cls experiment=toy exp=demo                 # = python train.py stage=cls experiment=toy exp=demo
+wsss stage=pipeline experiment=paper_vgg16 data=voc data.root=/data/voc
+wsss -m experiment=toy drs.delta=0.4,0.55,0.7          # a sweep (see wsss/conf/sweep/)
+wsss demo                                              # = python -m wsss.experiments.demo (make demo)
+wsss --help                                            # stages, recipes, example commands
+
+The configs ship inside the package (``wsss/conf``, ``wsss.pipeline.config.CONF_DIR``). Errors a user causes and
+can fix (``wsss.errors.WsssError``: config, data, missing upstream, weights, launch; Hydra's own config
+errors) print as one block without a traceback and exit with code 2; ``HYDRA_FULL_ERROR=1`` or
+``debug_errors=true`` shows the traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from wsss.errors import WsssError
+from wsss.pipeline.config import CONF_DIR, register_resolvers
+
+register_resolvers()
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+log = logging.getLogger("wsss")
+
+USER_ERROR_EXIT = 2
+TRACEBACKS = "WSSS_TRACEBACKS"
+"""Set by the first train.py process: whether the user asked for tracebacks (inherited by DDP ranks)."""
+
+
+class MetricNotFoundError(WsssError, KeyError):
+    """``optimized_metric`` names a metric the run did not produce."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
+    from wsss.ddp import prepare_job
+    from wsss.pipeline.runner import run_stages
+
+    prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
+    try:
+        preflight(cfg)
+        if cfg.stage == "adopt":  # not a stage of the pipeline: it installs another's artifact
+            from wsss.stages.adopt import adopt
+
+            metrics = adopt(cfg)
+        else:
+            metrics = run_stages(cfg)
+        _record_job(cfg, metrics)
+        return metrics
+    except BaseException as err:
+        _record_job(cfg, None, err)  # a sweep's report lists the failed job with its error
+        raise
+    finally:
+        if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
+            from wsss.ddp.sync import end_job
+            from wsss.pipeline.runner import finish_wandb
+
+            finish_wandb()
+            end_job()
+        log.info("experiment folder: %s", cfg.paths.exp_dir)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Everything checked before any work: values, ``+key`` typos, the accelerator, the plan of stages,
+    then (cached) every data split the stages that will run read."""
+    from wsss.pipeline.config import check_accelerator, print_config, validate
+
+    validate(cfg)
+    _check_added_keys(cfg)
+    if cfg.stage == "adopt":  # no plan: adoption checks its own input (wsss.stages.adopt)
+        from wsss.data.content import attach_content
+
+        check_accelerator(cfg)
+        attach_content(cfg, [str(cfg.adopt.stage)])  # declared like the stage it stands for
+        return
+    check_optimized_metric(cfg)
+    check_accelerator(cfg)
+    if cfg.get("print_config"):
+        print_config(cfg)
+    _check_plan_and_data(cfg)
+
+
+def _check_added_keys(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from wsss.pipeline.config import check_added_keys
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    check_added_keys(cfg, overrides, [s.path for s in hc.runtime.config_sources if s.schema == "file"])
+    added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
+    trainer_keys = [k.split(".", 1)[1] for k in added if k.startswith("trainer.")]
+    if trainer_keys:  # new Trainer arguments: check them now, not after the first stage has started
+        from wsss.tasks.trainer import check_trainer_arguments
+
+        check_trainer_arguments(trainer_keys)
+
+
+def _check_plan_and_data(cfg: DictConfig) -> None:
+    """The data's content fingerprints (cached), the plan (seconds, no torch), then every data split the
+    stages that will run read (cached)."""
+    from wsss.data.content import attach_content
+    from wsss.data.verify import verify_for_stages
+    from wsss.pipeline.runner import check_plan, experiment, pipeline_names, planned_closure
+
+    names = pipeline_names(cfg)
+    attach_content(cfg, planned_closure(cfg, names))  # identities name the data by content, not path
+    steps = check_plan(cfg, experiment(cfg), names)
+    verify_for_stages(cfg, [s.name for s in steps if s.action in ("run", "resume")])
+
+
+def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from wsss.experiments.report import record_job
+
+    if HydraConfig.initialized():
+        record_job(HydraConfig.get().runtime.output_dir, cfg, metrics, error)
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Before any work: ``optimized_metric`` must come from a stage this run makes."""
+    from wsss.errors import ConfigError
+    from wsss.pipeline.runner import pipeline_names
+
+    name = cfg.get("optimized_metric")
+    stages = pipeline_names(cfg)
+    if name and str(name).split("/", 1)[0] not in stages:
+        raise ConfigError(
+            f"optimized_metric={name!r} comes from a stage this run does not make (stages: {', '.join(stages)}); "
+            "add that stage to pipeline.stages or set optimized_metric=null"
+        )
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimises; fails loudly when the name is not among the run's metrics."""
+    if not name:
+        return None
+    if name not in metrics:
+        available = ", ".join(sorted(metrics)) or "(none)"
+        raise MetricNotFoundError(
+            f"optimized_metric={name!r} was not produced by this run. Available metrics: {available}"
+        )
+    value = float(metrics[name])
+    return value if math.isfinite(value) else float("nan")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    metrics = task(cfg)
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+# --- errors: one block for what the user can fix, the traceback for bugs -------------------------------
+
+
+def user_error(err: BaseException) -> tuple[str, str] | None:
+    """(kind, message) when ``err`` is an error the user caused and can fix; None for a bug."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if isinstance(err, WsssError):
+        return type(err).__name__, _strip_worker_traceback(str(err), err)
+    if isinstance(err, InstantiationException):
+        cause = err.__cause__
+        if isinstance(cause, WsssError | ValueError | TypeError):
+            head = str(err).splitlines()[0].rstrip(":")  # "Error in call to target '...'"
+            return type(cause).__name__, f"{head}:\n{_strip_worker_traceback(str(cause), cause)}"
+        return None
+    if isinstance(err, MissingConfigException | OverrideParseException | ConfigCompositionException):
+        text = str(err)
+        if err.__cause__ is not None and str(err.__cause__) not in text:
+            text += "\n" + str(err.__cause__)
+        if text.startswith("Could not override"):
+            text += (
+                "\nThe key does not exist: check its spelling (`python train.py --cfg job` prints every key). "
+                "'+key=value' adds a new key and is refused for keys wsss does not read."
+            )
+        return type(err).__name__, text
+    if isinstance(err, InterpolationResolutionError | MissingMandatoryValue):
+        return type(err).__name__, str(err)
+    return None
+
+
+def _strip_worker_traceback(text: str, err: BaseException) -> str:
+    """The original message of an error re-raised from a DataLoader worker (which prepends the worker's
+    traceback to it)."""
+    if "Original Traceback (most recent call last)" not in text:
+        return text
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker) :].strip() if at >= 0 else text
+
+
+def format_error(kind: str, message: str) -> str:
+    """The one block a user error prints."""
+    body = "\n".join(f"  {line}" for line in message.strip().splitlines())
+    return (
+        f"\nError ({kind}):\n{body}\n"
+        "(this is a problem with the command, config, data or files, not a crash of wsss; "
+        "HYDRA_FULL_ERROR=1 or debug_errors=true shows the traceback)\n"
+    )
+
+
+def _tracebacks_wanted(argv: list[str]) -> bool:
+    """The user set HYDRA_FULL_ERROR=1 or debug_errors=true (the decision is inherited by DDP ranks)."""
+    if TRACEBACKS not in os.environ:
+        full = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+        flag = any(re.fullmatch(r"\+{0,2}debug_errors=(true|True|1|yes)", a) for a in argv)
+        os.environ[TRACEBACKS] = "1" if full or flag else "0"
+    return os.environ[TRACEBACKS] == "1"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run ``main`` and turn user errors into one printed block and exit code 2 (``argv``: the
+    arguments ``main`` reads from ``sys.argv``, for the traceback decision)."""
+    show_traceback = _tracebacks_wanted(sys.argv[1:] if argv is None else argv)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises every error; this function decides what to print
+    try:
+        main()
+    except Exception as err:
+        found = user_error(err)
+        if found is None or show_traceback:
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(format_error(*found))
+        return USER_ERROR_EXIT
+    return 0
+
+
+DEMO = "demo"
+"""``wsss demo [args]`` runs ``python -m wsss.experiments.demo [args]`` (what ``make demo`` runs)."""
+
+
+def entry() -> int:
+    """The ``wsss`` console script: ``wsss demo ...`` runs the demo, anything else is ``train.py ...``."""
+    if sys.argv[1:2] == [DEMO]:
+        from wsss.experiments import demo
+
+        demo.main(sys.argv[2:])
+        return 0
+    return cli()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
