@@ -54,7 +54,7 @@ def test_the_stages_trainer_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch)
     from wsss.tasks.trainer import build_trainer
 
     calls = []
-    monkeypatch.setattr(wsss.tasks.memory, "retain_freed_memory", lambda *a, **k: calls.append(a) or True)
+    monkeypatch.setattr(wsss.tasks.trainer, "retain_freed_memory", lambda *a, **k: calls.append(a) or True)
     cfg = compose(["experiment=toy", "logger=none"])
     build_trainer(cfg, "cls", tmp_path, checkpoint=False)
     assert calls == [()]

@@ -276,8 +276,6 @@ class EvalData:
 
 @pytest.fixture
 def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import wsss.data.voc
-    import wsss.models.checkpoint
     import wsss.stages.maps as stage
     from conftest import compose_config
     from wsss.pipeline.artifacts import Experiment
@@ -301,9 +299,9 @@ def stage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         seen["checkpoint"] = path
         return AffineScores()
 
-    monkeypatch.setattr(wsss.models.checkpoint, "load_network", fake_net)
+    monkeypatch.setattr(stage, "load_network", fake_net)
     monkeypatch.setattr(stage, "infer_dataset", lambda cfg, split, infer_size: ToyInfer(6))
-    monkeypatch.setattr(wsss.data.voc, "VOCDataset", lambda root, split: EvalData())
+    monkeypatch.setattr(stage, "VOCDataset", lambda root, split: EvalData())
     return cfg, Experiment(tmp_path / "runs" / "e", runs=tmp_path / "runs"), seen
 
 

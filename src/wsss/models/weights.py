@@ -150,7 +150,7 @@ def detect_format(state: Mapping[str, Tensor]) -> str:
         return "wsss_classifier"
     if any(k.startswith(("backbone.", "head.")) for k in keys):
         return "wsss_segmenter" if any(k.startswith("head.") for k in keys) else "wsss_classifier"
-    if "conv1.weight" in state and any(k.startswith("layer1.0.") for k in keys):
+    if any(k.startswith("layer1.0.") for k in keys):
         return "torchvision_resnet"
     if any(k.startswith("features.") for k in keys):
         return "torchvision_vgg16"
