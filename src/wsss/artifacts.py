@@ -37,9 +37,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the final suffix (so writers that look at it still work) and starts
     with ``.tmp-`` so it is never mistaken for a finished file.
     """
+    from wsss.locks import unique_suffix
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp_name = (
+        tempfile.mkstemp(  # host and pid in the name: no two writers on a shared file system collide
+            prefix=f".tmp-{path.stem}-{unique_suffix()}-", suffix=path.suffix, dir=path.parent
+        )
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; finished files get the usual permissions
