@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wsss.config import register_resolvers
-from wsss.errors import WsssError
+from wsss.errors import PREEMPTED_EXIT, Preempted, WsssError
 
 register_resolvers()
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -49,6 +49,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     try:
         preflight(cfg)
+        from wsss.preemption import install
+
+        install(cfg)  # under SLURM: a checkpoint and a requeue at the scheduler's signal
         metrics = run_stages(cfg)
         _record_job(cfg, metrics)
         return metrics
@@ -219,6 +222,10 @@ def cli(argv: list[str] | None = None) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises every error; this function decides what to print
     try:
         main()
+    except Preempted as stopped:  # not an error: saved, (re)queued, resumes when run again
+        sys.stdout.flush()
+        sys.stderr.write(f"\nPreempted: {stopped}\n")
+        return PREEMPTED_EXIT
     except Exception as err:
         found = user_error(err)
         if found is None or show_traceback:

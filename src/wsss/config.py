@@ -38,8 +38,14 @@ def run_id() -> str:
     """A unique experiment name: time, process id and a random suffix.
 
     Stored in ``$WSSS_RUN_ID`` on first use, so DDP ranks that Lightning starts by re-executing
-    the script (they inherit the environment) resolve the same folder.
+    the script (they inherit the environment) resolve the same folder. Under SLURM it is
+    ``slurm-<job id>`` (``<array job>_<task>`` for an array task): a requeued job keeps its id, so it
+    finds and resumes its own experiment (``wsss.preemption``).
     """
+    if "WSSS_RUN_ID" not in os.environ and os.environ.get("SLURM_JOB_ID"):
+        from wsss.cluster import slurm_job_id
+
+        os.environ["WSSS_RUN_ID"] = f"slurm-{slurm_job_id()}"
     if "WSSS_RUN_ID" not in os.environ:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         os.environ["WSSS_RUN_ID"] = f"{stamp}_{os.getpid()}_{secrets.token_hex(2)}"

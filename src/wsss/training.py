@@ -166,7 +166,8 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
             spec["id"] = wandb_run_id(cfg, stage)
     if spec.get("save_dir"):
         Path(spec["save_dir"]).mkdir(parents=True, exist_ok=True)
-    return instantiate({**spec, "_recursive_": False})  # the run config it carries holds _target_ nodes
+    # the run config it carries holds _target_ nodes (not to build); plain containers: W&B 0.31 cannot take a DictConfig
+    return instantiate({**spec, "_recursive_": False, "_convert_": "all"})
 
 
 def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
@@ -247,12 +248,29 @@ def build_trainer(
     ]
     if record is not None:
         all_callbacks.append(RecordProvenance(record))
+    from wsss.preemption import STATE as PREEMPTION
+    from wsss.preemption import PreemptionCheckpoint, trainer_plugins
+
+    if PREEMPTION.enabled and checkpoint:
+        all_callbacks.append(PreemptionCheckpoint(stage, out_dir / "checkpoints"))
+    from wsss.ddp.faults import RankWatch
+
+    faults = cfg.get("ddp") or {}
+    all_callbacks.append(  # last: it may raise in on_exception
+        RankWatch(
+            stage,
+            out_dir,
+            out_dir / "checkpoints",
+            grace_s=float(faults.get("fault_grace_s", 10)),
+            stale_s=float(faults.get("heartbeat_timeout_s", 120)),
+        )
+    )
     trainer = pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger or False,
         callbacks=all_callbacks,
         enable_checkpointing=checkpoint,
-        plugins=[AtomicCheckpointIO(stage)],
+        plugins=[AtomicCheckpointIO(stage), *trainer_plugins()],
         **kwargs,
     )
     if isinstance(trainer.accelerator, CPUAccelerator):
