@@ -196,3 +196,62 @@ def test_train_py_under_slurm_stops_at_sigusr1_and_the_requeued_command_resumes(
     )
     assert plain.returncode == 0, (plain.stdout + plain.stderr)[-3000:]
     assert _same(_weights(runs, "b"), _weights(runs, "a"))
+
+
+def test_under_submitit_its_signal_checkpoints_first_then_submitit_requeues(
+    tmp_path: Path, monkeypatch, preemption_state
+) -> None:
+    """submitit (hydra/launcher=slurm) preempts with SIGUSR2 and requeues by its own handler, found installed
+    when the job starts: wsss saves last.ckpt after the step, then hands over to it. Lightning's SLURM
+    handler is never installed, and wsss's is the one on the signals while training runs."""
+    import lightning.pytorch as pl
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from wsss.preemption import install
+    from wsss.training import build_trainer
+
+    for key, value in {**SLURM, "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(key, value)
+    calls: list[int] = []
+
+    def submitit_handler(signum, frame):  # what submitit's checkpoint_and_try_requeue does on rank 0
+        calls.append(signum)
+        raise SystemExit(-1)
+
+    signal.signal(signal.SIGUSR2, submitit_handler)
+    cfg = compose_config([*COMMON, "exp=e", "stage=seg"], tmp_path / "runs")
+    assert install(cfg)
+    assert signal.SIGUSR2 in preemption_state.signals and signal.SIGUSR2 in preemption_state.requeue_on
+    seen: dict[str, object] = {}
+
+    class Task(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 3:
+                seen["usr1"] = signal.getsignal(signal.SIGUSR1)
+                seen["term"] = signal.getsignal(signal.SIGTERM)
+                seen["env"] = self.trainer._accelerator_connector.cluster_environment
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return ((self.w * batch[0] - 2.0) ** 2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    out = tmp_path / "stage"
+    trainer = build_trainer(cfg, "seg", out, logger=False, max_epochs=2, enable_progress_bar=False)
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(Task(), DataLoader(TensorDataset(torch.ones(10, 1)), batch_size=1))
+    assert stopped.value.code == -1 and calls == [signal.SIGUSR2]  # submitit requeued, once
+    assert seen["usr1"] == preemption_state.handler and seen["term"] == preemption_state.handler
+    assert isinstance(seen["env"], SLURMEnvironment) and not seen["env"].auto_requeue
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4 and saved["epoch"] == 0  # after the step the signal came in
+    assert not list(out.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue handler never ran
+    assert (
+        signal.getsignal(signal.SIGUSR2) == preemption_state.handler
+    )  # disarmed: back to wsss's job handler

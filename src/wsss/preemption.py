@@ -13,9 +13,10 @@ and exits at once. The requeued job runs the same command: the runner finds the 
 the same identity, resumes from ``last.ckpt``, and its W&B run continues (the id is in the stage folder);
 under SLURM the default experiment name is ``slurm-<job id>``, which a requeue keeps.
 
-Requeue: under submitit (``hydra/launcher=slurm``; ``SUBMITIT_EXECUTOR`` is set) submitit's own handler
-is called, which checkpoints the Hydra job (the launcher's ``checkpoint``: the same job again) and runs
-``scontrol requeue``; under plain SLURM (``sbatch`` running ``train.py``) ``scontrol requeue <job id>``,
+Requeue: under submitit (``hydra/launcher=slurm``; ``SUBMITIT_EXECUTOR`` is set) its preemption signal
+(``--signal=USR2@<signal_delay_s>``; ``SUBMITIT_PREEMPT_SIGNAL``) joins both lists, and after the
+checkpoint submitit's own handler is called, which checkpoints the Hydra job (the launcher's
+``checkpoint``: the same job again), runs ``scontrol requeue`` and exits; under plain SLURM (``sbatch`` running ``train.py``) ``scontrol requeue <job id>``,
 once per process, by global rank 0.
 
 Why not Lightning's ``SLURMEnvironment(auto_requeue=True)``: its SIGUSR1 handler writes
@@ -30,6 +31,7 @@ preempting SLURM (``PreemptMode=REQUEUE``) requeues the job itself, and ``scance
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -105,9 +107,17 @@ def install(cfg: DictConfig) -> bool:
         return False
     STATE.signals = _parse_signals(node.get("signals", ["SIGUSR1", "SIGTERM"]), "preemption.signals")
     STATE.requeue_on = set(_parse_signals(node.get("requeue_on", ["SIGUSR1"]), "preemption.requeue_on"))
+    if (
+        under_submitit()
+    ):  # submitit's own preemption signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
+        own = _parse_signals([os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")], "SUBMITIT_PREEMPT_SIGNAL")[
+            0
+        ]
+        STATE.signals += [own] if own not in STATE.signals else []
+        STATE.requeue_on.add(own)
     for sig in STATE.signals:
         current = signal.getsignal(sig)
-        if current is not STATE.handler:
+        if current != STATE.handler:
             STATE.previous[sig] = current
         signal.signal(sig, STATE.handler)
     log.info(

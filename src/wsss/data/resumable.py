@@ -92,7 +92,9 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, dataset: Any, **kwargs: Any) -> None:
         kwargs.pop("shuffle", None)
-        super().__init__(dataset, sampler=ResumableSampler(len(dataset)), **kwargs)
+        if kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
+            kwargs["sampler"] = ResumableSampler(len(dataset))  # else Lightning rebuilt it (overfit_batches)
+        super().__init__(dataset, **kwargs)
         self._restore: dict[str, Any] | None = None
         self.batches = 0  # batches handed out in the current epoch (Lightning takes one per step)
 
@@ -116,7 +118,9 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """Where the epoch stands and the random generators now (called when a checkpoint is written)."""
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            return {"seed": None}
         dataset_state = getattr(self.dataset, "random_state", None)
         return {
             "seed": sampler.seed,
@@ -129,9 +133,9 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the saved epoch with the next epoch's iteration (Lightning calls this on resume)."""
-        if state.get("seed") is None:
-            return  # saved before the first epoch started
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if state.get("seed") is None or not isinstance(sampler, ResumableSampler):
+            return  # saved before the first epoch started, or the loader was rebuilt with another sampler
         sampler.resume(state["seed"], state["samples"])
         self._restore = state  # applied when the epoch's iteration starts (see __iter__)
         if not state.get("exact", True) or self.num_workers > 0:

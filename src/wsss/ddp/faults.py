@@ -40,6 +40,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from wsss.errors import WsssError
+from wsss.locks import host_name, unique_suffix
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class RankWatch(Callback):
             record = {
                 "token": self.token,
                 "rank": self.rank,
-                "host": os.environ.get("WSSS_HOST") or os.uname().nodename,
+                "host": host_name(),
                 "pid": os.getpid(),
                 "beat": self.beat,
                 "step": self.step,
@@ -107,7 +108,7 @@ class RankWatch(Callback):
                 "state": self.state,
                 "error": self.error,
             }
-            tmp = self.folder / f".tmp-rank{self.rank}-{os.getpid()}.json"
+            tmp = self.folder / f".tmp-rank{self.rank}-{unique_suffix()}.json"
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self._path(self.rank))
