@@ -77,6 +77,7 @@ def _run(tmp_path: Path, rank: int, step: int, how: str) -> tuple[str, float, in
     ended = time.time()
     found = re.search(r"FAILING AT ([0-9.]+)", out)
     assert found, out[-3000:]
+    print(f"{how}: every rank ended {ended - float(found.group(1)):.1f} s after the failure")
     return out, ended - float(found.group(1)), proc.returncode
 
 
