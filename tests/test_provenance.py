@@ -139,8 +139,14 @@ def test_a_broken_plan_fails_before_torch_is_imported(tmp_path: Path, monkeypatc
     proc = run_train(args, timeout=120)
     assert proc.returncode != 0 and "stage pseudo reads maps_refine" in proc.stdout
     assert not (tmp_path / "runs" / "e" / "cls").exists()  # no training started
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stdout.splitlines() if line.startswith("import time:")}
-    assert "wsss.pipeline.runner" in imported and "torch" not in imported  # a refused plan costs about a second
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stdout.splitlines()
+        if line.startswith("import time:")
+    }
+    assert (
+        "wsss.pipeline.runner" in imported and "torch" not in imported
+    )  # a refused plan costs about a second
 
 
 TINY = [*TINY_TOY, "pseudo.source=cls", "pseudo.workers=1"]

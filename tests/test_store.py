@@ -56,9 +56,9 @@ def test_gc_removes_only_what_no_experiment_uses(tmp_path: Path, capsys) -> None
     runs = tmp_path / "runs"
     shutil.rmtree(runs / "c")  # experiment c is deleted: its entries are unused now
     store = Store(runs / "store")
-    assert {e.stage for e in store.gc(runs, dry_run=True)} == {"cls", "maps_cls"}
+    assert {e.stage for e in store.gc(runs, dry_run=True, min_age_s=0)} == {"cls", "maps_cls"}
     assert len(store.entries(runs)) == 4  # a dry run removes nothing
-    store_main(["gc", "--runs", str(runs)])
+    store_main(["gc", "--runs", str(runs), "--min-age", "0"])
     assert "removed 2 unused entries" in capsys.readouterr().out
     left = store.entries(runs)
     assert len(left) == 2 and all(e.users for e in left)

@@ -24,8 +24,28 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from wsss.errors import WsssError
-from wsss.pipeline.config import CONF_DIR, register_resolvers
+from wsss.data.content import attach_content
+from wsss.data.verify import verify_for_stages
+from wsss.ddp import prepare_job
+from wsss.errors import PREEMPTED_EXIT, ConfigError, Preempted, WsssError
+from wsss.experiments import demo
+from wsss.experiments.report import record_job
+from wsss.pipeline.config import (
+    CONF_DIR,
+    check_accelerator,
+    check_added_keys,
+    print_config,
+    register_resolvers,
+    validate,
+)
+from wsss.pipeline.runner import (
+    check_plan,
+    experiment,
+    finish_wandb,
+    pipeline_names,
+    planned_closure,
+    run_stages,
+)
 
 register_resolvers()
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -45,14 +65,15 @@ class MetricNotFoundError(WsssError, KeyError):
 
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
-    from wsss.ddp import prepare_job
-    from wsss.pipeline.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     try:
         preflight(cfg)
+        from wsss.tasks.preemption import install  # torch/Lightning: only once the plan holds
+
+        install(cfg)  # under SLURM: a checkpoint and a requeue at the scheduler's signal
         if cfg.stage == "adopt":  # not a stage of the pipeline: it installs another's artifact
-            from wsss.stages.adopt import adopt
+            from wsss.stages.adopt import adopt  # torch: only for stage=adopt
 
             metrics = adopt(cfg)
         else:
@@ -64,8 +85,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         if "torch" in sys.modules:  # nothing to close when the plan check stopped the job before any work
-            from wsss.ddp.sync import end_job
-            from wsss.pipeline.runner import finish_wandb
+            from wsss.ddp.sync import end_job  # torch: only when torch was loaded
 
             finish_wandb()
             end_job()
@@ -75,13 +95,10 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 def preflight(cfg: DictConfig) -> None:
     """Everything checked before any work: values, ``+key`` typos, the accelerator, the plan of stages,
     then (cached) every data split the stages that will run read."""
-    from wsss.pipeline.config import check_accelerator, print_config, validate
 
     validate(cfg)
     _check_added_keys(cfg)
     if cfg.stage == "adopt":  # no plan: adoption checks its own input (wsss.stages.adopt)
-        from wsss.data.content import attach_content
-
         check_accelerator(cfg)
         attach_content(cfg, [str(cfg.adopt.stage)])  # declared like the stage it stands for
         return
@@ -95,8 +112,6 @@ def preflight(cfg: DictConfig) -> None:
 def _check_added_keys(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.pipeline.config import check_added_keys
-
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
@@ -105,7 +120,7 @@ def _check_added_keys(cfg: DictConfig) -> None:
     added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
     trainer_keys = [k.split(".", 1)[1] for k in added if k.startswith("trainer.")]
     if trainer_keys:  # new Trainer arguments: check them now, not after the first stage has started
-        from wsss.tasks.trainer import check_trainer_arguments
+        from wsss.tasks.trainer import check_trainer_arguments  # Lightning: only for +trainer.* keys
 
         check_trainer_arguments(trainer_keys)
 
@@ -113,9 +128,6 @@ def _check_added_keys(cfg: DictConfig) -> None:
 def _check_plan_and_data(cfg: DictConfig) -> None:
     """The data's content fingerprints (cached), the plan (seconds, no torch), then every data split the
     stages that will run read (cached)."""
-    from wsss.data.content import attach_content
-    from wsss.data.verify import verify_for_stages
-    from wsss.pipeline.runner import check_plan, experiment, pipeline_names, planned_closure
 
     names = pipeline_names(cfg)
     attach_content(cfg, planned_closure(cfg, names))  # identities name the data by content, not path
@@ -126,16 +138,12 @@ def _check_plan_and_data(cfg: DictConfig) -> None:
 def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from wsss.experiments.report import record_job
-
     if HydraConfig.initialized():
         record_job(HydraConfig.get().runtime.output_dir, cfg, metrics, error)
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
     """Before any work: ``optimized_metric`` must come from a stage this run makes."""
-    from wsss.errors import ConfigError
-    from wsss.pipeline.runner import pipeline_names
 
     name = cfg.get("optimized_metric")
     stages = pipeline_names(cfg)
@@ -237,6 +245,10 @@ def cli(argv: list[str] | None = None) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises every error; this function decides what to print
     try:
         main()
+    except Preempted as stopped:  # not an error: saved, (re)queued, resumes when run again
+        sys.stdout.flush()
+        sys.stderr.write(f"\nPreempted: {stopped}\n")
+        return PREEMPTED_EXIT
     except Exception as err:
         found = user_error(err)
         if found is None or show_traceback:
@@ -254,8 +266,6 @@ DEMO = "demo"
 def entry() -> int:
     """The ``wsss`` console script: ``wsss demo ...`` runs the demo, anything else is ``train.py ...``."""
     if sys.argv[1:2] == [DEMO]:
-        from wsss.experiments import demo
-
         demo.main(sys.argv[2:])
         return 0
     return cli()

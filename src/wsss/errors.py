@@ -111,3 +111,19 @@ class TrainingError(WsssError, RuntimeError):
 
 class DivergedTrainingError(TrainingError):
     """The loss or the weights became NaN or infinite."""
+
+
+PREEMPTED_EXIT = 75
+"""Exit status of a preempted job (EX_TEMPFAIL: run it again; a requeued job does so by itself)."""
+
+
+class Preempted(SystemExit):
+    """Not an error: the job stopped at a scheduler's signal after saving what it needs to resume
+    (``wsss.tasks.preemption``). ``train.py`` prints the message and exits with ``PREEMPTED_EXIT``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PREEMPTED_EXIT)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss.data.maps_io import dense_maps, load_maps
 from wsss.data.palette import read_index_png
+from wsss.data.resumable import ResumableLoader
 from wsss.data.toy import ensure_toy
 from wsss.data.transforms import JITTER, SEG_SCALES, build_transforms
 from wsss.data.voc import VOCDataset, check_mask, preview_ids
@@ -113,6 +114,33 @@ class StageDataset(Dataset):
         if self._seeded_pid != pid:
             self.transform.set_random_seed(torch.initial_seed() % 2**32)
             self._seeded_pid = pid
+
+    def _generators(self) -> list[Any]:
+        """The augmentation pipeline and each of its transforms (each holds its own generators)."""
+        found, todo = [], [self.transform]
+        while todo:
+            node = todo.pop(0)
+            found.append(node)
+            todo.extend(getattr(node, "transforms", None) or [])
+        return found
+
+    def random_state(self) -> list[tuple[dict, tuple]]:
+        """The augmentation generators' states (numpy and Python), for an exact mid-epoch resume."""
+        self._seed_transform()
+        return [
+            (node.random_generator.bit_generator.state, node.py_random.getstate())
+            for node in self._generators()
+        ]
+
+    def set_random_state(self, state: list[tuple[dict, tuple]]) -> None:
+        """Continue the augmentation stream ``random_state`` saved (in this process)."""
+        nodes = self._generators()
+        if len(nodes) != len(state):
+            raise ValueError(f"augmentation state of {len(state)} transforms for a pipeline of {len(nodes)}")
+        for node, (numpy_state, python_state) in zip(nodes, state, strict=True):
+            node.random_generator.bit_generator.state = numpy_state
+            node.py_random.setstate(python_state)
+        self._seeded_pid = os.getpid()
 
     def _inputs(self, i: int) -> dict[str, np.ndarray]:
         """The decoded inputs of sample ``i`` (copies from the cache when it holds them)."""
@@ -384,7 +412,12 @@ class WSSSDataModule(pl.LightningDataModule):
         workers = int(self._get("num_workers", 0))
         pin = self._get("pin_memory", "auto")
         pin = torch.cuda.is_available() if pin == "auto" else bool(pin)
-        return DataLoader(
+        trainer = getattr(self, "trainer", None)
+        single = trainer is None or trainer.world_size == 1
+        loader = DataLoader
+        if shuffle and single:  # resumes mid-epoch exactly (wsss.data.resumable); DDP: Lightning's sampler
+            loader = ResumableLoader
+        return loader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

@@ -78,3 +78,23 @@ def load_network(path: str | Path) -> nn.Module:
             "rerun the stage that wrote it with force=true"
         ) from err
     return net.eval()
+
+
+def _checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(epoch, global step) stored in a Lightning checkpoint, or None when it cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
+    except Exception:  # noqa: BLE001 - only used to describe the file in a message
+        return None
+
+
+def last_good_checkpoint(folder: str | Path) -> str:
+    """A sentence naming the last checkpoint (``last.ckpt``) in ``folder`` and its epoch and step, for
+    messages about a training stage that stopped."""
+    last = Path(folder) / "last.ckpt"
+    if not last.is_file():
+        return "No checkpoint was saved before that."
+    where = _checkpoint_position(last)
+    at = f" (epoch {where[0]}, step {where[1]})" if where else ""
+    return f"The last checkpoint saved before that is {last}{at}; the stage is not marked complete."

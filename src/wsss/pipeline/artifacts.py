@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from wsss.constants import COMPLETE, METRICS, RECORD, TMP_PREFIX
+from wsss.ddp.locks import unique_suffix
 from wsss.pipeline.registry import stage as declaration
 from wsss.pipeline.store import link
 
@@ -37,9 +38,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the final suffix (so writers that look at it still work) and starts
     with ``.tmp-`` so it is never mistaken for a finished file.
     """
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp_name = (
+        tempfile.mkstemp(  # host and pid in the name: no two writers on a shared file system collide
+            prefix=f"{TMP_PREFIX}{path.stem}-{unique_suffix()}-", suffix=path.suffix, dir=path.parent
+        )
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; finished files get the usual permissions

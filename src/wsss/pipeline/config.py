@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.constants import DRS_LAYERS, DRS_MODES
+from wsss.ddp.scheduler import slurm_job_id
 from wsss.errors import ConfigError, UnknownKeyError, UnsupportedLaunchError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -38,8 +39,12 @@ def run_id() -> str:
     """A unique experiment name: time, process id and a random suffix.
 
     Stored in ``$WSSS_RUN_ID`` on first use, so DDP ranks that Lightning starts by re-executing
-    the script (they inherit the environment) resolve the same folder.
+    the script (they inherit the environment) resolve the same folder. Under SLURM it is
+    ``slurm-<job id>`` (``<array job>_<task>`` for an array task): a requeued job keeps its id, so it
+    finds and resumes its own experiment (``wsss.tasks.preemption``).
     """
+    if "WSSS_RUN_ID" not in os.environ and os.environ.get("SLURM_JOB_ID"):
+        os.environ["WSSS_RUN_ID"] = f"slurm-{slurm_job_id()}"
     if "WSSS_RUN_ID" not in os.environ:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         os.environ["WSSS_RUN_ID"] = f"{stamp}_{os.getpid()}_{secrets.token_hex(2)}"

@@ -161,7 +161,11 @@ def experiment(cfg: DictConfig) -> Experiment:
     """The experiment folder of ``cfg`` (with the shared store when ``store.enabled``)."""
 
     node = cfg.get("store") or {}
-    store = Store(node.get("root")) if node.get("enabled", False) else None
+    store = (
+        Store(node.get("root"), float(node.get("lock_timeout_s", 120)), float(node.get("heartbeat_s", 10)))
+        if node.get("enabled", False)
+        else None
+    )
     root = Path(cfg.paths.exp_dir)
     if store is not None and (
         root.resolve() == store.root.resolve() or store.root.resolve() in root.resolve().parents

@@ -1,20 +1,23 @@
 """The shared artifact store: every stage output lives once, under its identity.
 
     python -m wsss.pipeline.store list [--runs runs]        # entries: stage, identity, size, the experiments using them
-    python -m wsss.pipeline.store gc [--runs runs] [--dry-run]   # remove the entries no experiment uses
+    python -m wsss.pipeline.store gc [--runs runs] [--dry-run] [--min-age 3600]   # remove the entries no experiment uses
 
 With ``store.enabled`` (the default) a stage's artifact is made in ``${paths.runs}/store/<stage>/<identity>/``
 and the experiment folder refers to it: ``runs/<exp>/<stage folder>`` is a (relative) symlink to the
 entry, so ``runs/<exp>/`` looks as it always did. A job whose stage identity is already complete in the
 store reuses it; two jobs that need the same missing artifact at once make it once: the first holds the
-entry's lock (``<identity>.lock``, ``fcntl.flock``), the second waits, then reuses it. Entries whose
-identities differ in any defining key are different folders, so nothing is ever shared between them.
+entry's lock (``<identity>.lock``, a ``wsss.ddp.locks.HostLock``: safe across the hosts of a cluster on NFS,
+taken over after ``store.lock_timeout_s`` when its holder stopped heartbeating), the second waits, then
+reuses it. Entries whose identities differ in any defining key are different folders, so nothing is ever
+shared between them. ``gc`` never removes an entry whose lock is live or that was made or linked less
+than ``--min-age`` seconds ago (a job on another node may be about to link it).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import contextlib
 import logging
 import os
 import shutil
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsss.constants import COMPLETE
+from wsss.ddp.locks import HostLock, is_live, unique_suffix
+from wsss.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +57,33 @@ class Entry:
 class Store:
     """The entries under ``root`` (``${paths.runs}/store``)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, lock_timeout_s: float = 120.0, heartbeat_s: float = 10.0) -> None:
+        if heartbeat_s >= lock_timeout_s:
+            raise ConfigError(
+                f"store.heartbeat_s={heartbeat_s} must be below store.lock_timeout_s={lock_timeout_s} "
+                "(a live holder must rewrite its lock before waiters give up on it)"
+            )
         self.root = Path(root)
+        self.lock_timeout_s = float(lock_timeout_s)
+        self.heartbeat_s = float(heartbeat_s)
 
     def entry(self, stage: str, identity: str) -> Path:
         return self.root / stage / identity
 
+    def lock_path(self, stage: str, identity: str) -> Path:
+        return self.root / stage / f"{identity}.lock"
+
     @contextmanager
-    def lock(self, stage: str, identity: str, poll_s: float = 5.0) -> Iterator[None]:
-        """Hold the entry's lock (another process making the same artifact waits here)."""
-        path = self.root / stage / f"{identity}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another job that is making %s %s (%s)", stage, identity, path)
-                started = time.monotonic()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                log.info("%s %s is free after %.0f s", stage, identity, time.monotonic() - started)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def lock(self, stage: str, identity: str) -> Iterator[HostLock]:
+        """Hold the entry's lock (another process making the same artifact, on any host, waits here)."""
+        held = HostLock(self.lock_path(stage, identity), self.lock_timeout_s, self.heartbeat_s)
+        waited = held.acquire()
+        if waited >= 1.0:
+            log.info("%s %s is free after %.0f s", stage, identity, waited)
+        try:
+            yield held
+        finally:
+            held.release()
 
     def entries(self, runs: str | Path | None = None) -> list[Entry]:
         """Every entry, with the experiment folders under ``runs`` whose links point at it."""
@@ -91,17 +100,32 @@ class Store:
             entry.users.sort()
         return list(found.values())
 
-    def gc(self, runs: str | Path | None = None, dry_run: bool = False) -> list[Entry]:
-        """Remove the entries no experiment refers to (and whose lock nobody holds); returns them."""
+    def gc(
+        self, runs: str | Path | None = None, dry_run: bool = False, min_age_s: float = 3600.0
+    ) -> list[Entry]:
+        """Remove the entries no experiment refers to, whose lock is not live and that nobody made or linked
+        in the last ``min_age_s`` seconds (a job elsewhere may be about to link one); returns them."""
         removed = []
+        now = time.time()
         for entry in self.entries(runs):
-            if entry.users or _locked(self.root / entry.stage / f"{entry.identity}.lock"):
+            lock = self.lock_path(entry.stage, entry.identity)
+            if entry.users or is_live(lock, self.lock_timeout_s, now) or _age(entry.path, now) < min_age_s:
                 continue
             removed.append(entry)
             if not dry_run:
                 shutil.rmtree(entry.path)
-                (self.root / entry.stage / f"{entry.identity}.lock").unlink(missing_ok=True)
+                if not is_live(lock, self.lock_timeout_s):
+                    lock.unlink(missing_ok=True)
         return removed
+
+
+def _age(path: Path, now: float) -> float:
+    """Seconds since ``path`` (an entry) or any file directly in it last changed (``link`` touches it)."""
+    try:
+        newest = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])
+    except FileNotFoundError:
+        return 0.0
+    return now - newest
 
 
 def _links(runs: Path, store_root: Path) -> Iterator[Path]:
@@ -122,18 +146,6 @@ def _links(runs: Path, store_root: Path) -> Iterator[Path]:
                     yield path
 
 
-def _locked(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 def link(view: Path, target: Path) -> None:
     """Make ``view`` a relative symlink to ``target`` (replacing an older link, never a real folder)."""
     view.parent.mkdir(parents=True, exist_ok=True)
@@ -141,10 +153,12 @@ def link(view: Path, target: Path) -> None:
         view.unlink()
     elif view.exists():
         raise FileExistsError(f"{view} is a real folder; it cannot become a link to the store entry {target}")
-    tmp = view.with_name(f".tmp-link-{view.name}-{os.getpid()}")
+    tmp = view.with_name(f".tmp-link-{view.name}-{unique_suffix()}")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target, view.parent), tmp)
     os.replace(tmp, view)
+    with contextlib.suppress(PermissionError):  # another user's entry: its files' own times still count
+        os.utime(target)  # a recent link: gc leaves the entry alone for a while
 
 
 def _human(size: int) -> str:
@@ -161,8 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["list", "gc"])
     parser.add_argument("--runs", default="runs", help="paths.runs (the store is <runs>/store)")
     parser.add_argument("--dry-run", action="store_true", help="gc: only say what would be removed")
+    parser.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="gc: keep entries made or linked less than this many seconds ago",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        help="a lock not rewritten for this long is dead (store.lock_timeout_s)",
+    )
     args = parser.parse_args(argv)
-    store = Store(Path(args.runs) / STORE)
+    store = Store(Path(args.runs) / STORE, lock_timeout_s=args.lock_timeout)
     if args.command == "list":
         entries = store.entries(args.runs)
         for e in entries:
@@ -171,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{e.stage:12s} {e.identity}  {_human(e.size()):>9s}  {state:10s}  {users}")
         print(f"{len(entries)} entries, {_human(sum(e.size() for e in entries))}")
     else:
-        removed = store.gc(args.runs, dry_run=args.dry_run)
+        removed = store.gc(args.runs, dry_run=args.dry_run, min_age_s=args.min_age)
         verb = "would remove" if args.dry_run else "removed"
         for e in removed:
             print(f"{verb} {e.stage} {e.identity} ({_human(e.size()) if args.dry_run else 'gone'})")

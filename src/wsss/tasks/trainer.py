@@ -30,9 +30,13 @@ from PIL import Image
 
 from wsss.ddp.sync import ReleaseSpawnedProcessGroup
 from wsss.errors import CorruptArtifactError, DivergedTrainingError, TrainingError, UnknownKeyError
+from wsss.models.checkpoint import last_good_checkpoint
 from wsss.pipeline.artifacts import Experiment, atomic_path, write_text
 from wsss.pipeline.registry import STAGES
 from wsss.tasks.memory import retain_freed_memory
+from wsss.tasks.preemption import STATE as PREEMPTION
+from wsss.tasks.preemption import PreemptionCheckpoint, trainer_plugins
+from wsss.tasks.rank_faults import RankWatch
 
 log = logging.getLogger(__name__)
 
@@ -73,29 +77,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise DivergedTrainingError(
                 f"stage {self.stage}: training diverged: the weights hold NaN or infinite values "
                 f"({len(bad)} tensors, e.g. {bad[0]}) at step {checkpoint.get('global_step')}; refusing to "
-                f"write {path}. {_last_good(Path(path).parent)} Lower {_lr_key(self.stage)} (or check the "
+                f"write {path}. {last_good_checkpoint(Path(path).parent)} Lower {_lr_key(self.stage)} (or check the "
                 "data), then start the stage again with force=true."
             )
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-
-
-def _checkpoint_position(path: Path) -> tuple[int, int] | None:
-    """(epoch, global step) stored in a Lightning checkpoint, or None when it cannot be read."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
-    except Exception:  # noqa: BLE001 - only used to describe the file in a message
-        return None
-
-
-def _last_good(folder: Path) -> str:
-    last = Path(folder) / LAST
-    if not last.is_file():
-        return "No checkpoint was saved before that."
-    where = _checkpoint_position(last)
-    at = f" (epoch {where[0]}, step {where[1]})" if where else ""
-    return f"The last checkpoint saved before that is {last}{at}; the stage is not marked complete."
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -112,7 +98,7 @@ class StopOnNonFiniteLoss(Callback):
     def _stop(self, trainer: pl.Trainer, what: str, value: float) -> None:
         raise DivergedTrainingError(
             f"stage {self.stage}: training diverged: the {what} is {value} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}). {_last_good(self.checkpoint_dir)} Lower "
+            f"(epoch {trainer.current_epoch}). {last_good_checkpoint(self.checkpoint_dir)} Lower "
             f"{_lr_key(self.stage)} (or check the data), then start the stage again with force=true."
         )
 
@@ -168,7 +154,8 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
             spec["id"] = wandb_run_id(cfg, stage)
     if spec.get("save_dir"):
         Path(spec["save_dir"]).mkdir(parents=True, exist_ok=True)
-    return instantiate({**spec, "_recursive_": False})  # the run config it carries holds _target_ nodes
+    # the run config it carries holds _target_ nodes (not to build); plain containers: W&B 0.31 cannot take a DictConfig
+    return instantiate({**spec, "_recursive_": False, "_convert_": "all"})
 
 
 def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
@@ -248,12 +235,26 @@ def build_trainer(
     ]
     if record is not None:
         all_callbacks.append(RecordProvenance(record))
+
+    if PREEMPTION.enabled and checkpoint:
+        all_callbacks.append(PreemptionCheckpoint(stage, out_dir / "checkpoints"))
+
+    faults = cfg.get("ddp") or {}
+    all_callbacks.append(  # last: it may raise in on_exception
+        RankWatch(
+            stage,
+            out_dir,
+            out_dir / "checkpoints",
+            grace_s=float(faults.get("fault_grace_s", 10)),
+            stale_s=float(faults.get("heartbeat_timeout_s", 120)),
+        )
+    )
     trainer = pl.Trainer(
         default_root_dir=str(out_dir),
         logger=logger or False,
         callbacks=all_callbacks,
         enable_checkpointing=checkpoint,
-        plugins=[AtomicCheckpointIO(stage)],
+        plugins=[AtomicCheckpointIO(stage), *trainer_plugins()],
         **kwargs,
     )
     if isinstance(trainer.accelerator, CPUAccelerator):
