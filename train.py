@@ -44,11 +44,13 @@ class MetricNotFoundError(WsssError, KeyError):
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage(s) and return their metrics (``<stage>/<key>``)."""
     from wsss.ddp import prepare_job
+    from wsss.logs import single_handlers
     from wsss.stages.runner import run_stages
 
     prepare_job(cfg)  # first: it resets state (DDP variables, run id) left by a previous sweep job
     try:
         preflight(cfg)
+        single_handlers()  # the plan holds, Lightning may load: one line per event under Hydra's logging
         metrics = run_stages(cfg)
         _record_job(cfg, metrics)
         return metrics
