@@ -6,8 +6,8 @@ python train.py -m experiment=toy drs.delta=0.4,0.55,0.7   # a sweep (see conf/s
 
 Errors a user causes and can fix (``wsss.errors.WsssError``: config, data, missing upstream, weights,
 launch; Hydra's own config errors) print as one block without a traceback and exit with code 2;
-``HYDRA_FULL_ERROR=1`` or ``debug_errors=true`` shows the traceback. Anything else is a bug and keeps
-its traceback.
+``HYDRA_FULL_ERROR=1`` or ``debug_errors=true`` shows the traceback. Anything else (a TypeError inside
+a constructor included) is a crash: its traceback, a line saying it is a bug in wsss to report, exit 1.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 log = logging.getLogger("wsss")
 
 USER_ERROR_EXIT = 2
+CRASH_EXIT = 1
 TRACEBACKS = "WSSS_TRACEBACKS"
 """Set by the first train.py process: whether the user asked for tracebacks (inherited by DDP ranks)."""
 
@@ -100,12 +101,16 @@ def _check_added_keys(cfg: DictConfig) -> None:
 
 
 def _check_plan_and_data(cfg: DictConfig) -> None:
-    """The plan first (seconds, no torch), then every data split the stages that will run read (cached)."""
+    """The plan first (seconds, no torch), then every data split the stages that will run read (cached),
+    then the networks they build (keys and values, on the meta device)."""
     from wsss.data.verify import verify_for_stages
+    from wsss.network_checks import check_networks
     from wsss.stages.runner import check_plan, experiment, pipeline_names
 
     steps = check_plan(cfg, experiment(cfg), pipeline_names(cfg))
-    verify_for_stages(cfg, [s.name for s in steps if s.action in ("run", "resume")])
+    running = [s.name for s in steps if s.action in ("run", "resume")]
+    verify_for_stages(cfg, running)
+    check_networks(cfg, running)
 
 
 def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
@@ -165,9 +170,9 @@ def user_error(err: BaseException) -> tuple[str, str] | None:
 
     if isinstance(err, WsssError):
         return type(err).__name__, _strip_worker_traceback(str(err), err)
-    if isinstance(err, InstantiationException):
+    if isinstance(err, InstantiationException):  # only a wsss error inside a constructor is the user's
         cause = err.__cause__
-        if isinstance(cause, WsssError | ValueError | TypeError):
+        if isinstance(cause, WsssError):
             head = str(err).splitlines()[0].rstrip(":")  # "Error in call to target '...'"
             return type(cause).__name__, f"{head}:\n{_strip_worker_traceback(str(cause), cause)}"
         return None
@@ -206,6 +211,13 @@ def format_error(kind: str, message: str) -> str:
     )
 
 
+BUG_REPORT = (
+    "\nThis is a crash of wsss, not a problem with your command: a bug in wsss. Please report it on the "
+    "wsss issue tracker with the command you ran, this traceback and `pip freeze`.\n"
+)
+"""What a crash prints after its traceback."""
+
+
 def _tracebacks_wanted(argv: list[str]) -> bool:
     """The user set HYDRA_FULL_ERROR=1 or debug_errors=true (the decision is inherited by DDP ranks)."""
     if TRACEBACKS not in os.environ:
@@ -223,7 +235,13 @@ def cli(argv: list[str] | None = None) -> int:
         main()
     except Exception as err:
         found = user_error(err)
-        if found is None or show_traceback:
+        if found is None:
+            import traceback
+
+            traceback.print_exc()  # the traceback first, then what to do about it
+            sys.stderr.write(BUG_REPORT)
+            return CRASH_EXIT
+        if show_traceback:
             raise
         sys.stdout.flush()
         sys.stderr.write(format_error(*found))

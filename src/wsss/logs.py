@@ -28,9 +28,7 @@ def single_handlers() -> list[str]:
     changed = []
     for name in PACKAGE_LOGGERS:
         logger = logging.getLogger(name)
-        console = [
-            h for h in logger.handlers if type(h) is logging.StreamHandler and h not in root.handlers
-        ]
+        console = [h for h in logger.handlers if type(h) is logging.StreamHandler and h not in root.handlers]
         for handler in console:
             logger.removeHandler(handler)
         if console or not logger.propagate:
