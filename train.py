@@ -109,8 +109,34 @@ def _check_plan_and_data(cfg: DictConfig) -> None:
 
     steps = check_plan(cfg, experiment(cfg), pipeline_names(cfg))
     running = [s.name for s in steps if s.action in ("run", "resume")]
+    check_recipe(cfg, running)
     verify_for_stages(cfg, running)
     check_networks(cfg, running)
+
+
+TRAINING_STAGES = ("cls", "refine", "seg")
+"""Stages that train a network: they need a recipe (``experiment=``) that fits the data."""
+
+
+def check_recipe(cfg: DictConfig, running: list[str]) -> None:
+    """A command that trains a network names its recipe: the root config alone would train a randomly
+    initialised VGG-16 with the paper's schedule on whatever ``data`` is (the 96 px toy by default)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from wsss.config import CONF_DIR
+    from wsss.errors import ConfigError
+
+    if not HydraConfig.initialized() or HydraConfig.get().runtime.choices.get("experiment") is not None:
+        return
+    training = [name for name in running if name in TRAINING_STAGES]
+    if training:
+        recipes = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+        raise ConfigError(
+            f"this command trains {', '.join(training)} but names no recipe: add experiment=<name> "
+            f"(recipes: {recipes}). experiment=toy runs on CPU in minutes on the built-in toy data; "
+            "experiment=paper_vgg16 is the paper's VGG-16 on VOC (data=voc data.root=... "
+            "backbone.weights=...). Example: python train.py stage=pipeline experiment=toy"
+        )
 
 
 def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
