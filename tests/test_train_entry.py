@@ -138,6 +138,9 @@ def test_a_bare_command_names_the_recipes_instead_of_training_vgg16_on_toy_data(
     a command that trains must name its recipe; one that trains nothing (stage=probe above) need not."""
     proc = run_train([f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}"], tracebacks=False)
     assert proc.returncode == 2, proc.stdout[-3000:]
-    assert "Error (ConfigError):\n  this command trains cls but names no recipe: add experiment=<name>" in proc.stdout
+    assert (
+        "Error (ConfigError):\n  this command trains cls but names no recipe: add experiment=<name>"
+        in proc.stdout
+    )
     assert "paper_vgg16" in proc.stdout and "toy" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "data").exists()  # refused before the toy data was generated

@@ -15,6 +15,7 @@ and the prediction has an undefined IoU and is left out of the mean, as are its 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,3 +124,22 @@ def exact_match_accuracy(logits: torch.Tensor, targets: torch.Tensor, threshold:
     """Share of samples whose whole multi-hot label is predicted exactly at ``sigmoid >= threshold``."""
     pred = torch.sigmoid(logits) >= threshold
     return (pred == targets.bool()).all(dim=1).float().mean()
+
+
+PER_CLASS_CSV = "per_class_iou.csv"
+"""The per-class IoU file of a stage that scores segmentations (maps, pseudo, eval): ``class,iou`` rows."""
+
+
+def write_per_class_iou(path: str | Path, per_class: dict[str, float]) -> None:
+    """``class,iou`` rows, written atomically (a class absent from truth and prediction: nan)."""
+    from wsss.artifacts import atomic_path
+
+    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def read_per_class_iou(path: str | Path) -> list[list[Any]]:
+    """The ``[class, iou]`` rows of a file ``write_per_class_iou`` wrote."""
+    rows = Path(path).read_text().splitlines()[1:]
+    return [[name, float(iou)] for name, iou in (row.rsplit(",", 1) for row in rows if row)]

@@ -19,7 +19,7 @@ import numpy as np
 
 from wsss.data.maps_io import load_maps
 from wsss.localization import resize_maps
-from wsss.metrics import confusion_counts, scores_from_confusion
+from wsss.metrics import confusion_counts, scores_from_confusion, write_per_class_iou
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ class SeedSweep:
             )
         return rows
 
+    def per_class_iou(self) -> dict[str, float]:
+        """Per-class IoU at the best threshold (``compute``'s)."""
+        best = self.thresholds.index(float(self.compute()["best_threshold"]))
+        return scores_from_confusion(self.cms[best])["per_class_iou"]
+
     def compute(self) -> dict[str, float | bool]:
         """The best threshold (highest mIoU; the lowest such threshold on ties) and its scores.
 
@@ -92,11 +97,13 @@ def evaluate_seeds(
     ids: Sequence[str],
     mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    per_class_csv: str | Path | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Score ``<maps_dir>/<id>.npz`` against ``mask(i)`` for the ids (index i) that have maps and masks.
 
     ``mask(i)`` returns None for an image without ground truth; such images are skipped. Returns the
-    flat metrics (with ``seed_missing``: images with a mask but no maps file) and the sweep curve.
+    flat metrics (with ``seed_missing``: images with a mask but no maps file) and the sweep curve;
+    ``per_class_csv``: also write the per-class IoU at the best threshold there.
     """
     maps_dir = Path(maps_dir)
     sweep = SeedSweep(thresholds)
@@ -133,4 +140,6 @@ def evaluate_seeds(
             max(sweep.thresholds),
         )
     metrics["seed_missing"] = missing
+    if per_class_csv is not None:
+        write_per_class_iou(per_class_csv, sweep.per_class_iou())
     return metrics, sweep.curve()

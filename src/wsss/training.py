@@ -365,12 +365,6 @@ def log_image(logger: Logger | None, key: str, png_path: str | Path, step: int |
             )
 
 
-def log_table(logger: Logger | None, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Send a table to W&B; other loggers rely on the CSV the stage writes."""
-    if isinstance(logger, WandbLogger):
-        logger.log_table(key=key, columns=columns, data=rows)
-
-
 def finalize_logger(logger: Logger | None) -> None:
     """Flush a logger a stage built itself (stages that run no Trainer)."""
     if logger:

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import atomic_path
 from wsss.crf import CRFParams, require_pydensecrf
 from wsss.data.palette import colorize, save_mask
 from wsss.errors import MaskSizeError, MissingArtifactError
 from wsss.inference import SplitImages, pick_device, segment_images
-from wsss.metrics import ConfusionMatrix
+from wsss.metrics import PER_CLASS_CSV, ConfusionMatrix, write_per_class_iou
 from wsss.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -72,17 +71,10 @@ def inference_settings(cfg: DictConfig, section: DictConfig) -> dict[str, Any]:
     }
 
 
-def write_per_class(path: Path, per_class: dict[str, float]) -> None:
-    """``class,iou`` rows, written atomically (a class absent from truth and prediction: nan)."""
-    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     from wsss.figures import save_grid
     from wsss.models.checkpoint import load_network
-    from wsss.training import build_logger, finalize_logger, log_image, log_metrics, log_table
+    from wsss.training import build_logger, finalize_logger, log_image, log_metrics
 
     cfg, out = ctx.cfg, ctx.out
     ecfg = cfg.eval
@@ -115,7 +107,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if len(rows) < n_fig:
             rows.append([dataset.image(index), colorize(mask), colorize(label)])
     scores = scorer.compute()
-    write_per_class(out / "per_class_iou.csv", scores["per_class_iou"])
+    write_per_class_iou(out / PER_CLASS_CSV, scores["per_class_iou"])
     metrics: dict[str, Any] = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
     metrics |= {
         "images": len(dataset.ids),
@@ -128,12 +120,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     logger = build_logger(cfg, STAGE)
     log_metrics(logger, metrics, prefix=STAGE)
-    log_table(
-        logger,
-        f"{STAGE}/per_class_iou",
-        ["class", "iou"],
-        [[k, v] for k, v in scores["per_class_iou"].items()],
-    )
+    # the per-class table goes to W&B from per_class_iou.csv with the stage's artifact (wsss.wandb_lineage)
     if rows:
         png = save_grid(
             rows,

@@ -57,12 +57,15 @@ def figure_columns(cfg: DictConfig, exp: Experiment, current: str) -> dict[str, 
 def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     """Seed mIoU sweep on ``data.eval_split`` and the Figure-1 grid (rank 0)."""
     from wsss.data.voc import VOCDataset
+    from wsss.metrics import PER_CLASS_CSV
     from wsss.seeds import evaluate_seeds
     from wsss.training import log_image, log_metrics
 
     cfg, out = ctx.cfg, ctx.out
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds))
+    metrics, curve = evaluate_seeds(
+        out, list(gt.ids), gt.mask, list(cfg.maps.thresholds), per_class_csv=out / PER_CLASS_CSV
+    )
     _write_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)
     png = draw_figure1(ctx, gt)

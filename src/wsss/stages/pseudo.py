@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from wsss.artifacts import atomic_path, read_json
+from wsss.artifacts import read_json
 from wsss.constants import IGNORE_INDEX
 from wsss.crf import CRFParams, crf_map, require_pydensecrf
 from wsss.data.palette import colorize, read_index_png
 from wsss.data.voc import pending_labels
 from wsss.errors import MaskSizeError, MissingArtifactError, MissingSaliencyError
 from wsss.hints import command
+from wsss.metrics import PER_CLASS_CSV, write_per_class_iou
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 from wsss.stages.runner import StageContext
 
@@ -125,12 +126,6 @@ def evaluate(out: Path, gt: Any) -> tuple[dict[str, Any], dict[str, float]]:
     return metrics, scores["per_class_iou"]
 
 
-def _write_per_class(path: Path, per_class: dict[str, float]) -> None:
-    lines = ["class,iou"] + [f"{name},{iou:.6f}" for name, iou in per_class.items()]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def figure(gt: Any, out: Path, path: Path, n: int, rule_name: str) -> Path | None:
     """Rows of image | ground truth | pseudo label (VOC palette) for the first ``n`` labelled eval images."""
     from wsss.figures import save_grid
@@ -219,7 +214,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     gt = voc_dataset(cfg, str(cfg.data.eval_split))
     quality, per_class = evaluate(out, gt)
-    _write_per_class(out / "per_class_iou.csv", per_class)
+    write_per_class_iou(out / PER_CLASS_CSV, per_class)
     metrics: dict[str, Any] = {
         **quality,
         "images": len(ids),

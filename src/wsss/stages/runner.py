@@ -268,7 +268,18 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             barrier()  # other ranks continue only once rank 0 has marked the stage complete
             metrics = exp.metrics(step.name) or metrics
         results.update({f"{step.name}/{k}": v for k, v in (metrics or {}).items()})
+    if _rank() == 0:
+        _summarize(exp, steps)
     return results
+
+
+def _summarize(exp: Experiment, steps: list[Step]) -> None:
+    """The table of every stage's metrics, in the log and as ``summary.{json,md}`` in the experiment folder."""
+    from wsss.summary import format_table, summary_rows, write_summary
+
+    rows = summary_rows(exp, [(s.name, s.action) for s in steps])
+    json_path, _ = write_summary(exp, rows)
+    log.info("metrics of the stages of %s (%s):\n%s", exp.root.name, json_path, format_table(rows))
 
 
 def _prepare(exp: Experiment, declared: Stage, identity: str, force: bool, resuming: bool) -> None:
@@ -352,6 +363,7 @@ def _make(
     from lightning.pytorch import seed_everything
 
     from wsss.training import finish_wandb
+    from wsss.wandb_lineage import log_stage
 
     if _rank() == 0:
         _prepare(exp, declared, record["identity"], force, resuming)
@@ -367,5 +379,6 @@ def _make(
     metrics = importlib.import_module(f"wsss.stages.{declared.module}").run(ctx) or {}
     if _rank() == 0:
         exp.finish(declared.name, metrics, record if declared.artifact else None)
+        log_stage(exp, declared.name, list(ctx.inputs), made=declared.artifact)  # W&B only
     finish_wandb()
     return metrics
