@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 
 import pytest
+from wandb_offline import OfflineRun, read_run, references
 
 from conftest import REPO, TINY_TOY, run_train
-from wandb_offline import OfflineRun, read_run, references
 
 STAGES = ["cls", "maps_cls", "pseudo", "seg", "eval"]
 UPSTREAM = {"cls": None, "maps_cls": "cls", "pseudo": "maps_cls", "seg": "pseudo", "eval": "seg"}
