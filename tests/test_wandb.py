@@ -233,3 +233,44 @@ def test_every_variable_the_suite_sets_has_its_path_tested() -> None:
     assert names == set(SUITE_ENV), names ^ set(SUITE_ENV)
     troubleshooting = (REPO / "tests" / "test_troubleshooting.py").read_text()
     assert "tracebacks=False" in troubleshooting
+
+
+def test_a_sweep_report_is_a_run_of_its_own_with_the_table_and_figure(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+    from test_report import job
+
+    from wsss.artifacts import write_json
+    from wsss.report import report
+
+    for key, value in wandb_env(tmp_path / "wandb").items():
+        monkeypatch.setenv(key, value)
+    sweep = tmp_path / "table4_seg_20261207-010000"
+    result = job("table4_seg", ["segmenter=aspp_r101"], {"seed": 0.5, "pseudo": 0.6, "seg": 0.7}, source="refine",
+                 segmenter="aspp_r101")  # fmt: skip
+    write_json(sweep / "0" / "result.json", {k: v for k, v in result.items() if k != "job"})
+    report(sweep)
+    wandb.teardown()  # the W&B service process writes the run file: wait until it is done
+    (folder,) = (sweep / "wandb").glob("offline-run-*")
+    run = read_run(folder)
+    assert run.run.job_type == "report" and run.run.run_group == sweep.name
+    assert run.run.display_name == f"{sweep.name}/report"
+    scalars = run.scalars()
+    table = json.loads((folder / "files" / scalars["report/table.path"]).read_text())
+    assert table["columns"][0] == "table" and len(table["data"]) == 1
+    assert table["data"][0][0] == "table4_seg" and "DRS† ASPP-R101" in table["data"][0]
+    assert scalars["report/figure._type"] == "image-file"
+    assert (folder / "files" / scalars["report/figure.path"]).stat().st_size > 1000
+
+
+def test_a_sweep_logs_its_report_to_wandb_only_with_the_wandb_logger(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from wsss.wandb_lineage import uses_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb_cfg = OmegaConf.create({"logger": {"_target_": "lightning.pytorch.loggers.WandbLogger"}})
+    assert uses_wandb(wandb_cfg)
+    assert not uses_wandb(OmegaConf.create({"logger": {"_target_": "lightning.pytorch.loggers.CSVLogger"}}))
+    assert not uses_wandb(OmegaConf.create({"logger": None}))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert not uses_wandb(wandb_cfg)

@@ -14,6 +14,9 @@ to that run:
   so ``wandb sync`` uploads the same lineage.
 - the stage's ``per_class_iou.csv`` (maps, pseudo labels, eval) as the table ``<stage>/per_class_iou``.
 
+A sweep's report (``wsss.report``) gets a run of its own (``log_report``: job type ``report``, grouped by
+the sweep folder's name) holding the report table and figure, when the sweep logs to W&B.
+
 Every function is a no-op when no W&B run is active (other loggers, ``logger=none``, ``WANDB_MODE=
 disabled``, ranks other than 0), so callers need no check of their own.
 """
@@ -21,7 +24,9 @@ disabled``, ranks other than 0), so callers need no check of their own.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +133,28 @@ def log_stage(exp: Experiment, stage: str, inputs: list[str], made: bool = True)
             )
     except Exception as err:  # noqa: BLE001 - the dashboard's extras must not fail a finished stage
         log.warning("stage %s: complete, but its W&B artifacts or table could not be logged: %r", stage, err)
+
+
+def uses_wandb(cfg: Any) -> bool:
+    """Whether ``cfg.logger`` is the W&B logger (and ``WANDB_MODE`` does not disable it)."""
+    node = cfg.get("logger") if cfg is not None else None
+    target = str(node.get("_target_", "")) if node else ""
+    return target.endswith("WandbLogger") and os.environ.get("WANDB_MODE", "offline") != "disabled"
+
+
+def log_report(sweep_dir: Path, columns: list[str], rows: Sequence[Sequence[Any]], png: Path | None) -> None:
+    """A sweep report's own W&B run (group: the sweep folder's name): the table and the figure."""
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(
+        project="wsss", group=sweep_dir.name, job_type="report", name=f"{sweep_dir.name}/report",
+        dir=str(sweep_dir), mode=mode, reinit="finish_previous", config={"sweep_dir": str(sweep_dir)},
+    )  # fmt: skip
+    data: dict[str, Any] = {"report/table": wandb.Table(columns=columns, data=[list(r) for r in rows])}
+    if png is not None:
+        data["report/figure"] = wandb.Image(str(png))
+    run.log(data)
+    run.finish()
