@@ -135,11 +135,12 @@ def test_errors_from_constructors_and_data_loader_workers_read_as_their_message(
 
 def test_a_bare_command_names_the_recipes_instead_of_training_vgg16_on_toy_data(tmp_path: Path) -> None:
     """Bare ``python train.py`` (stage=cls) would train a random VGG-16 for 15 epochs on 96 px toy images:
-    a command that trains must name its recipe; one that trains nothing (stage=probe above) need not."""
+    training on the toy data needs a recipe; a command that trains nothing (stage=probe above) does not,
+    nor one on VOC (the root config is the paper's VGG-16 schedule)."""
     proc = run_train([f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}"], tracebacks=False)
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert (
-        "Error (ConfigError):\n  this command trains cls but names no recipe: add experiment=<name>"
+        "Error (ConfigError):\n  this command trains cls on the toy data but names no recipe: add experiment=<name>"
         in proc.stdout
     )
     assert "paper_vgg16" in proc.stdout and "toy" in proc.stdout and "Traceback" not in proc.stdout
