@@ -22,7 +22,8 @@ HOW = {"run": "ran", "resume": "resumed", "reuse": "reused", "skip": "skipped"}
 """How the run got each stage (``runner.Step.action``), as the table says it."""
 
 
-def _numeric(metrics: dict[str, Any]) -> dict[str, float | int]:
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float | int]:
+    """The numeric entries of a stage's ``metrics.json`` (no flags, names or nulls)."""
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
@@ -36,7 +37,7 @@ def summary_rows(exp: Experiment, actions: Sequence[tuple[str, str]]) -> list[di
                 "stage": name,
                 "how": HOW.get(action, action),
                 "identity": record.get("identity"),
-                "metrics": _numeric(exp.metrics(name) or {}),
+                "metrics": numeric_metrics(exp.metrics(name) or {}),
             }
         )
     return rows

@@ -32,6 +32,7 @@ from typing import Any
 
 from wsss.artifacts import Experiment
 from wsss.metrics import PER_CLASS_CSV, read_per_class_iou
+from wsss.summary import numeric_metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ def artifact_name(stage: str, identity: str) -> str:
     return f"{stage}-{identity}"
 
 
-def _numeric(metrics: dict[str, Any]) -> dict[str, float | int]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
 def stage_artifact(exp: Experiment, stage: str) -> Any:
     """A W&B artifact naming ``stage``'s folder (resolved: the store entry) by reference, or None when the
     experiment holds no record of it."""
@@ -87,7 +84,7 @@ def stage_artifact(exp: Experiment, stage: str) -> Any:
             "stage": stage,
             "identity": identity,
             "upstream": {k: v["identity"] for k, v in (record.get("upstream") or {}).items()},
-            "metrics": _numeric(exp.metrics(stage) or {}),
+            "metrics": numeric_metrics(exp.metrics(stage) or {}),
         },
     )
     artifact.add_reference(folder.as_uri(), name=stage, checksum=False)
