@@ -81,11 +81,15 @@ def test_a_value_the_network_refuses_is_a_config_error_naming_the_key(tmp_path: 
         assert str(err.value).startswith(says), str(err.value)
 
 
+CHEAP = ["data.batch_size=2", "cls.log_images=0", "data.toy.size=32"]
+"""One tiny batch: VGG-16 on CPU costs seconds per 8 images of 48 px."""
+
+
 def test_toy_with_vgg16_runs_one_batch_of_each_loop(tmp_path: Path) -> None:
     """``experiment=toy backbone=vgg16 trainer.fast_dev_run=1``: the real network, forward and backward
     (it used to crash: VGG16Backbone took no output_stride); fast_dev_run then refuses to mark it complete."""
     cfg = compose_config(
-        [*TINY_TOY, "stage=cls", "exp=fdr", "backbone=vgg16", "trainer.fast_dev_run=1"],
+        [*TINY_TOY, "stage=cls", "exp=fdr", "backbone=vgg16", "trainer.fast_dev_run=1", *CHEAP],
         runs=tmp_path / "runs",
     )
     assert cfg.backbone.output_stride == 4  # the toy recipe's stride, on VGG-16
