@@ -75,10 +75,17 @@ def compose_config(overrides: list[str], runs: Path | None = None):
     return compose([*overrides, *extra])
 
 
-def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600, tracebacks: bool = True):
+def run_train(
+    args: list[str],
+    cwd: Path = REPO,
+    timeout: int = 600,
+    tracebacks: bool = True,
+    extra: dict[str, str] | None = None,
+):
     """Run train.py in a subprocess; returns the CompletedProcess (stdout and stderr merged).
 
-    ``tracebacks=False`` runs it as a user would (no HYDRA_FULL_ERROR): user errors print one block."""
+    ``tracebacks=False`` runs it as a user would (no HYDRA_FULL_ERROR): user errors print one block.
+    ``extra``: variables set on top of the test environment (``WANDB_MODE=offline`` for the W&B tests)."""
     import subprocess
     import sys
 
@@ -90,7 +97,7 @@ def run_train(args: list[str], cwd: Path = REPO, timeout: int = 600, tracebacks:
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,
-        env=env,
+        env={**env, **(extra or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -145,6 +145,7 @@ def test_function_level_imports_say_why() -> None:
         ("wsss.pipeline.config", "torch"),
         ("wsss.data.verify", "torch"),
         ("wsss.experiments.sweeps", "torch"),
+        ("wsss.cli", "torch"),
         ("wsss.ddp.jobs", "torch"),
     ],
 )

@@ -176,16 +176,17 @@ def test_tracebacks_on_request(tmp_path: Path) -> None:
         assert "wsss.errors.ConfigError: drs.delta='abc' is not a number" in proc.stdout
 
 
-def test_a_constructor_error_inside_instantiate_is_one_block(tmp_path: Path) -> None:
-    """An argument the network's constructor refuses (Hydra wraps it in InstantiationException)."""
+def test_a_value_a_network_refuses_is_a_config_error_before_any_work(tmp_path: Path) -> None:
+    """A value the network's constructor refuses is found by wsss's network check (on the meta device)
+    before any stage runs: a ConfigError naming the key, not a ValueError inside Hydra's instantiate."""
     args = [*TINY_ARGS, *_base(tmp_path), "stage=cls", "exp=e", "backbone.width=0"]
     proc = run_train(args, timeout=300, tracebacks=False)
     assert_one_block(
         proc,
-        "ValueError",
-        "Error in call to target 'wsss.models.tiny.TinyBackbone'",
-        "backbone.width=0 must be",
+        "ConfigError",
+        "backbone=tiny cannot be built with these settings: backbone.width=0 must be a positive channel count",
     )
+    assert "running stage cls" not in proc.stdout
 
 
 TINY_ARGS = [

@@ -9,7 +9,8 @@ wsss --help                                            # stages, recipes, exampl
 The configs ship inside the package (``wsss/conf``, ``wsss.pipeline.config.CONF_DIR``). Errors a user causes and
 can fix (``wsss.errors.WsssError``: config, data, missing upstream, weights, launch; Hydra's own config
 errors) print as one block without a traceback and exit with code 2; ``HYDRA_FULL_ERROR=1`` or
-``debug_errors=true`` shows the traceback. Anything else is a bug and keeps its traceback.
+``debug_errors=true`` shows the traceback. Anything else (a TypeError inside a constructor included) is a
+crash: its traceback, a line saying it is a bug in wsss to report, exit 1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from wsss.data.content import attach_content
@@ -38,6 +40,7 @@ from wsss.pipeline.config import (
     register_resolvers,
     validate,
 )
+from wsss.pipeline.logs import single_handlers
 from wsss.pipeline.runner import (
     check_plan,
     experiment,
@@ -52,6 +55,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 log = logging.getLogger("wsss")
 
 USER_ERROR_EXIT = 2
+CRASH_EXIT = 1
 TRACEBACKS = "WSSS_TRACEBACKS"
 """Set by the first train.py process: whether the user asked for tracebacks (inherited by DDP ranks)."""
 
@@ -72,6 +76,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         from wsss.tasks.preemption import install  # torch/Lightning: only once the plan holds
 
         install(cfg)  # under SLURM: a checkpoint and a requeue at the scheduler's signal
+        single_handlers()  # the plan holds, Lightning may load: one line per event under Hydra's logging
         if cfg.stage == "adopt":  # not a stage of the pipeline: it installs another's artifact
             from wsss.stages.adopt import adopt  # torch: only for stage=adopt
 
@@ -132,7 +137,32 @@ def _check_plan_and_data(cfg: DictConfig) -> None:
     names = pipeline_names(cfg)
     attach_content(cfg, planned_closure(cfg, names))  # identities name the data by content, not path
     steps = check_plan(cfg, experiment(cfg), names)
-    verify_for_stages(cfg, [s.name for s in steps if s.action in ("run", "resume")])
+    running = [s.name for s in steps if s.action in ("run", "resume")]
+    check_recipe(cfg, running)
+    verify_for_stages(cfg, running)
+    from wsss.models.config_checks import check_networks  # torch: only once the plan holds
+
+    check_networks(cfg, running)
+
+
+TRAINING_STAGES = ("cls", "refine", "seg")
+"""Stages that train a network: on the toy data they need a recipe (``experiment=``)."""
+
+
+def check_recipe(cfg: DictConfig, running: list[str]) -> None:
+    """Training on the toy data needs a recipe (``experiment=``): the root config alone is the paper's
+    VGG-16 schedule (meant for VOC), which on the 96 px toy images trains a random VGG-16 for 15 epochs."""
+    if not HydraConfig.initialized() or HydraConfig.get().runtime.choices.get("experiment") is not None:
+        return
+    training = [name for name in running if name in TRAINING_STAGES]
+    if training and str(cfg.data.name).startswith("toy"):
+        recipes = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+        raise ConfigError(
+            f"this command trains {', '.join(training)} on the toy data but names no recipe: add experiment=<name> "
+            f"(recipes: {recipes}). experiment=toy runs on CPU in minutes on the built-in toy data; "
+            "experiment=paper_vgg16 is the paper's VGG-16 on VOC (data=voc data.root=... "
+            "backbone.weights=...). Example: wsss stage=pipeline experiment=toy"
+        )
 
 
 def _record_job(cfg: DictConfig, metrics: dict[str, Any] | None, error: BaseException | None = None) -> None:
@@ -190,7 +220,7 @@ def user_error(err: BaseException) -> tuple[str, str] | None:
         return type(err).__name__, _strip_worker_traceback(str(err), err)
     if isinstance(err, InstantiationException):
         cause = err.__cause__
-        if isinstance(cause, WsssError | ValueError | TypeError):
+        if isinstance(cause, WsssError):  # only a wsss error inside a constructor is the user's
             head = str(err).splitlines()[0].rstrip(":")  # "Error in call to target '...'"
             return type(cause).__name__, f"{head}:\n{_strip_worker_traceback(str(cause), cause)}"
         return None
@@ -229,6 +259,13 @@ def format_error(kind: str, message: str) -> str:
     )
 
 
+BUG_REPORT = (
+    "\nThis is a crash of wsss, not a problem with your command: a bug in wsss. Please report it on the "
+    "wsss issue tracker with the command you ran, this traceback and `pip freeze`.\n"
+)
+"""What a crash prints after its traceback."""
+
+
 def _tracebacks_wanted(argv: list[str]) -> bool:
     """The user set HYDRA_FULL_ERROR=1 or debug_errors=true (the decision is inherited by DDP ranks)."""
     if TRACEBACKS not in os.environ:
@@ -251,7 +288,13 @@ def cli(argv: list[str] | None = None) -> int:
         return PREEMPTED_EXIT
     except Exception as err:
         found = user_error(err)
-        if found is None or show_traceback:
+        if found is None:
+            import traceback
+
+            traceback.print_exc()  # the traceback first, then what to do about it
+            sys.stderr.write(BUG_REPORT)
+            return CRASH_EXIT
+        if show_traceback:
             raise
         sys.stdout.flush()
         sys.stderr.write(format_error(*found))

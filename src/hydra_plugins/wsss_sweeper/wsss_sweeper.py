@@ -49,7 +49,9 @@ class WsssSweeper(BasicSweeper):
             failed += [r for r in results if r.status == JobStatus.FAILED]
             first += len(batch)
             returns.append(results)
-        sweeps.finish_sweep(sweep_dir, len(jobs), failed)
+        from wsss.pipeline.wandb_lineage import uses_wandb
+
+        sweeps.finish_sweep(sweep_dir, len(jobs), failed, wandb_log=uses_wandb(self.config))
         return returns
 
     def _parsed(self, arguments: Sequence[str]) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 from wsss.errors import MissingArtifactError
 from wsss.experiments.paper import TABLES, JobSettings, order, paper_value, release_value
 from wsss.pipeline.artifacts import atomic_path, read_json, write_json, write_text
+from wsss.pipeline.wandb_lineage import log_report
 
 RESULT = "result.json"
 METRICS = {"seed": "seed mIoU", "pseudo": "pseudo mIoU", "seg": "seg mIoU"}
@@ -271,30 +272,6 @@ def figure(rows: Sequence[Row], path: Path) -> Path | None:
     return path
 
 
-def log_to_wandb(sweep_dir: Path, rows: Sequence[Row], png: Path | None) -> None:
-    """One W&B run per sweep (group = the sweep folder's name): the table and the figure."""
-    import os
-
-    if os.environ.get("WANDB_MODE", "offline") == "disabled":
-        return
-    import wandb
-
-    run = wandb.init(
-        project="wsss", group=sweep_dir.name, job_type="report", name=f"{sweep_dir.name}/report",
-        dir=str(sweep_dir), mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous",
-    )  # fmt: skip
-    data = {
-        "report/table": wandb.Table(
-            columns=["table", *HEADER],
-            data=[[r.table, *c] for r, c in zip(rows, table_rows(rows), strict=True)],
-        )
-    }
-    if png is not None:
-        data["report/figure"] = wandb.Image(str(png))
-    run.log(data)
-    run.finish()
-
-
 def report(sweep_dir: str | Path, wandb_log: bool = True) -> str:
     """Write the sweep's report files; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
@@ -319,7 +296,12 @@ def report(sweep_dir: str | Path, wandb_log: bool = True) -> str:
     )  # fmt: skip
     png = figure(rows, sweep_dir / "report.png")
     if wandb_log:
-        log_to_wandb(sweep_dir, rows, png)
+        log_report(
+            sweep_dir,
+            ["table", *HEADER],
+            [[r.table, *c] for r, c in zip(rows, table_rows(rows), strict=True)],
+            png,
+        )
     return text
 
 

@@ -66,11 +66,11 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
         check_accelerator(job)
 
 
-def finish_sweep(sweep_dir: Path, n_jobs: int, failed: list) -> None:
-    """Write the report (whatever ran), then raise when jobs failed."""
+def finish_sweep(sweep_dir: Path, n_jobs: int, failed: list, wandb_log: bool = False) -> None:
+    """Write the report (whatever ran; ``wandb_log``: also as a W&B run), then raise when jobs failed."""
 
     if any(sweep_dir.glob("*/result.json")):
-        text = report(sweep_dir)
+        text = report(sweep_dir, wandb_log=wandb_log)
         log.info("sweep report (%s):\n%s", sweep_dir / "report.md", text)
     if failed:
         first = failed[0]

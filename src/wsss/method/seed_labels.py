@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from wsss.constants import NUM_CLASSES
 from wsss.errors import ConfigError
 from wsss.method.localization import resize_maps
 from wsss.method.metrics import confusion_counts, scores_from_confusion
+from wsss.pipeline.artifacts import write_per_class_iou
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,11 @@ class SeedSweep:
             )
         return rows
 
+    def per_class_iou(self) -> dict[str, float]:
+        """Per-class IoU at the best threshold (``compute``'s)."""
+        best = self.thresholds.index(float(self.compute()["best_threshold"]))
+        return scores_from_confusion(self.cms[best])["per_class_iou"]
+
     def compute(self) -> dict[str, float | bool]:
         """The best threshold (highest mIoU; the lowest such threshold on ties) and its scores.
 
@@ -93,12 +100,14 @@ def evaluate_seeds(
     mask: Callable[[int], np.ndarray | None],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     num_classes: int = NUM_CLASSES,
+    per_class_csv: str | Path | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Score the maps ``read_maps(id)`` (None: no maps; ``str(read_maps)`` names where they are, as
     ``wsss.data.maps_io.MapsFolder`` does) against ``mask(i)`` for the ids (index i) that have both.
 
     ``mask(i)`` returns None for an image without ground truth; such images are skipped. Returns the
-    flat metrics (with ``seed_missing``: images with a mask but no maps) and the sweep curve.
+    flat metrics (with ``seed_missing``: images with a mask but no maps) and the sweep curve;
+    ``per_class_csv``: also write the per-class IoU at the best threshold there.
     """
     where = str(read_maps)
     sweep = SeedSweep(thresholds, num_classes + 1)
@@ -134,4 +143,6 @@ def evaluate_seeds(
             max(sweep.thresholds),
         )
     metrics["seed_missing"] = missing
+    if per_class_csv is not None:
+        write_per_class_iou(per_class_csv, sweep.per_class_iou())
     return metrics, sweep.curve()

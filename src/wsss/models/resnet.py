@@ -32,8 +32,8 @@ from wsss.errors import ConfigError
 BLOCKS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 """Bottleneck blocks per layer for each supported depth."""
 
-RATES: dict[int, tuple[int, int]] = {8: (2, 4), 16: (1, 2), 32: (1, 1)}
-"""Output stride -> dilation rates of (layer3, layer4)."""
+RATES: dict[int, tuple[int, int, int]] = {4: (2, 4, 8), 8: (1, 2, 4), 16: (1, 1, 2), 32: (1, 1, 1)}
+"""Output stride -> dilation rates of (layer2, layer3, layer4); a dilated layer does not downsample."""
 
 STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 EXPANSION = 4
@@ -126,7 +126,7 @@ class ResNetBackbone(nn.Module):
 
     Args:
         depth: 50, 101 or 152.
-        output_stride: 8 or 16 (32 gives the undilated network).
+        output_stride: 8 or 16 (32 gives the undilated network; 4, also layer2 dilated, suits small images).
         activation: optional ``(layer_name, channels) -> nn.Module`` asked after each of layer1..layer4;
             modules other than a plain ReLU are inserted there.
         frozen_bn: use ``FrozenBatchNorm2d`` (fixed statistics and affine values) everywhere.
@@ -148,7 +148,9 @@ class ResNetBackbone(nn.Module):
         if depth not in BLOCKS:
             raise ConfigError(f"ResNet depth {depth} is not supported; choose one of {sorted(BLOCKS)}")
         if output_stride not in RATES:
-            raise ConfigError(f"output_stride={output_stride} is not supported; choose 8 or 16 (or 32)")
+            raise ConfigError(
+                f"backbone.output_stride={output_stride} is not supported; choose 8 or 16 (or 32, or 4)"
+            )
         self.depth = depth
         self.output_stride = output_stride
         self.frozen_bn = frozen_bn
@@ -157,10 +159,10 @@ class ResNetBackbone(nn.Module):
         self.bn1 = norm(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=caffe_style)
-        rate3, rate4 = RATES[output_stride]
+        rate2, rate3, rate4 = RATES[output_stride]
         plan = [
             (64, 1, 1),
-            (128, 2, 1),
+            (128, 2 if rate2 == 1 else 1, rate2),
             (256, 2 if rate3 == 1 else 1, rate3),
             (512, 2 if rate4 == 1 else 1, rate4),
         ]

@@ -11,19 +11,18 @@ from torch import Tensor, nn
 
 from wsss.errors import ConfigError
 from wsss.method.drs import Activation, make_activation
-from wsss.models.vgg import conv_indices, init_convs, make_features
+from wsss.models.vgg import conv_indices, init_convs, make_features, with_output_stride
 
 
 def tiny_plan(width: int, output_stride: int = 8) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
-    if output_stride not in (4, 8):
-        raise ConfigError(f"backbone.output_stride={output_stride}: the tiny backbone supports 4 or 8")
-    return (
+    plan = (
         ("layer1", (width, "M")),
         ("layer2", (2 * width, "M")),
-        ("layer3", (4 * width, "M" if output_stride == 8 else "N")),
+        ("layer3", (4 * width, "M")),
         ("layer4", (8 * width, "N")),
         ("layer5", (8 * width,)),
     )
+    return with_output_stride(plan, output_stride)
 
 
 class TinyBackbone(nn.Module):

@@ -74,22 +74,49 @@ def init_convs(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+OUTPUT_STRIDES = (4, 8)
+"""What the VGG-style backbones support: 8 (DeepLab's) or 4 (pool3 also keeps the resolution)."""
+
+
+def check_output_stride(output_stride: int) -> int:
+    """``output_stride`` as an int, or a ``ValueError`` naming ``backbone.output_stride``."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"backbone.output_stride={output_stride}: the VGG-style backbones support 4 or 8")
+    return int(output_stride)
+
+
+def with_output_stride(
+    plan: tuple[tuple[str, tuple[int | str, ...]], ...], output_stride: int
+) -> tuple[tuple[str, tuple[int | str, ...]], ...]:
+    """``plan`` (output stride 8) with layer3's 2x2 pool made DeepLab's 3x3 stride-1 pool for stride 4
+    (the same layer indices, so the same weights load)."""
+    if check_output_stride(output_stride) == 8:
+        return plan
+    return tuple(
+        (block, tuple("N" if block == "layer3" and item == "M" else item for item in spec))
+        for block, spec in plan
+    )
+
+
 class VGG16Backbone(nn.Module):
-    """VGG-16 conv layers, DeepLab style: (B, 3, H, W) -> (B, 512, H/8, W/8).
+    """VGG-16 conv layers, DeepLab style: (B, 3, H, W) -> (B, 512, H/s, W/s).
 
     Args:
         activation: ``(block name, channels) -> module`` called after every conv with its block
             name ``layer1`` .. ``layer5`` (``wsss.method.drs.make_activation``: DRS or ReLU); None: ReLU.
+        output_stride: s, 8 (DeepLab's, the paper's) or 4 (pool3 keeps the resolution too: the toy
+            recipe's finer maps on small images).
     """
 
-    output_stride = 8
     head_channels = 512
     """Width of the classifier head's three convs on this backbone (the paper's 512)."""
 
-    def __init__(self, activation: Activation | None = None) -> None:
+    def __init__(self, activation: Activation | None = None, output_stride: int = 8) -> None:
         super().__init__()
-        self.features, self.out_channels = make_features(PLAN, activation or make_activation("off"))
-        self.conv_indices = conv_indices()
+        self.output_stride = check_output_stride(output_stride)
+        plan = with_output_stride(PLAN, self.output_stride)
+        self.features, self.out_channels = make_features(plan, activation or make_activation("off"))
+        self.conv_indices = conv_indices(plan)
         init_convs(self.features)
 
     def forward(self, x: Tensor) -> Tensor:

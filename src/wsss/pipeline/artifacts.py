@@ -96,6 +96,21 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     write_text(path, "\n".join(lines) + "\n")
 
 
+PER_CLASS_CSV = "per_class_iou.csv"
+"""The per-class IoU file of a stage that scores segmentations (maps, pseudo, eval): ``class,iou`` rows."""
+
+
+def write_per_class_iou(path: str | Path, per_class: dict[str, float]) -> None:
+    """``class,iou`` rows, written atomically (a class absent from truth and prediction: nan)."""
+    write_csv(path, ("class", "iou"), per_class.items())
+
+
+def read_per_class_iou(path: str | Path) -> list[list[Any]]:
+    """The ``[class, iou]`` rows of a file ``write_per_class_iou`` wrote."""
+    rows = Path(path).read_text().splitlines()[1:]
+    return [[name, float(iou)] for name, iou in (row.rsplit(",", 1) for row in rows if row)]
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (sorted keys, numpy scalars converted, NaN/inf written as null)."""
     text = json.dumps(

@@ -41,6 +41,8 @@ from wsss.pipeline.provenance import (
 )
 from wsss.pipeline.registry import STAGES, Stage, load_plugins, stage, upstream_closure
 from wsss.pipeline.store import Store
+from wsss.pipeline.summary import format_table, summary_rows, write_summary
+from wsss.pipeline.wandb_lineage import log_stage
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +299,17 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             barrier()  # other ranks continue only once rank 0 has marked the stage complete
             metrics = exp.metrics(step.name) or metrics
         results.update({f"{step.name}/{k}": v for k, v in (metrics or {}).items()})
+    if _rank() == 0:
+        _summarize(exp, steps)
     return results
+
+
+def _summarize(exp: Experiment, steps: list[Step]) -> None:
+    """The table of every stage's metrics, in the log and as ``summary.{json,md}`` in the experiment folder."""
+
+    rows = summary_rows(exp, [(s.name, s.action) for s in steps])
+    json_path, _ = write_summary(exp, rows)
+    log.info("metrics of the stages of %s (%s):\n%s", exp.root.name, json_path, format_table(rows))
 
 
 def _prepare(exp: Experiment, declared: Stage, identity: str, force: bool, resuming: bool) -> None:
@@ -395,6 +407,7 @@ def _make(
     if _rank() == 0:
         remove_temporaries(ctx.out)  # half-written files of a killed earlier run; every rank is done
         exp.finish(declared.name, metrics, record if declared.artifact else None)
+        log_stage(exp, declared.name, list(ctx.inputs), made=declared.artifact)  # W&B only
     finish_wandb()
     return metrics
 

@@ -27,9 +27,9 @@ from wsss.method.crf import CRFParams, require_pydensecrf
 from wsss.method.inference import SplitImages, pick_device, segment_images
 from wsss.method.metrics import ConfusionMatrix
 from wsss.models.checkpoint import load_network
-from wsss.pipeline.artifacts import write_csv
+from wsss.pipeline.artifacts import PER_CLASS_CSV, write_per_class_iou
 from wsss.pipeline.runner import StageContext
-from wsss.tasks.trainer import build_logger, finalize_logger, log_image, log_metrics, log_table
+from wsss.tasks.trainer import build_logger, finalize_logger, log_image, log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if len(rows) < n_fig:
             rows.append([dataset.image(index), colorize(mask), colorize(label)])
     scores = scorer.compute()
-    write_csv(out / "per_class_iou.csv", ("class", "iou"), scores["per_class_iou"].items())
+    write_per_class_iou(out / PER_CLASS_CSV, scores["per_class_iou"])
     metrics: dict[str, Any] = {k: scores[k] for k in ("miou", "precision", "recall", "pixel_accuracy")}
     metrics |= {
         "images": len(dataset.ids),
@@ -121,12 +121,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     logger = build_logger(cfg, STAGE)
     log_metrics(logger, metrics, prefix=STAGE)
-    log_table(
-        logger,
-        f"{STAGE}/per_class_iou",
-        ["class", "iou"],
-        [[k, v] for k, v in scores["per_class_iou"].items()],
-    )
+    # the per-class table goes to W&B from per_class_iou.csv with the stage's artifact (wsss.pipeline.wandb_lineage)
     if rows:
         png = save_grid(
             rows,

@@ -27,7 +27,7 @@ from wsss.errors import ConfigError
 from wsss.method.localization import MapMaths
 from wsss.method.seed_labels import evaluate_seeds
 from wsss.models.checkpoint import load_network
-from wsss.pipeline.artifacts import Experiment, write_csv
+from wsss.pipeline.artifacts import PER_CLASS_CSV, Experiment, write_csv
 from wsss.pipeline.runner import StageContext
 from wsss.stages.maps_writer import MapPredictor, write_maps
 from wsss.tasks.trainer import build_trainer, finalize_logger, log_image, log_metrics
@@ -73,7 +73,12 @@ def evaluate(ctx: StageContext, logger: Any) -> dict[str, Any]:
     gt = VOCDataset(cfg.data.root, str(cfg.data.eval_split))
     num_classes = getattr(gt, "num_classes", NUM_CLASSES)
     metrics, curve = evaluate_seeds(
-        MapsFolder(out, num_classes), list(gt.ids), gt.mask, list(cfg.maps.thresholds), num_classes
+        MapsFolder(out, num_classes),
+        list(gt.ids),
+        gt.mask,
+        list(cfg.maps.thresholds),
+        num_classes,
+        per_class_csv=out / PER_CLASS_CSV,
     )
     write_seed_curve(out / "seed_sweep.csv", curve)
     log_metrics(logger, metrics, prefix=ctx.stage.name)

@@ -25,7 +25,7 @@ from wsss.data.voc import VOCDataset, pending_labels
 from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError, MissingSaliencyError
 from wsss.method.crf import CRFParams, crf_map, require_pydensecrf
 from wsss.method.metrics import ConfusionMatrix
-from wsss.pipeline.artifacts import read_json, write_csv
+from wsss.pipeline.artifacts import PER_CLASS_CSV, read_json, write_per_class_iou
 from wsss.pipeline.hints import command
 from wsss.pipeline.runner import StageContext
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
@@ -211,7 +211,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     gt = voc_dataset(cfg, str(cfg.data.eval_split))
     quality, per_class = evaluate(out, gt)
-    write_csv(out / "per_class_iou.csv", ("class", "iou"), per_class.items())
+    write_per_class_iou(out / PER_CLASS_CSV, per_class)
     metrics: dict[str, Any] = {
         **quality,
         "images": len(ids),

@@ -147,15 +147,18 @@ def build_logger(cfg: DictConfig, stage: str) -> Logger | None:
     if not node:
         return None
     spec = OmegaConf.to_container(node, resolve=True)
+    extra: dict[str, Any] = {}
     if str(spec.get("_target_", "")).endswith("WandbLogger"):
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        spec |= {"config": OmegaConf.to_container(job, resolve=True), "notes": _overrides_text() or None}
+        extra = {"config": OmegaConf.to_container(job, resolve=True), "notes": _overrides_text() or None}
         if not spec.get("id"):
             spec["id"] = wandb_run_id(cfg, stage)
     if spec.get("save_dir"):
         Path(spec["save_dir"]).mkdir(parents=True, exist_ok=True)
-    # the run config it carries holds _target_ nodes (not to build); plain containers: W&B 0.31 cannot take a DictConfig
-    return instantiate({**spec, "_recursive_": False, "_convert_": "all"})
+    # The run config goes to the constructor as plain dicts, after instantiate: passed through it, it would
+    # come back as an OmegaConf container (which wandb cannot serialise) with its strings re-interpolated.
+    factory = instantiate({**spec, "_partial_": True, "_convert_": "all"})
+    return factory(**extra)
 
 
 def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
@@ -359,12 +362,6 @@ def log_image(logger: Logger | None, key: str, png_path: str | Path, step: int |
             logger.experiment.add_image(
                 key, np.asarray(img.convert("RGB")), global_step=step or 0, dataformats="HWC"
             )
-
-
-def log_table(logger: Logger | None, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Send a table to W&B; other loggers rely on the CSV the stage writes."""
-    if isinstance(logger, WandbLogger):
-        logger.log_table(key=key, columns=columns, data=rows)
 
 
 def finalize_logger(logger: Logger | None) -> None:
