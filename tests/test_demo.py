@@ -13,6 +13,10 @@ from wsss.demo import SCHEDULE, VARIANTS, collect, print_table
 def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, capsys) -> None:
     for k, v in enumerate(VARIANTS):
         exp = Experiment(tmp_path / v.key)
+        if v.maps_stage is None:  # the oracle: no maps
+            write_json(exp.stage_dir("pseudo") / "metrics.json", {"miou": 1.0, "ignore_ratio": 0.0})
+            write_json(exp.stage_dir("eval") / "metrics.json", {"miou": 0.9})
+            continue
         write_json(
             exp.stage_dir(v.maps_stage) / "metrics.json",
             {"miou": 0.30 + k / 100, "best_threshold": 0.25 + k / 10, "best_threshold_at_edge": k == 2},
@@ -23,13 +27,16 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
         )
     write_json(Experiment(tmp_path / "cam").stage_dir("eval") / "metrics.json", {"miou": 0.2})
     rows = collect(tmp_path)
-    assert [r["seed_miou"] for r in rows] == pytest.approx([0.30, 0.31, 0.32, 0.33])
+    assert [r["seed_miou"] for r in rows[:4]] == pytest.approx([0.30, 0.31, 0.32, 0.33])
+    assert rows[4]["variant"].startswith("Oracle") and rows[4]["seed_miou"] is None
+    assert rows[4]["pseudo_miou"] == 1.0 and rows[4]["seg_miou"] == 0.9
     assert rows[3]["pseudo_miou"] == pytest.approx(0.53) and rows[3]["pseudo_ignored"] == 0.1
     assert rows[0]["seg_miou"] == 0.2 and rows[1]["seg_miou"] is None  # dagger reads maps/refine
     assert VARIANTS[3].maps_stage == "maps_refine"
     assert SCHEDULE[0] == "dagger" and SCHEDULE[-1] == "drs"  # longest chain first; DRS reuses its classifier
     print_table(rows)
     out = capsys.readouterr().out
+    assert "Oracle (ground-truth labels)" in out and "90.0" in out and "100.0" in out
     assert "30.0" in out and "53.0" in out and "20.0" in out and "DRS† (learnable + refine)" in out
     assert rows[2]["best_threshold_at_edge"] is True and rows[1]["best_threshold_at_edge"] is False
     assert "0.45!" in out and "0.35 " in out and "0.35!" not in out  # the edge flag marks 0.45 only

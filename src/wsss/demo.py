@@ -3,7 +3,8 @@
 First pre-trains the tiny backbone on 600 other toy images (``experiment=toy_pretrain``, the stand-in
 for the paper's ImageNet initialisation), then runs four pipelines on CPU from that backbone
 (classifier -> maps -> pseudo labels -> segmentation -> eval): plain CAM (DRS off), DRS with the
-learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†). The artifact store
+learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†); and the oracle, the
+segmenter trained on the ground-truth masks (``pseudo.source=gt``), the upper bound of the last column. The artifact store
 (``wsss.store``) makes the classifier and maps DRS and DRS† share once; the pipelines run two at a
 time, the longest chain (DRS†: it adds the refiner) first. Prints one table and writes a Figure-1-style
 grid (image | CAM | DRS | DRS†).
@@ -31,7 +32,7 @@ class Variant:
     key: str
     title: str
     overrides: tuple[str, ...]
-    maps_stage: str  # the maps the pseudo labels were made from
+    maps_stage: str | None  # the maps the pseudo labels were made from (None: the oracle's ground truth)
 
 
 VARIANTS = (
@@ -39,9 +40,11 @@ VARIANTS = (
     Variant("drs", "DRS (learnable)", ("drs=learnable", "pseudo.source=cls"), "maps_cls"),
     Variant("delta", "DRS (delta 0.55)", ("drs=fixed", "drs.delta=0.55", "pseudo.source=cls"), "maps_cls"),
     Variant("dagger", "DRS† (learnable + refine)", ("drs=learnable", "pseudo.source=refine"), "maps_refine"),
+    Variant("gt", "Oracle (ground-truth labels)", ("pseudo.source=gt",), None),
 )
-SCHEDULE = ("dagger", "cam", "delta", "drs")
-"""Start order: the longest chain first; DRS last, when DRS† has made the classifier and maps they share."""
+SCHEDULE = ("dagger", "cam", "delta", "gt", "drs")
+"""Start order: the longest chain first; DRS last, when DRS† has made the classifier and maps they share
+(the oracle, a segmenter only, fills the gap)."""
 
 
 PRETRAIN = "pretrain"
@@ -102,12 +105,13 @@ def collect(runs: Path) -> list[dict]:
     rows = []
     for v in VARIANTS:
         exp = Experiment(runs / v.key)
-        maps, pseudo, seg = exp.metrics(v.maps_stage), exp.metrics("pseudo"), exp.metrics("eval")
+        maps = exp.metrics(v.maps_stage) if v.maps_stage else {}
+        pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval")
         rows.append(
             {
                 "variant": v.title,
                 "seed_miou": maps.get("miou"),
-                "best_threshold": maps.get("best_threshold"),
+                "best_threshold": maps.get("best_threshold"),  # None for the oracle
                 "best_threshold_at_edge": maps.get("best_threshold_at_edge"),
                 "pseudo_miou": pseudo.get("miou"),
                 "pseudo_precision": pseudo.get("precision"),

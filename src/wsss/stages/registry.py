@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 DATA = ("data.name", "data.root", "data.num_classes", "data.labels_file", "data.toy", "data.mean", "data.std")
 """What identifies the dataset every stage reads."""
+GT_SOURCE = "gt"
+"""``pseudo.source`` of the oracle: the pseudo stage writes the ground-truth masks as its labels."""
 TRAINING = (
     "seed",
     "trainer.precision",
@@ -45,6 +47,8 @@ class Stage:
         folder: its artifact's folder inside the experiment folder.
         module: ``wsss.stages.<module>`` runs it (``run(ctx) -> metrics``).
         reads: upstream stage names; ``{key}`` is filled from the config (``maps_{pseudo.source}``).
+        reads_nothing_when: ``(key, value)`` pairs: when the config's ``key`` is ``value`` the stage reads
+            no upstream artifact (``pseudo.source=gt``: the labels are the ground-truth masks).
         writes: what the folder holds, for docs and messages.
         identity: config keys that define the artifact (a node name takes the whole node);
             ``"key if flag"`` takes ``key`` only when the config value ``flag`` is true.
@@ -60,6 +64,7 @@ class Stage:
     folder: str
     module: str
     reads: tuple[str, ...] = ()
+    reads_nothing_when: tuple[tuple[str, str], ...] = ()
     writes: str = ""
     identity: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -77,6 +82,8 @@ class Stage:
 
     def upstream(self, cfg: DictConfig) -> tuple[str, ...]:
         """The stage names this stage reads under ``cfg``."""
+        if any(str(OmegaConf.select(cfg, key)) == value for key, value in self.reads_nothing_when):
+            return ()
         names = []
         for template in self.reads:
             name = template
@@ -153,6 +160,7 @@ STAGES: dict[str, Stage] = {
             folder="pseudo",
             module="pseudo",
             reads=("maps_{pseudo.source}",),
+            reads_nothing_when=(("pseudo.source", GT_SOURCE),),
             writes="<id>.png pseudo labels (VOC palette, 255 = ignore) and their quality on data.eval_split",
             identity=(*DATA, "data.maps_split", "data.saliency_dir", "pseudo", "crf if pseudo.crf"),
             ignore=("pseudo.workers", "pseudo.overwrite", "pseudo.figure_images", "crf.workers"),

@@ -31,7 +31,7 @@ from wsss.errors import (
 )
 from wsss.hints import command
 from wsss.provenance import describe, differences, expected_record, staged_config, upstream_names
-from wsss.stages.registry import STAGES, Stage, stage
+from wsss.stages.registry import GT_SOURCE, STAGES, Stage, stage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ class StageContext:
 
 
 def auto_pipeline(pseudo_source: str) -> list[str]:
-    """The full method; refinement (DRS-dagger) only when pseudo labels come from refined maps."""
+    """The full method; refinement (DRS-dagger) only when pseudo labels come from refined maps; no
+    classifier or maps for the oracle (``pseudo.source=gt``: the segmenter learns the ground truth)."""
+    if pseudo_source == GT_SOURCE:
+        return ["pseudo", "seg", "eval"]
     refinement = ["refine", "maps_refine"] if pseudo_source == "refine" else []
     return ["cls", "maps_cls", *refinement, "pseudo", "seg", "eval"]
 
