@@ -40,3 +40,30 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
     assert "30.0" in out and "53.0" in out and "20.0" in out and "DRS† (learnable + refine)" in out
     assert rows[2]["best_threshold_at_edge"] is True and rows[1]["best_threshold_at_edge"] is False
     assert "0.45!" in out and "0.35 " in out and "0.35!" not in out  # the edge flag marks 0.45 only
+
+
+def test_controller_table_reads_the_learnable_classifiers_log(tmp_path: Path, capsys) -> None:
+    from wsss.controller import CSV, write_rows
+    from wsss.demo import controller_rows, print_controller
+
+    assert controller_rows(tmp_path) == []
+    rows = [
+        {
+            "epoch": e,
+            "step": 5 * (e + 1),
+            "layer": n,
+            "channels": 8,
+            "g_mean": g,
+            "g_sd": 0.01,
+            "g_min": g,
+            "g_max": g,
+        }
+        for e, g in ((-1, 0.5), (0, 0.52), (1, 0.61))
+        for n in ("layer1", "layer6.3")
+    ]
+    write_rows(Experiment(tmp_path / "drs").stage_dir("cls") / CSV, rows)
+    assert controller_rows(tmp_path) == rows
+    print_controller(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "layer6.3" in out[1] and out[2].split()[:4] == ["-1", "0.500", "±", "0.010"]
+    assert out[-1].split()[0] == "1" and "0.610 ± 0.010" in out[-1] and len(out) == 5

@@ -123,6 +123,29 @@ def collect(runs: Path) -> list[dict]:
     return rows
 
 
+def controller_rows(runs: Path, key: str = "drs") -> list[dict]:
+    """G over training of the learnable DRS classifier (``<runs>/<key>/cls/controller.csv``), per layer
+    and epoch (``wsss.controller``); none when that classifier did not log it."""
+    from wsss.controller import CSV, read_rows
+
+    return read_rows(Experiment(runs / key).stage_dir("cls") / CSV)
+
+
+def print_controller(rows: list[dict]) -> None:
+    """G per layer at the start, half-way and at the end of training: mean ± sd over channels."""
+    if not rows:
+        return
+    epochs = sorted({r["epoch"] for r in rows})
+    shown = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    at = {(r["epoch"], r["layer"]): r for r in rows}
+    print("[demo] learnable controller G (mean ± sd over channels; epoch -1 = initialisation):")
+    print("       " + "".join(f"{layer:>15s}" for layer in layers))
+    for e in shown:
+        cells = [f"{at[(e, n)]['g_mean']:.3f} ± {at[(e, n)]['g_sd']:.3f}" for n in layers if (e, n) in at]
+        print(f"  {e:>4d} " + "".join(f"{c:>15s}" for c in cells))
+
+
 def threshold_cell(row: dict) -> str:
     """The best background threshold, marked ``!`` when it is an end of the sweep (optimum maybe outside)."""
     return f"{row['best_threshold']:.2f}" + ("!" if row.get("best_threshold_at_edge") else "")
@@ -209,7 +232,12 @@ def main(argv: list[str] | None = None) -> None:
             future.result()
     rows = collect(args.runs)
     print_table(rows)
-    write_json(args.runs / "results.json", {"rows": rows, "seconds": round(time.time() - start, 1)})
+    controller = controller_rows(args.runs)
+    print_controller(controller)
+    write_json(
+        args.runs / "results.json",
+        {"rows": rows, "controller": controller, "seconds": round(time.time() - start, 1)},
+    )
     data_root = _toy_root(args.runs)
     fig = figure(args.runs, args.runs / "figure1.png", data_root)
     print(f"[demo] Figure-1 grid (image | CAM | DRS | DRS†): {fig}")
