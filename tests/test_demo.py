@@ -67,3 +67,33 @@ def test_controller_table_reads_the_learnable_classifiers_log(tmp_path: Path, ca
     out = capsys.readouterr().out.splitlines()
     assert "layer6.3" in out[1] and out[2].split()[:4] == ["-1", "0.500", "±", "0.010"]
     assert out[-1].split()[0] == "1" and "0.610 ± 0.010" in out[-1] and len(out) == 5
+
+
+def test_seed_table_and_figure_come_before_the_segmenters(tmp_path: Path, monkeypatch, capsys) -> None:
+    import wsss.demo as demo
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_variant(variant, runs, extra, threads, stages=()) -> None:
+        calls.append((variant.key, tuple(stages)))
+        if stages:  # the early phase writes the seed scores the table shows
+            write_json(
+                Experiment(runs / variant.key).stage_dir("maps_cls") / "metrics.json",
+                {"miou": 0.4, "best_threshold": 0.3},
+            )
+
+    def fake_figure(runs, out, data_root, n_images=6):
+        print(f"figure after {len(calls)} pipelines")
+        return out
+
+    monkeypatch.setattr(demo, "pretrain", lambda runs, extra, threads: runs / "w.ckpt")
+    monkeypatch.setattr(demo, "run_variant", fake_variant)
+    monkeypatch.setattr(demo, "figure", fake_figure)
+    monkeypatch.setattr(demo, "_toy_root", lambda runs: runs)
+    demo.main(["--runs", str(tmp_path / "demo"), "--jobs", "1"])
+    assert calls[:2] == [("cam", ("cls", "maps_cls")), ("drs", ("cls", "maps_cls"))]
+    assert [k for k, stages in calls[2:]] == list(SCHEDULE) and all(not s for _, s in calls[2:])
+    out = capsys.readouterr().out
+    early = out.index("figure after 2 pipelines")
+    assert out.index("40.0") < early < out.index("running DRS†")  # the seed table, then the figure
+    assert out.index("figure after 7 pipelines") > out.index("Oracle (ground-truth labels)")
