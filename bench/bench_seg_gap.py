@@ -7,7 +7,7 @@ learnable DRS (``pseudo.source=cls``) under the recipes given with ``--label-rec
 the val mIoU (200 toy val images), pixel accuracy, the last training loss (a segmenter that cannot fit
 even the ground truth underfits), and the label quality on toy train.
 
-    python bench/bench_seg_gap.py [--recipes base scale1 os4] [--label-recipes os4] [--jobs 2]
+    python bench/bench_seg_gap.py [--recipes base scale1 lr05] [--label-recipes lr05] [--jobs 2]
         [--runs DIR] [--out FILE] [--collect]   # --collect: only read finished runs
 
 Results: bench/results/seg_gap.json (``--out``).
@@ -28,9 +28,9 @@ from wsss.demo import train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES: dict[str, list[str]] = {
-    "base": [],  # experiment=toy as it was: scales 0.5..1.5, output stride 8, LargeFOV rate 2
-    "scale1": ["seg.scales=[1.0]"],  # no random rescaling: 96 px images, crop 96 = the whole image
-    "os4": ["seg.scales=[1.0]", "segmenter.backbone.output_stride=4", "segmenter.rates=[4]"],
+    "base": ["seg.scales=[0.5,0.75,1.0,1.25,1.5]"],  # experiment=toy before issue 22: random rescale
+    "scale1": ["seg.scales=[1.0]"],  # no random rescaling (experiment=toy now): the image is the crop
+    "lr05": ["seg.scales=[1.0]", "seg.lr=0.05"],  # and 5x the rate (head 0.5, its biases 1.0)
 }
 """Segmenter recipes (overrides on experiment=toy)."""
 LABELS: dict[str, list[str]] = {
@@ -59,30 +59,38 @@ def run_one(labels: str, recipe: str, weights: Path, runs: Path, threads: int) -
     train(exp_name(labels, recipe), args, runs, threads)
 
 
-def last_train_loss(exp: Experiment) -> float | None:
-    """The mean of the last 10 logged segmenter training losses (CSV logger), if logged."""
+def training_log(exp: Experiment) -> dict:
+    """From the segmenter's CSV log: val mIoU at each validation step, and the mean training loss of
+    every 200 steps (a segmenter whose loss on the ground truth is still falling underfits)."""
     logs = sorted((exp.root / "logs" / "seg").glob("version_*/metrics.csv"))
     if not logs:
-        return None
+        return {"val_miou": {}, "train_loss": {}}
     with open(logs[-1], newline="") as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    return sum(losses[-10:]) / len(losses[-10:]) if losses else None
+        rows = list(csv.DictReader(f))
+    val = {int(r["step"]): float(r["val/miou"]) for r in rows if r.get("val/miou")}
+    bins: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get("train/loss"):
+            bins.setdefault(int(r["step"]) // 200 * 200 + 200, []).append(float(r["train/loss"]))
+    return {"val_miou": val, "train_loss": {k: sum(v) / len(v) for k, v in sorted(bins.items())}}
 
 
 def read_run(runs: Path, labels: str, recipe: str) -> dict | None:
+    """One run's scores; a run stopped before its eval keeps its training log (``complete`` false)."""
     exp = Experiment(runs / exp_name(labels, recipe))
-    if not exp.is_complete("eval"):
+    if not exp.root.is_dir():
         return None
-    pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval")
+    pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval") if exp.is_complete("eval") else {}
     return {
         "labels": labels,
         "recipe": recipe,
         "overrides": RECIPES[recipe],
+        "complete": exp.is_complete("eval"),
         "pseudo_miou": pseudo.get("miou"),
         "pseudo_ignored": pseudo.get("ignore_ratio"),
         "seg_miou": seg.get("miou"),
         "seg_pixel_accuracy": seg.get("pixel_accuracy"),
-        "seg_train_loss": last_train_loss(exp),
+        **training_log(exp),
     }
 
 
@@ -91,7 +99,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    parser.add_argument("--label-recipes", nargs="*", choices=list(RECIPES), default=["os4"])
+    parser.add_argument("--label-recipes", nargs="*", choices=list(RECIPES), default=[])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=REPO / "bench" / "results" / "seg_gap_runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "seg_gap.json")
@@ -111,12 +119,11 @@ def main() -> None:
                 future.result()
     rows = [row for s, r in jobs if (row := read_run(args.runs, s, r)) is not None]
     for row in rows:
-        cells = [f"{k} {100 * row[k]:5.1f}" for k in ("pseudo_miou", "seg_miou", "seg_pixel_accuracy")]
-        loss = row["seg_train_loss"]
+        val = ", ".join(f"{step + 1}: {100 * v:.1f}" for step, v in row["val_miou"].items())
+        loss = ", ".join(f"{step}: {v:.2f}" for step, v in row["train_loss"].items() if step % 800 == 0)
+        seg = "-" if row["seg_miou"] is None else f"{100 * row['seg_miou']:.1f}"
         print(
-            f"{row['labels']:4s} {row['recipe']:7s} "
-            + "  ".join(cells)
-            + f"  train loss {loss or float('nan'):.3f}"
+            f"{row['labels']:4s} {row['recipe']:7s} seg mIoU {seg:>5s}  val mIoU at step {val}  loss {loss}"
         )
     args.out.write_text(json.dumps({"runs": rows, "seconds": time.time() - start}, indent=2) + "\n")
     print(f"wrote {args.out}")
