@@ -7,7 +7,7 @@ learnable DRS (``pseudo.source=cls``) under the recipes given with ``--label-rec
 the val mIoU (200 toy val images), pixel accuracy, the last training loss (a segmenter that cannot fit
 even the ground truth underfits), and the label quality on toy train.
 
-    python bench/bench_seg_gap.py [--recipes base scale1 lr05] [--label-recipes lr05] [--jobs 2]
+    python bench/bench_seg_gap.py [--recipes base scale1 lr05 scale1_seed1 steps4800 wide] [--label-recipes lr05] [--jobs 2]
         [--runs DIR] [--out FILE] [--collect]   # --collect: only read finished runs
 
 Results: bench/results/seg_gap.json (``--out``).
@@ -31,6 +31,9 @@ RECIPES: dict[str, list[str]] = {
     "base": ["seg.scales=[0.5,0.75,1.0,1.25,1.5]"],  # experiment=toy before issue 22: random rescale
     "scale1": ["seg.scales=[1.0]"],  # no random rescaling (experiment=toy now): the image is the crop
     "lr05": ["seg.scales=[1.0]", "seg.lr=0.05"],  # and 5x the rate (head 0.5, its biases 1.0)
+    "scale1_seed1": ["seg.scales=[1.0]", "seed=1"],  # scale1 with another seed (same pre-training)
+    "steps4800": ["seg.scales=[1.0]", "seg.max_steps=4800"],  # twice the steps (poly over 4800)
+    "wide": ["seg.scales=[1.0]", "segmenter=largefov_tiny_wide"],  # fc6/fc7 64 wide instead of 32
 }
 """Segmenter recipes (overrides on experiment=toy)."""
 LABELS: dict[str, list[str]] = {
@@ -60,13 +63,15 @@ def run_one(labels: str, recipe: str, weights: Path, runs: Path, threads: int) -
 
 
 def training_log(exp: Experiment) -> dict:
-    """From the segmenter's CSV log: val mIoU at each validation step, and the mean training loss of
+    """From the segmenter's CSV logs: val mIoU at each validation step, and the mean training loss of
     every 200 steps (a segmenter whose loss on the ground truth is still falling underfits)."""
-    logs = sorted((exp.root / "logs" / "seg").glob("version_*/metrics.csv"))
-    if not logs:
-        return {"val_miou": {}, "train_loss": {}}
-    with open(logs[-1], newline="") as f:
-        rows = list(csv.DictReader(f))
+    logs = sorted(
+        (exp.root / "logs" / "seg").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
+    )
+    rows = []
+    for log in logs:  # a resumed run logs into a new version; the steps continue
+        with open(log, newline="") as f:
+            rows += list(csv.DictReader(f))
     val = {int(r["step"]): float(r["val/miou"]) for r in rows if r.get("val/miou")}
     bins: dict[int, list[float]] = {}
     for r in rows:
