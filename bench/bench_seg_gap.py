@@ -80,9 +80,10 @@ def training_log(exp: Experiment) -> dict:
     return {"val_miou": val, "train_loss": {k: sum(v) / len(v) for k, v in sorted(bins.items())}}
 
 
-def read_run(runs: Path, labels: str, recipe: str) -> dict | None:
-    """One run's scores; a run stopped before its eval keeps its training log (``complete`` false)."""
-    exp = Experiment(runs / exp_name(labels, recipe))
+def read_run(runs: Path, labels: str, recipe: str, name: str | None = None) -> dict | None:
+    """One run's scores (``name``: its experiment folder, default ``<labels>_<recipe>``); a run stopped
+    before its eval keeps its training log (``complete`` false)."""
+    exp = Experiment(runs / (name or exp_name(labels, recipe)))
     if not exp.root.is_dir():
         return None
     pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval") if exp.is_complete("eval") else {}
@@ -109,6 +110,13 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "bench" / "results" / "seg_gap_runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "seg_gap.json")
     parser.add_argument("--collect", action="store_true", help="only read the finished runs")
+    parser.add_argument(
+        "--label-exps",
+        nargs="*",
+        default=[],
+        metavar="LABELS:RECIPE=EXP",
+        help="also read these experiment folders (e.g. cam:wide=cam15: a run made by hand)",
+    )
     args = parser.parse_args()
     jobs = [("gt", r) for r in args.recipes] + [(s, r) for r in args.label_recipes for s in ("cam", "drs")]
     start = time.time()
@@ -123,6 +131,11 @@ def main() -> None:
             for future in [pool.submit(run_one, s, r, weights, args.runs, threads) for s, r in jobs]:
                 future.result()
     rows = [row for s, r in jobs if (row := read_run(args.runs, s, r)) is not None]
+    for spec in args.label_exps:
+        key, name = spec.split("=", 1)
+        labels, recipe = key.split(":", 1)
+        if (row := read_run(args.runs, labels, recipe, name)) is not None:
+            rows.append({**row, "exp": name})
     for row in rows:
         val = ", ".join(f"{step + 1}: {100 * v:.1f}" for step, v in row["val_miou"].items())
         loss = ", ".join(f"{step}: {v:.2f}" for step, v in row["train_loss"].items() if step % 800 == 0)
