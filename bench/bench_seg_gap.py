@@ -93,6 +93,7 @@ def read_run(runs: Path, labels: str, recipe: str, name: str | None = None) -> d
         "overrides": RECIPES[recipe],
         "complete": exp.is_complete("eval"),
         "pseudo_miou": pseudo.get("miou"),
+        "pseudo_miou_labeled": pseudo.get("miou_labeled"),
         "pseudo_ignored": pseudo.get("ignore_ratio"),
         "seg_miou": seg.get("miou"),
         "seg_pixel_accuracy": seg.get("pixel_accuracy"),
