@@ -8,7 +8,8 @@ already mostly covers, data=toy_compact), writes maps and pseudo labels, and rep
 deviation over seeds of the seed mIoU (best background threshold of 0, 0.05 .. 0.95), the pseudo-label mIoU
 (255 counted as background, the WSSS convention) and the pseudo-label mIoU over labelled pixels only,
 the segmentation mIoU on toy val (segmenter from the same backbone; skipped with ``--no-seg``), and the
-per-seed difference DRS - CAM, per design and variant.
+per-seed difference DRS - CAM, per design and variant. The ``gt`` variant is the oracle: the segmenter
+trained on the ground-truth masks (``pseudo.source=gt``), the upper bound of seg_miou.
 
     python bench/bench_demo_seeds.py [--seeds 0 1 2] [--designs elongated compact] [--variants ...]
         [--no-seg] [--shared-pretrain] [--jobs 2] [--threads N] [--runs DIR] [--data DIR] [--out FILE]
@@ -44,7 +45,10 @@ VARIANTS: dict[str, list[str]] = {
     "cam": ["drs=off"],
     "drs_learnable": ["drs=learnable"],
     "drs_delta0.55": ["drs=fixed", "drs.delta=0.55"],
+    "gt": ["pseudo.source=gt"],
 }
+ORACLE = "gt"
+"""The oracle variant: the segmenter trained on the ground-truth masks (no classifier, no maps)."""
 STAGES = ["cls", "maps_cls", "pseudo", "seg", "eval"]
 METRICS = ("seed_miou", "pseudo_miou", "pseudo_miou_labeled", "seg_miou")
 
@@ -75,6 +79,8 @@ def run_pipeline(
     stages: list[str],
 ) -> None:
     """``experiment=toy`` on ``design`` from the pre-trained ``weights``; finished stages are skipped."""
+    if "pseudo.source=gt" in overrides:  # the oracle reads no classifier maps
+        stages = [s for s in stages if s not in ("cls", "maps_cls")]
     args = [
         "stage=pipeline",
         "experiment=toy",
@@ -105,7 +111,8 @@ def seed_scores(exp: Experiment) -> dict:
 def read_row(runs: Path, design: str, variant: str, seed: int) -> dict:
     """The scores of one finished run (seg_miou None without the segmentation stages)."""
     exp = Experiment(runs / exp_name(design, variant, seed))
-    seeds, pseudo, seg = seed_scores(exp), exp.metrics("pseudo"), exp.metrics("eval")
+    seeds = {"miou": None, "best_threshold": None} if variant == ORACLE else seed_scores(exp)
+    pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval")
     return {
         "design": design,
         "variant": variant,

@@ -13,6 +13,10 @@ from wsss.pipeline.artifacts import Experiment, write_json
 def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, capsys) -> None:
     for k, v in enumerate(VARIANTS):
         exp = Experiment(tmp_path / v.key)
+        if v.maps_stage is None:  # the oracle: no maps
+            write_json(exp.stage_dir("pseudo") / "metrics.json", {"miou": 1.0, "ignore_ratio": 0.0})
+            write_json(exp.stage_dir("eval") / "metrics.json", {"miou": 0.9})
+            continue
         write_json(
             exp.stage_dir(v.maps_stage) / "metrics.json",
             {"miou": 0.30 + k / 100, "best_threshold": 0.25 + k / 10, "best_threshold_at_edge": k == 2},
@@ -23,13 +27,73 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
         )
     write_json(Experiment(tmp_path / "cam").stage_dir("eval") / "metrics.json", {"miou": 0.2})
     rows = collect(tmp_path)
-    assert [r["seed_miou"] for r in rows] == pytest.approx([0.30, 0.31, 0.32, 0.33])
+    assert [r["seed_miou"] for r in rows[:4]] == pytest.approx([0.30, 0.31, 0.32, 0.33])
+    assert rows[4]["variant"].startswith("Oracle") and rows[4]["seed_miou"] is None
+    assert rows[4]["pseudo_miou"] == 1.0 and rows[4]["seg_miou"] == 0.9
     assert rows[3]["pseudo_miou"] == pytest.approx(0.53) and rows[3]["pseudo_ignored"] == 0.1
     assert rows[0]["seg_miou"] == 0.2 and rows[1]["seg_miou"] is None  # dagger reads maps/refine
     assert VARIANTS[3].maps_stage == "maps_refine"
     assert SCHEDULE[0] == "dagger" and SCHEDULE[-1] == "drs"  # longest chain first; DRS reuses its classifier
     print_table(rows)
     out = capsys.readouterr().out
+    assert "Oracle (ground-truth labels)" in out and "90.0" in out and "100.0" in out
     assert "30.0" in out and "53.0" in out and "20.0" in out and "DRS† (learnable + refine)" in out
     assert rows[2]["best_threshold_at_edge"] is True and rows[1]["best_threshold_at_edge"] is False
     assert "0.45!" in out and "0.35 " in out and "0.35!" not in out  # the edge flag marks 0.45 only
+
+
+def test_controller_table_reads_the_learnable_classifiers_log(tmp_path: Path, capsys) -> None:
+    from wsss.experiments.demo import controller_rows, print_controller
+    from wsss.tasks.controller_log import CSV, write_rows
+
+    assert controller_rows(tmp_path) == []
+    rows = [
+        {
+            "epoch": e,
+            "step": 5 * (e + 1),
+            "layer": n,
+            "channels": 8,
+            "g_mean": g,
+            "g_sd": 0.01,
+            "g_min": g,
+            "g_max": g,
+        }
+        for e, g in ((-1, 0.5), (0, 0.52), (1, 0.61))
+        for n in ("layer1", "layer6.3")
+    ]
+    write_rows(Experiment(tmp_path / "drs").stage_dir("cls") / CSV, rows)
+    assert controller_rows(tmp_path) == rows
+    print_controller(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "layer6.3" in out[1] and out[2].split()[:4] == ["-1", "0.500", "±", "0.010"]
+    assert out[-1].split()[0] == "1" and "0.610 ± 0.010" in out[-1] and len(out) == 5
+
+
+def test_seed_table_and_figure_come_before_the_segmenters(tmp_path: Path, monkeypatch, capsys) -> None:
+    import wsss.experiments.demo as demo
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_variant(variant, runs, extra, threads, stages=()) -> None:
+        calls.append((variant.key, tuple(stages)))
+        if stages:  # the early phase writes the seed scores the table shows
+            write_json(
+                Experiment(runs / variant.key).stage_dir("maps_cls") / "metrics.json",
+                {"miou": 0.4, "best_threshold": 0.3},
+            )
+
+    def fake_figure(runs, out, data_root, n_images=6):
+        print(f"figure after {len(calls)} pipelines")
+        return out
+
+    monkeypatch.setattr(demo, "pretrain", lambda runs, extra, threads: runs / "w.ckpt")
+    monkeypatch.setattr(demo, "run_variant", fake_variant)
+    monkeypatch.setattr(demo, "figure", fake_figure)
+    monkeypatch.setattr(demo, "_toy_root", lambda runs: runs)
+    demo.main(["--runs", str(tmp_path / "demo"), "--jobs", "1"])
+    assert calls[:2] == [("cam", ("cls", "maps_cls")), ("drs", ("cls", "maps_cls"))]
+    assert [k for k, stages in calls[2:]] == list(SCHEDULE) and all(not s for _, s in calls[2:])
+    out = capsys.readouterr().out
+    early = out.index("figure after 2 pipelines")
+    assert out.index("40.0") < early < out.index("running DRS†")  # the seed table, then the figure
+    assert out.index("figure after 7 pipelines") > out.index("Oracle (ground-truth labels)")

@@ -30,7 +30,6 @@ from wsss.data.content import attach_content
 from wsss.data.verify import verify_for_stages
 from wsss.ddp import prepare_job
 from wsss.errors import PREEMPTED_EXIT, ConfigError, Preempted, WsssError
-from wsss.experiments import demo
 from wsss.experiments.report import record_job
 from wsss.pipeline.config import (
     CONF_DIR,
@@ -309,6 +308,8 @@ DEMO = "demo"
 def entry() -> int:
     """The ``wsss`` console script: ``wsss demo ...`` runs the demo, anything else is ``train.py ...``."""
     if sys.argv[1:2] == [DEMO]:
+        from wsss.experiments import demo  # its controller table reader loads torch: only for wsss demo
+
         demo.main(sys.argv[2:])
         return 0
     return cli()

@@ -1,7 +1,7 @@
 """The toy dataset: small synthetic images in the VOC2012 layout, made for DRS's situation.
 
     python -m wsss.data.toy --out DIR --seed 0 [--design elongated|compact]
-                            [--num-train 300 --num-val 40 --num-test 20 --size 96]
+                            [--num-train 300 --num-val 200 --num-test 20 --size 96]
                             [--body-min 0.36 --body-max 0.46 ... any knob of SHAPE, overriding the design]
 
 The object design is an axis (``design``, ``DESIGNS``; every knob of ``SHAPE`` can override it):
@@ -60,7 +60,7 @@ from wsss.errors import ConfigError, DatasetLayoutError
 log = logging.getLogger(__name__)
 
 VERSION = 4
-SIZES: dict[str, int] = {"num_train": 300, "num_val": 40, "num_test": 20, "size": 96}
+SIZES: dict[str, int] = {"num_train": 300, "num_val": 200, "num_test": 20, "size": 96}
 """Split sizes and the image side (pixels)."""
 SHAPE: dict[str, float] = {
     "body_min": 0.36,
@@ -111,6 +111,8 @@ DESIGNS: dict[str, dict[str, float]] = {
 """The named object designs (``data.toy.design``): each a full set of ``SHAPE`` knobs."""
 DEFAULT_DESIGN = "elongated"
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+COUNTS = ("num_train", "num_val", "num_test")
+"""Split sizes: a dataset that differs from the one asked for only in these is remade, not refused."""
 MARKER = "toy.json"
 
 PART_COLOURS = np.array(
@@ -313,7 +315,7 @@ def _params(seed: int, options: Mapping[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = {"version": VERSION, "seed": int(seed), "design": design}
     params.update({k: int(options.get(k, v)) for k, v in SIZES.items()})
     params.update({k: float(options.get(k, v)) for k, v in DESIGNS[design].items()})
-    if params["size"] < 32 or min(params[k] for k in ("num_train", "num_val", "num_test")) < 1:
+    if params["size"] < 32 or min(params[k] for k in COUNTS) < 1:
         raise ConfigError(f"toy sizes {params}: need size >= 32 and at least one image per split")
     if not (
         0 < params["body_min"] <= params["body_max"] < 0.5
@@ -376,6 +378,15 @@ def _existing(out: Path, params: dict[str, Any]) -> Path | None:
             out,
             found.get("version"),
             VERSION,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        return None
+    differ = {k for k in set(found) | set(params) if found.get(k) != params.get(k)}
+    if differ and differ <= set(COUNTS):  # image i of a split is the same whatever the counts: remake
+        log.warning(
+            "replacing the toy dataset at %s (%s; the images both have are the same)",
+            out,
+            ", ".join(f"{k} {found.get(k)} -> {params[k]}" for k in sorted(differ)),
         )
         shutil.rmtree(out, ignore_errors=True)
         return None

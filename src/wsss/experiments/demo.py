@@ -3,10 +3,13 @@
 First pre-trains the tiny backbone on 600 other toy images (``experiment=toy_pretrain``, the stand-in
 for the paper's ImageNet initialisation), then runs four pipelines on CPU from that backbone
 (classifier -> maps -> pseudo labels -> segmentation -> eval): plain CAM (DRS off), DRS with the
-learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†). The artifact store
-(``wsss.pipeline.store``) makes the classifier and maps DRS and DRS† share once; the pipelines run two at a
-time, the longest chain (DRS†: it adds the refiner) first. Prints one table and writes a Figure-1-style
-grid (image | CAM | DRS | DRS†).
+learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†); and the oracle, the
+segmenter trained on the ground-truth masks (``pseudo.source=gt``), the upper bound of the last
+column. The classifiers and maps of CAM and DRS come first: their seed table and the CAM vs DRS figure
+are printed as soon as they exist. The artifact store (``wsss.pipeline.store``) makes the classifier and maps
+DRS and DRS† share once; the pipelines run two at a time, the longest chain (DRS†: it adds the
+refiner) first. Prints one table, the learnable controller's G per layer over training, and writes a
+Figure-1-style grid (image | CAM | DRS | DRS†).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from wsss.data.figures import figure1
 from wsss.data.voc import VOCDataset
 from wsss.pipeline.artifacts import Experiment, write_json
+from wsss.tasks.controller_log import CSV, read_rows
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Variant:
     key: str
     title: str
     overrides: tuple[str, ...]
-    maps_stage: str  # the maps the pseudo labels were made from
+    maps_stage: str | None  # the maps the pseudo labels were made from (None: the oracle's ground truth)
 
 
 VARIANTS = (
@@ -39,10 +43,17 @@ VARIANTS = (
     Variant("drs", "DRS (learnable)", ("drs=learnable", "pseudo.source=cls"), "maps_cls"),
     Variant("delta", "DRS (delta 0.55)", ("drs=fixed", "drs.delta=0.55", "pseudo.source=cls"), "maps_cls"),
     Variant("dagger", "DRS† (learnable + refine)", ("drs=learnable", "pseudo.source=refine"), "maps_refine"),
+    Variant("gt", "Oracle (ground-truth labels)", ("pseudo.source=gt",), None),
 )
-SCHEDULE = ("dagger", "cam", "delta", "drs")
-"""Start order: the longest chain first; DRS last, when DRS† has made the classifier and maps they share."""
+SCHEDULE = ("dagger", "cam", "delta", "gt", "drs")
+"""Start order: the longest chain first; DRS last, when DRS† has made the classifier and maps they share
+(the oracle, a segmenter only, fills the gap)."""
 
+
+EARLY = ("cam", "drs")
+"""Run first, classifier and maps only: the seed table and the CAM vs DRS figure are printed as soon as
+they exist; the full pipelines then skip those finished stages."""
+EARLY_STAGES = ("cls", "maps_cls")
 
 PRETRAIN = "pretrain"
 """Experiment folder (under the demo's runs) of the pre-trained toy backbone."""
@@ -84,8 +95,11 @@ def pretrain(runs: Path, extra: list[str], threads: int) -> Path:
     return pretrained_weights(runs)
 
 
-def run_variant(variant: Variant, runs: Path, extra: list[str], threads: int) -> None:
-    """One pipeline from the pre-trained backbone (classifier, refiner and segmenter start from it)."""
+def run_variant(
+    variant: Variant, runs: Path, extra: list[str], threads: int, stages: tuple[str, ...] = ()
+) -> None:
+    """One pipeline from the pre-trained backbone (classifier, refiner and segmenter start from it);
+    ``stages``: only these (default: the whole pipeline, finished stages skipped)."""
     weights = pretrained_weights(runs)
     args = [
         "stage=pipeline",
@@ -94,6 +108,7 @@ def run_variant(variant: Variant, runs: Path, extra: list[str], threads: int) ->
         f"backbone.weights={weights}",
         f"segmenter.weights={weights}",
         *variant.overrides,
+        *([f"pipeline.stages=[{','.join(stages)}]"] if stages else []),
         *extra,
     ]
     train(variant.key, args, runs, threads)
@@ -103,12 +118,13 @@ def collect(runs: Path) -> list[dict]:
     rows = []
     for v in VARIANTS:
         exp = Experiment(runs / v.key)
-        maps, pseudo, seg = exp.metrics(v.maps_stage), exp.metrics("pseudo"), exp.metrics("eval")
+        maps = exp.metrics(v.maps_stage) if v.maps_stage else {}
+        pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval")
         rows.append(
             {
                 "variant": v.title,
                 "seed_miou": maps.get("miou"),
-                "best_threshold": maps.get("best_threshold"),
+                "best_threshold": maps.get("best_threshold"),  # None for the oracle
                 "best_threshold_at_edge": maps.get("best_threshold_at_edge"),
                 "pseudo_miou": pseudo.get("miou"),
                 "pseudo_precision": pseudo.get("precision"),
@@ -118,6 +134,28 @@ def collect(runs: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def controller_rows(runs: Path, key: str = "drs") -> list[dict]:
+    """G over training of the learnable DRS classifier (``<runs>/<key>/cls/controller.csv``), per layer
+    and epoch (``wsss.tasks.controller_log``); none when that classifier did not log it."""
+
+    return read_rows(Experiment(runs / key).stage_dir("cls") / CSV)
+
+
+def print_controller(rows: list[dict]) -> None:
+    """G per layer at the start, half-way and at the end of training: mean ± sd over channels."""
+    if not rows:
+        return
+    epochs = sorted({r["epoch"] for r in rows})
+    shown = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    at = {(r["epoch"], r["layer"]): r for r in rows}
+    print("[demo] learnable controller G (mean ± sd over channels; epoch -1 = initialisation):")
+    print("       " + "".join(f"{layer:>15s}" for layer in layers))
+    for e in shown:
+        cells = [f"{at[(e, n)]['g_mean']:.3f} ± {at[(e, n)]['g_sd']:.3f}" for n in layers if (e, n) in at]
+        print(f"  {e:>4d} " + "".join(f"{c:>15s}" for c in cells))
 
 
 def threshold_cell(row: dict) -> str:
@@ -197,6 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     print("[demo] pre-training the tiny backbone on other toy images (the ImageNet stand-in) ...", flush=True)
     pretrain(args.runs, args.overrides, threads)
     by_key = {v.key: v for v in VARIANTS}
+    print(f"[demo] classifiers and maps of {' and '.join(by_key[k].title for k in EARLY)} ...", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        early = [
+            pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads, EARLY_STAGES)
+            for k in EARLY
+        ]
+        for future in early:
+            future.result()
+    print_table([r for r, v in zip(collect(args.runs), VARIANTS, strict=True) if v.key in EARLY])
+    fig = figure(args.runs, args.runs / "figure1.png", _toy_root(args.runs))
+    print(f"[demo] CAM vs DRS maps: {fig} ({time.time() - start:.0f} s)", flush=True)
     print(
         f"[demo] running {', '.join(by_key[k].title for k in SCHEDULE)}, {args.jobs} at a time ...",
         flush=True,
@@ -207,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
             future.result()
     rows = collect(args.runs)
     print_table(rows)
-    write_json(args.runs / "results.json", {"rows": rows, "seconds": round(time.time() - start, 1)})
+    controller = controller_rows(args.runs)
+    print_controller(controller)
+    write_json(
+        args.runs / "results.json",
+        {"rows": rows, "controller": controller, "seconds": round(time.time() - start, 1)},
+    )
     data_root = _toy_root(args.runs)
     fig = figure(args.runs, args.runs / "figure1.png", data_root)
     print(f"[demo] Figure-1 grid (image | CAM | DRS | DRS†): {fig}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsss.constants import DRS_LAYERS
+from wsss.pipeline.registry import GT_SOURCE
 
 TABLES = {
     "table1_delta": "Table 1: the controller (learnable vs fixed delta), no refinement",
@@ -62,6 +63,10 @@ PAPER = {
 }
 
 
+ORACLE_LABEL = "oracle (ground-truth labels)"
+"""Its row label: the fully-supervised upper bound of the segmentation column."""
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """What a job's row depends on, read from its resolved config."""
@@ -109,6 +114,9 @@ class JobSettings:
 
     def label(self, table: str) -> str:
         """The paper's label of this job's row in ``table``."""
+        if self.source == GT_SOURCE:  # ground-truth labels: the controller does not matter
+            seg = SEGMENTERS.get(self.segmenter, self.segmenter)
+            return f"{ORACLE_LABEL} {seg}" if table == "table4_seg" else ORACLE_LABEL
         if table == "table2_layers":
             return self.placement_label()
         if table == "table3_refine":

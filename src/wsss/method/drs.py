@@ -40,10 +40,12 @@ class DRS(nn.Module):
         channels: K, the number of feature channels.
         mode: ``learnable`` (G = sigmoid(FC(GAP(X)))) or ``fixed`` (G = delta).
         delta: the constant controller of ``fixed`` mode, in (0, 1].
+        block: the block it follows (``layer1`` .. ``layer6``; set by ``make_activation``), for logs.
     """
 
-    def __init__(self, channels: int, mode: str = "learnable", delta: float = 0.55) -> None:
+    def __init__(self, channels: int, mode: str = "learnable", delta: float = 0.55, block: str = "") -> None:
         super().__init__()
+        self.block = str(block)
         if mode not in ("learnable", "fixed"):
             raise ConfigError(f"DRS mode {mode!r} is not one of learnable, fixed (use nn.ReLU for drs=off)")
         if mode == "fixed" and not 0.0 < float(delta) <= 1.0:
@@ -100,7 +102,7 @@ def make_activation(mode: str, delta: float = 0.55, placement: Sequence[str] = L
         if layer not in LAYERS:
             raise ValueError(f"unknown block name {layer!r}; backbones name their blocks {list(LAYERS)}")
         if mode != "off" and layer in placed:
-            return DRS(channels, mode, delta)
+            return DRS(channels, mode, delta, block=layer)
         return nn.ReLU(inplace=False)
 
     return activation

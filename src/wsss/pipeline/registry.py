@@ -26,6 +26,8 @@ DATA = ("data.name", "data.num_classes", "data.toy", "data.mean", "data.std")
 """What identifies the dataset every stage reads, besides the content of the splits it reads
 (``Stage.content_keys``: ``data.content.<split>``, set by ``wsss.data.content.attach_content``). The data's
 folder is not part of any identity: moved or copied data is the same data."""
+GT_SOURCE = "gt"
+"""``pseudo.source`` of the oracle: the pseudo stage writes the ground-truth masks as its labels."""
 SALIENCY = "+saliency"
 """Suffix of a split's ``data.content`` key when its fingerprint covers the saliency maps too."""
 
@@ -96,6 +98,8 @@ class Stage:
         folder: its artifact's folder inside the experiment folder.
         module: the import path of the module that runs it (``run(ctx) -> metrics``).
         reads: upstream stage names; ``{key}`` is filled from the config (``maps_{pseudo.source}``).
+        reads_nothing_when: ``(key, value)`` pairs: when the config's ``key`` is ``value`` the stage reads
+            no upstream artifact (``pseudo.source=gt``: the labels are the ground-truth masks).
         writes: what the folder holds, for docs and messages.
         identity: config keys that define the artifact (a node name takes the whole node);
             ``"key if flag"`` takes ``key`` only when the config value ``flag`` is true.
@@ -114,6 +118,7 @@ class Stage:
     folder: str
     module: str
     reads: tuple[str, ...] = ()
+    reads_nothing_when: tuple[tuple[str, str], ...] = ()
     writes: str = ""
     identity: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -143,6 +148,8 @@ class Stage:
 
     def upstream(self, cfg: DictConfig) -> tuple[str, ...]:
         """The stage names this stage reads under ``cfg``."""
+        if any(str(OmegaConf.select(cfg, key)) == value for key, value in self.reads_nothing_when):
+            return ()
         names = []
         for template in self.reads:
             name = template
@@ -260,6 +267,7 @@ STAGES: dict[str, Stage] = {
             folder="pseudo",
             module="wsss.stages.pseudo",
             reads=("maps_{pseudo.source}",),
+            reads_nothing_when=(("pseudo.source", GT_SOURCE),),
             writes="<id>.png pseudo labels (VOC palette, 255 = ignore) and their quality on data.eval_split",
             identity=(*DATA, "data.maps_split", "pseudo", "crf if pseudo.crf"),
             ignore=("pseudo.workers", "pseudo.overwrite", "pseudo.figure_images", "crf.workers"),

@@ -6,7 +6,8 @@ with the settings of ``cls`` (wsss/conf/settings/cls.yaml; the protocol group se
 optimiser groups) on ``data``'s classification split, validates every epoch and writes
 ``checkpoints/{best,last}.ckpt``. ``best.ckpt`` is the last epoch, unless ``cls.select_on_map_miou``
 keeps the epoch with the best validation map mIoU (the release's model selection, which uses
-ground-truth masks: ``metrics.json`` says so).
+ground-truth masks: ``metrics.json`` says so). With learnable DRS, ``controller.csv`` holds G per layer
+and epoch (``wsss.tasks.controller_log``) and ``metrics.json`` its last epoch (``controller_<layer>_{start,mean,sd}``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from wsss.models.networks import build, classifier_spec
 from wsss.models.weights import init_score_network
 from wsss.pipeline.runner import StageContext
 from wsss.tasks.classification import ClassifierTask
+from wsss.tasks.controller_log import CSV, ControllerLog, final_summary, learnable_controllers
 from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     task = build_task(cfg)
     datamodule = WSSSDataModule(cfg.data, "cls", crop_size=cfg.cls.crop_size, squash_size=cfg.cls.squash_size)
     monitor = "val/map_miou" if select else None
+    controllers = bool(learnable_controllers(task.model))
     trainer = build_trainer(
-        cfg, "cls", ctx.out, monitor=monitor, mode="max", record=ctx.record, max_epochs=int(cfg.cls.epochs)
+        cfg,
+        "cls",
+        ctx.out,
+        monitor=monitor,
+        mode="max",
+        record=ctx.record,
+        callbacks=[ControllerLog(ctx.out)] if controllers else None,
+        max_epochs=int(cfg.cls.epochs),
     )
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(ctx.out, ctx.resuming, "cls"))
     require_checkpoint(trainer, ctx.out, "cls")
@@ -101,6 +111,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     if compute_miou:
         metrics["map_miou"] = _value(logged, "val/map_miou")
+    for layer, g in final_summary(ctx.out / CSV).items():  # the learnable controller's last epoch
+        metrics |= {f"controller_{layer}_{k}": g[k] for k in ("start", "mean", "sd")}
     checkpoint = trainer.checkpoint_callback
     if select and checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["best_map_miou"] = float(checkpoint.best_model_score)

@@ -7,6 +7,10 @@ labels already written unless ``pseudo.overwrite``. Then scores the labels again
 ``data.eval_split`` (mIoU, precision, recall, pixel accuracy, ignore ratio), writes ``metrics.json``,
 ``per_class_iou.csv``, the figure ``<exp>/figures/pseudo.png`` (image | ground truth | pseudo label) and
 ``.complete``. The rules (``pseudo.rule``: paper or release) are in ``wsss.stages.pseudo_rules``.
+
+``pseudo.source=gt`` is the oracle (the fully-supervised upper bound of WSSS tables): the stage reads no
+maps and writes each image's ground-truth mask as its label (``metrics.json`` says ``source: gt``), so
+the segmenter after it learns from the truth; every image of ``data.maps_split`` needs a mask.
 """
 
 from __future__ import annotations
@@ -20,13 +24,21 @@ from omegaconf import DictConfig
 
 from wsss.constants import IGNORE_INDEX
 from wsss.data.figures import save_grid
-from wsss.data.palette import colorize, read_index_png
+from wsss.data.palette import colorize, read_index_png, save_mask
+from wsss.data.toy import ensure_toy
 from wsss.data.voc import VOCDataset, pending_labels
-from wsss.errors import ConfigError, MaskSizeError, MissingArtifactError, MissingSaliencyError
+from wsss.errors import (
+    ConfigError,
+    MaskSizeError,
+    MissingArtifactError,
+    MissingLabelsError,
+    MissingSaliencyError,
+)
 from wsss.method.crf import CRFParams, crf_map, require_pydensecrf
 from wsss.method.metrics import ConfusionMatrix
 from wsss.pipeline.artifacts import PER_CLASS_CSV, read_json, write_per_class_iou
 from wsss.pipeline.hints import command
+from wsss.pipeline.registry import GT_SOURCE
 from wsss.pipeline.runner import StageContext
 from wsss.stages.pseudo_rules import LabelJob, PseudoRule, label_image, set_job
 from wsss.tasks.trainer import build_logger, finalize_logger, log_image, log_metrics
@@ -151,21 +163,44 @@ def figures(ctx: StageContext) -> Path | None:
     n_fig = int(cfg.pseudo.get("figure_images", 4))
     if n_fig <= 0:
         return None
-    rule = rule_from_config(cfg, ctx.input(f"maps_{cfg.pseudo.source}"))
+    if str(cfg.pseudo.source) == GT_SOURCE:
+        name = "ground truth"
+    else:
+        name = rule_from_config(cfg, ctx.input(f"maps_{cfg.pseudo.source}")).name
     gt = voc_dataset(cfg, str(cfg.data.eval_split))
-    return figure(gt, ctx.out, ctx.exp.root / "figures" / "pseudo.png", n_fig, rule.name)
+    return figure(gt, ctx.out, ctx.exp.root / "figures" / "pseudo.png", n_fig, name)
 
 
 def voc_dataset(cfg: DictConfig, split: str) -> Any:
-    """The images (and masks) of one split of ``data.root``."""
+    """The images (and masks) of one split of ``data.root`` (the toy data is generated if absent: the
+    oracle's pipeline starts here)."""
 
+    ensure_toy(cfg.data)
     return VOCDataset(cfg.data.root, split)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def write_ground_truth(dataset: Any, out: Path, todo: list[int]) -> list[tuple[int, int]]:
+    """The oracle's labels: ``<out>/<id>.png`` = the ground-truth mask of each image ``todo`` indexes;
+    returns (ignored, total) pixel counts per label written. An image without a mask is an error."""
+    no_mask = [dataset.ids[k] for k in todo if dataset.mask_path(k) is None]
+    if no_mask:
+        raise MissingLabelsError(
+            f"pseudo.source={GT_SOURCE} writes the ground truth as labels, but {len(no_mask)} images of "
+            f"data.maps_split have no mask under {dataset.root} (e.g. {no_mask[0]}); give a split whose "
+            "images all have masks, or make the labels from maps (pseudo.source=cls|refine)"
+        )
+    counts = []
+    for k in todo:
+        mask = dataset.mask(k)
+        save_mask(out / f"{dataset.ids[k]}.png", mask)
+        counts.append((int((mask == IGNORE_INDEX).sum()), int(mask.size)))
+    return counts
 
-    cfg, out = ctx.cfg, ctx.out
-    pcfg = cfg.pseudo
+
+def _label_from_maps(ctx: StageContext, dataset: Any, todo: list[int]) -> tuple[list, dict[str, Any]]:
+    """Labels of the images ``todo`` indexes from the stored maps (``pseudo.rule``); returns the per-label
+    (ignored, total) counts and the rule's metrics."""
+    cfg, out, pcfg = ctx.cfg, ctx.out, ctx.cfg.pseudo
     source = str(pcfg.source)
     maps_dir = ctx.input(f"maps_{source}")
     rule = rule_from_config(cfg, maps_dir)
@@ -173,8 +208,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if bool(pcfg.crf):
         require_pydensecrf()  # fail now, not after the first image
         crf_params = CRFParams.from_config(cfg.crf)
-
-    dataset = voc_dataset(cfg, str(cfg.data.maps_split))
     ids = list(dataset.ids)
     no_maps = [i for i in ids if not (maps_dir / f"{i}.npz").is_file()]
     if no_maps:
@@ -186,8 +219,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     saliency_dir = (
         check_saliency(cfg.data.get("saliency_dir"), ids) if rule.background == "saliency" else None
     )
-    overwrite = bool(pcfg.overwrite)
-    todo = pending_labels(out, dataset, overwrite)  # kept labels are checked: a damaged one is made again
     log.info(
         "pseudo labels (%s rule, background=%s, crf=%s): %d to write, %d already written, %d workers",
         rule.rule,
@@ -208,19 +239,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         initializer=set_job,
         initargs=(job,),
     )
-
-    gt = voc_dataset(cfg, str(cfg.data.eval_split))
-    quality, per_class = evaluate(out, gt)
-    write_per_class_iou(out / PER_CLASS_CSV, per_class)
     metrics: dict[str, Any] = {
-        **quality,
-        "images": len(ids),
-        "written": len(counts),
-        "skipped": len(ids) - len(todo),
         "rule": rule.rule,
         "background": rule.background,
         "crf": crf_params is not None,
-        "source": source,
     }
     if rule.background == "fallback":
         metrics["fallback_threshold"] = rule.fallback_threshold
@@ -229,6 +251,32 @@ def run(ctx: StageContext) -> dict[str, Any]:
             if str(pcfg.fallback_threshold) == "best"
             else "config"
         )
+    return counts, metrics
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg, out = ctx.cfg, ctx.out
+    source = str(cfg.pseudo.source)
+    dataset = voc_dataset(cfg, str(cfg.data.maps_split))
+    todo = pending_labels(out, dataset, bool(cfg.pseudo.overwrite))  # a damaged kept label is made again
+    if source == GT_SOURCE:
+        log.info("pseudo labels = ground truth (the oracle): %d to write", len(todo))
+        counts, made = write_ground_truth(dataset, out, todo), {"rule": GT_SOURCE}
+    else:
+        counts, made = _label_from_maps(ctx, dataset, todo)
+
+    gt = voc_dataset(cfg, str(cfg.data.eval_split))
+    quality, per_class = evaluate(out, gt)
+    write_per_class_iou(out / PER_CLASS_CSV, per_class)
+    n = len(dataset.ids)
+    metrics: dict[str, Any] = {
+        **quality,
+        "images": n,
+        "written": len(counts),
+        "skipped": n - len(todo),
+        **made,
+        "source": source,
+    }
     if counts:
         metrics["written_ignore_ratio"] = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
 
