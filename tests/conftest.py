@@ -151,10 +151,20 @@ def make_seg_stage(cfg, model, network: dict):
     return folder / "best.ckpt"
 
 
+def attach_data_content(cfg, names: list[str]) -> None:
+    """Name the data by content in ``cfg`` as train.py does before its plan check (when there is data)."""
+    from wsss.data.content import attach_content
+    from wsss.pipeline.runner import planned_closure
+
+    if cfg.data.get("generate") or Path(str(cfg.data.root)).exists():
+        attach_content(cfg, planned_closure(cfg, names))
+
+
 def run_stage(cfg) -> dict:
     """Run ``cfg.stage`` through the runner (plan check, records, .complete); returns its own metrics."""
-    from wsss.pipeline.runner import run_stages
+    from wsss.pipeline.runner import pipeline_names, run_stages
 
+    attach_data_content(cfg, pipeline_names(cfg))
     results = run_stages(cfg)
     return {k.split("/", 1)[1]: v for k, v in results.items()}
 
@@ -165,6 +175,7 @@ def finish_as_made(cfg, name: str, metrics: dict | None = None) -> None:
     from wsss.pipeline.artifacts import Experiment
     from wsss.pipeline.provenance import expected_record
 
+    attach_data_content(cfg, [name])
     exp = Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs)
     record = expected_record(cfg, name)
     exp.begin(name, record)

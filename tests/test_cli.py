@@ -65,7 +65,8 @@ def test_train_py_is_the_wsss_entry_point() -> None:
 
 
 def test_wsss_demo_runs_the_demo_and_anything_else_is_train_py(monkeypatch) -> None:
-    from wsss import cli, demo
+    from wsss import cli
+    from wsss.experiments import demo
 
     calls: list[tuple[str, list[str] | None]] = []
     monkeypatch.setattr(demo, "main", lambda argv=None: calls.append(("demo", argv)))

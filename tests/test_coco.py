@@ -129,7 +129,7 @@ def test_masks_labels_and_lists_from_the_annotations(tmp_path: Path) -> None:
 
 
 def test_a_pipeline_on_the_coco_fixture_names_its_categories(tmp_path: Path) -> None:
-    from train import preflight
+    from wsss.cli import preflight
     from wsss.pipeline.runner import run_stages
 
     root = tmp_path / "coco"

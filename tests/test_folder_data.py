@@ -128,7 +128,7 @@ def test_a_three_class_folder_dataset_runs_the_pipeline_and_names_its_classes(tm
         runs=tmp_path / "runs",
     )
     assert (cfg.data.num_classes, cfg.data.seg_classes, cfg.model.num_classes) == (3, 4, 3)
-    from train import preflight
+    from wsss.cli import preflight
 
     preflight(cfg)
     metrics = run_stages(cfg)

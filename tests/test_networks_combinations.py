@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TOY, compose_config, run_stage
+from conftest import TINY_TOY, compose_config, run_stage
 from wsss.errors import ConfigError, TrainingError
 from wsss.models.config_checks import check_networks
+from wsss.pipeline.config import CONF_DIR
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
-SEGMENTERS = sorted(p.stem for p in (REPO / "conf" / "segmenter").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+BACKBONES = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+SEGMENTERS = sorted(p.stem for p in (CONF_DIR / "segmenter").glob("*.yaml"))
 FAST = "toy"
 """The experiment walked in the fast suite; the others are walked by the slow tests."""
 

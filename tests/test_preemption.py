@@ -71,7 +71,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.fixture
 def preemption_state():
     """Leave the process's signal handlers and wsss.tasks.preemption's state as they were."""
-    from wsss import preemption
+    from wsss.tasks import preemption
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
     yield preemption.STATE

@@ -56,9 +56,11 @@ def test_each_defining_key_is_refused_with_both_values_and_the_ways_out(
     assert "python train.py stage=cls " in text and "force=true" in text and "experiment=toy" in text
 
 
-def test_a_data_root_change_is_refused(tmp_path: Path) -> None:
-    text = _refusal(tmp_path, f"data.root={tmp_path / 'other_toy'}")
-    assert f"cls: data.root: made with '{tmp_path / 'data' / 'toy'}', now '{tmp_path / 'other_toy'}'" in text
+def test_the_data_folder_is_not_part_of_any_identity(tmp_path: Path) -> None:
+    """Data is named by content (tests/test_data_content.py): another folder is no refusal by itself."""
+    record = expected_record(_cfg(tmp_path, f"data.root={tmp_path / 'other_toy'}"), "cls")
+    assert record == expected_record(_cfg(tmp_path), "cls")
+    assert not any("root" in key for key in record["config"])
 
 
 def test_a_num_classes_change_in_the_record_is_refused(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wsss.data.content import attach_content
 from wsss.data.verify import verify_for_stages
 from wsss.ddp import prepare_job
 from wsss.errors import PREEMPTED_EXIT, ConfigError, Preempted, WsssError
@@ -45,7 +44,6 @@ from wsss.pipeline.runner import (
     experiment,
     finish_wandb,
     pipeline_names,
-    planned_closure,
     run_stages,
 )
 
@@ -104,7 +102,6 @@ def preflight(cfg: DictConfig) -> None:
     _check_added_keys(cfg)
     if cfg.stage == "adopt":  # no plan: adoption checks its own input (wsss.stages.adopt)
         check_accelerator(cfg)
-        attach_content(cfg, [str(cfg.adopt.stage)])  # declared like the stage it stands for
         return
     check_optimized_metric(cfg)
     check_accelerator(cfg)
@@ -134,10 +131,9 @@ def _check_plan_and_data(cfg: DictConfig) -> None:
     stages that will run read (cached)."""
 
     names = pipeline_names(cfg)
-    attach_content(cfg, planned_closure(cfg, names))  # identities name the data by content, not path
-    steps = check_plan(cfg, experiment(cfg), names)
+    check_recipe(cfg, names)  # before the toy data is generated for a command that is refused
+    steps = check_plan(cfg, experiment(cfg), names)  # names the data by content first (data.content_from)
     running = [s.name for s in steps if s.action in ("run", "resume")]
-    check_recipe(cfg, running)
     verify_for_stages(cfg, running)
     from wsss.models.config_checks import check_networks  # torch: only once the plan holds
 
@@ -148,12 +144,12 @@ TRAINING_STAGES = ("cls", "refine", "seg")
 """Stages that train a network: on the toy data they need a recipe (``experiment=``)."""
 
 
-def check_recipe(cfg: DictConfig, running: list[str]) -> None:
+def check_recipe(cfg: DictConfig, names: list[str]) -> None:
     """Training on the toy data needs a recipe (``experiment=``): the root config alone is the paper's
     VGG-16 schedule (meant for VOC), which on the 96 px toy images trains a random VGG-16 for 15 epochs."""
     if not HydraConfig.initialized() or HydraConfig.get().runtime.choices.get("experiment") is not None:
         return
-    training = [name for name in running if name in TRAINING_STAGES]
+    training = [name for name in names if name in TRAINING_STAGES]
     if training and str(cfg.data.name).startswith("toy"):
         recipes = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
         raise ConfigError(

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsss.data.toy import ensure_toy
 from wsss.data.voc import LIST_DIR, MASK_DIRS, resolve_voc_root
@@ -123,6 +123,7 @@ def attach_content(cfg: DictConfig, stage_names: Iterable[str] | None = None) ->
         saliency_dir = cfg.data.get("saliency_dir") if key.endswith(SALIENCY) else None
         content[key] = split_fingerprint(root, split, cache, saliency_dir, labels_file)
     cache.save()
+    known = OmegaConf.to_container(cfg.data.content) if cfg.data.get("content") else {}
     with open_dict(cfg):
-        cfg.data.content = content
+        cfg.data.content = {**known, **content}
     return content

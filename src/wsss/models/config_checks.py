@@ -99,6 +99,8 @@ def check_builds(cfg: DictConfig, group: str, make: Any) -> None:
             build(make(cfg))
     except InstantiationException as err:
         cause = err.__cause__
+        if isinstance(cause, ConfigError):  # a value the constructor refuses: name the network too
+            raise ConfigError(f"{_choice(cfg, group)} cannot be built with these settings: {cause}") from err
         if isinstance(cause, WsssError):
             raise cause from err
         if isinstance(cause, ValueError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.constants import TMP_PREFIX
@@ -184,8 +185,17 @@ def _reusable(exp: Experiment, name: str, identity: str) -> bool:
     return not (view.exists() or view.is_symlink()) and exp.stored(name, identity)
 
 
+def attach_data_content(cfg: DictConfig, names: list[str]) -> None:
+    """Name the data the plan reads by content (``data.content``) with the function the data config
+    declares (``data.content_from``, ``wsss.data.content.attach_content``), before any identity is made."""
+    target = OmegaConf.select(cfg, "data.content_from", default=None)
+    if target:
+        get_method(str(target))(cfg, planned_closure(cfg, names))
+
+
 def check_plan(cfg: DictConfig, exp: Experiment, names: list[str]) -> list[Step]:
     """Decide run/skip/reuse for every stage and check every input, before any work is done."""
+    attach_data_content(cfg, names)
     force = bool(cfg.get("force", False))
     is_pipeline = cfg.stage == "pipeline"
     steps: list[Step] = []

@@ -48,7 +48,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from wsss.constants import IGNORE_INDEX, TMP_PREFIX
-from wsss.data.maps_io import maps_file_problem, save_maps
+from wsss.data.content import attach_content
+from wsss.data.maps_io import MapsFolder, maps_file_problem, save_maps
 from wsss.data.palette import read_index_png, save_mask
 from wsss.data.toy import ensure_toy
 from wsss.data.voc import VOCDataset
@@ -315,7 +316,9 @@ def _score_maps(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """The maps stage's seed evaluation on ``data.eval_split`` (``seed_sweep.csv``, metrics)."""
 
     gt = _split(cfg, str(cfg.data.eval_split))
-    metrics, curve = evaluate_seeds(out, list(gt.ids), gt.mask, list(cfg.maps.thresholds), gt.num_classes)
+    metrics, curve = evaluate_seeds(
+        MapsFolder(out, gt.num_classes), list(gt.ids), gt.mask, list(cfg.maps.thresholds), gt.num_classes
+    )
     write_seed_curve(out / "seed_sweep.csv", curve)
     return metrics
 
@@ -401,6 +404,7 @@ def adopt(cfg: DictConfig) -> dict[str, Any]:
     from contextlib import nullcontext
 
     name, path = _source(cfg)
+    attach_content(cfg, [name])  # declared like the stage it stands for: its data named by content
     exp = _experiment(cfg, name)
     external = {"kind": KINDS[name], "path": str(path), "sha256": _hash(path, KINDS[name])}
     scratch = exp.root / f"{TMP_PREFIX}adopt-{name}"  # checked and converted here, then moved into place
