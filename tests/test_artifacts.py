@@ -75,6 +75,9 @@ def test_begin_and_finish_keep_the_record_and_the_marker_last(tmp_path: Path) ->
 
 
 def test_run_ids_are_unique_within_one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsss.pipeline.config
+
+    monkeypatch.setattr(wsss.pipeline.config.secrets, "token_hex", lambda n: "00" * n)  # no luck involved
     ids = set()
     for _ in range(50):
         monkeypatch.delenv("WSSS_RUN_ID", raising=False)

@@ -5,6 +5,7 @@ Nothing here imports torch: a bad value or a broken plan is reported in about a 
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
@@ -35,8 +36,11 @@ __all__ = [
 ]
 
 
+_RUN_IDS_MADE = itertools.count()
+
+
 def run_id() -> str:
-    """A unique experiment name: time, process id and a random suffix.
+    """A unique experiment name: time, process id, a per-process counter and a random suffix.
 
     Stored in ``$WSSS_RUN_ID`` on first use, so DDP ranks that Lightning starts by re-executing
     the script (they inherit the environment) resolve the same folder. Under SLURM it is
@@ -47,7 +51,8 @@ def run_id() -> str:
         os.environ["WSSS_RUN_ID"] = f"slurm-{slurm_job_id()}"
     if "WSSS_RUN_ID" not in os.environ:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        os.environ["WSSS_RUN_ID"] = f"{stamp}_{os.getpid()}_{secrets.token_hex(2)}"
+        suffix = f"{next(_RUN_IDS_MADE):x}{secrets.token_hex(3)}"
+        os.environ["WSSS_RUN_ID"] = f"{stamp}_{os.getpid()}_{suffix}"
     return os.environ["WSSS_RUN_ID"]
 
 
