@@ -157,3 +157,24 @@ def test_torch_free_paths_stay_torch_free(module: str, heavy: str) -> None:
     code = f"import sys, {module}; print({heavy!r} in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def calls(path: Path) -> set[str]:
+    """The dotted names called in ``path`` (``torch.load``, ``csv.writer``, ``ProcessPoolExecutor``)."""
+    return {
+        ast.unparse(node.func) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
+    }
+
+
+@pytest.mark.parametrize(
+    ("call", "home"),
+    [
+        ("torch.load", "models/torch_files.py"),  # the one reader of torch files (with its NaN check)
+        ("ProcessPoolExecutor", "method/crf.py"),  # the one CRF process pool
+        ("csv.writer", "pipeline/artifacts.py"),  # the one CSV writer
+    ],
+)
+def test_one_home_per_mechanism(call: str, home: str) -> None:
+    """Each of these calls is written in one module only; every other module goes through it."""
+    found = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if call in calls(path))
+    assert found == [home], f"{call} is called in {found}; it belongs in {home} only"

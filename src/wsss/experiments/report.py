@@ -16,8 +16,6 @@ sweep folder. Seed and pseudo-label mIoU are measured against ground truth on th
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -27,7 +25,7 @@ from typing import Any
 
 from wsss.errors import MissingArtifactError
 from wsss.experiments.paper import TABLES, JobSettings, order, paper_value, release_value
-from wsss.pipeline.artifacts import atomic_path, read_json, write_json, write_text
+from wsss.pipeline.artifacts import atomic_path, read_json, write_csv, write_json, write_text
 from wsss.pipeline.wandb_lineage import log_report
 
 RESULT = "result.json"
@@ -278,11 +276,11 @@ def report(sweep_dir: str | Path, wandb_log: bool = True) -> str:
     rows, failed = build_rows(collect(sweep_dir))
     text = markdown(rows, failed)
     write_text(sweep_dir / "report.md", text)
-    buf = io.StringIO()
-    csv.writer(buf).writerows(
-        [["table", *HEADER], *([r.table, *c] for r, c in zip(rows, table_rows(rows), strict=True))]
+    write_csv(
+        sweep_dir / "report.csv",
+        ["table", *HEADER],
+        ([r.table, *c] for r, c in zip(rows, table_rows(rows), strict=True)),
     )
-    write_text(sweep_dir / "report.csv", buf.getvalue())
     write_json(
         sweep_dir / "report.json",
         {

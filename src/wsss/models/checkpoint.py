@@ -16,6 +16,7 @@ from torch import nn
 
 from wsss.errors import CorruptArtifactError, MissingArtifactError
 from wsss.models.networks import build
+from wsss.models.torch_files import load_torch_file, non_finite_tensors
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -23,13 +24,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingArtifactError(f"checkpoint {path} not found; run the stage that writes it first")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle error, ...
-        raise CorruptArtifactError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "rerun the stage that wrote it with force=true"
-        ) from err
+    ckpt = load_torch_file(
+        path,
+        error=CorruptArtifactError,
+        what="not a readable checkpoint",
+        fix="rerun the stage that wrote it with force=true",
+    )
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CorruptArtifactError(f"{path}: not a Lightning checkpoint (no state_dict); rerun its stage")
     return ckpt
@@ -63,7 +63,7 @@ def load_network(path: str | Path) -> nn.Module:
     """The network of a stage checkpoint, rebuilt from its own spec, with its weights, in eval mode."""
     ckpt = read_checkpoint(path)
     state = network_state(ckpt, path)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = non_finite_tensors(state)
     if bad:
         raise CorruptArtifactError(
             f"{path}: the network's weights hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]}): "
@@ -83,9 +83,14 @@ def load_network(path: str | Path) -> nn.Module:
 def _checkpoint_position(path: Path) -> tuple[int, int] | None:
     """(epoch, global step) stored in a Lightning checkpoint, or None when it cannot be read."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = load_torch_file(path, error=CorruptArtifactError, what="unreadable", fix="", mmap=True)
         return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
-    except Exception:  # noqa: BLE001 - only used to describe the file in a message
+    except (
+        CorruptArtifactError,
+        AttributeError,
+        TypeError,
+        ValueError,
+    ):  # only describes the file in a message
         return None
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from wsss.errors import MissingWeightsError, WeightsError
 from wsss.method.drs import DRS
+from wsss.models.torch_files import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,22 @@ def read_state_dict(path: str | Path, config_key: str) -> dict[str, Tensor]:
             f"{config_key}={path}: no such file. Set {config_key}=<path to a weights file> "
             f"(weights are never downloaded) or {config_key}=null."
         )
-    try:
-        if path.suffix == ".npz":
+    if path.suffix == ".npz":
+        try:
             with np.load(path) as data:
                 obj: object = {k: torch.from_numpy(np.asarray(data[k])) for k in data.files}
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types
-        raise WeightsError(
-            f"{config_key}={path}: could not be read as a weights file with torch.load(weights_only=True) "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Save plain state dicts "
-            "(tensors only)."
-        ) from err
+        except Exception as err:  # zip and pickle errors come in many types
+            raise WeightsError(
+                f"{config_key}={path}: not a readable .npz file ({type(err).__name__})"
+            ) from err
+    else:
+        obj = load_torch_file(
+            path,
+            error=WeightsError,
+            what="could not be read as a weights file with torch.load(weights_only=True)",
+            fix="save plain state dicts (tensors only)",
+            name=f"{config_key}={path}",
+        )
     for wrapper in WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

@@ -10,6 +10,8 @@ a temporary name and renamed into place, so a later stage never reads a half-wri
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -87,13 +89,16 @@ def _finite(value: Any) -> Any:
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Comma-separated ``rows`` under ``header``, written atomically (floats with 6 decimals; pass
-    other formats as strings)."""
+    other formats as strings; a cell holding a comma or a quote is quoted). The one CSV writer of wsss."""
 
     def cell(value: Any) -> str:
         return f"{value:.6f}" if isinstance(value, float) else str(value)
 
-    lines = [",".join(header)] + [",".join(cell(v) for v in row) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([cell(v) for v in row] for row in rows)
+    write_text(path, buf.getvalue())
 
 
 PER_CLASS_CSV = "per_class_iou.csv"

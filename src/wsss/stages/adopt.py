@@ -58,6 +58,7 @@ from wsss.method.seed_labels import evaluate_seeds
 from wsss.models.deeplabv2 import MultiScaleInputs
 from wsss.models.networks import build, classifier_spec, refiner_spec
 from wsss.models.segmenter_weights import load_weights
+from wsss.models.torch_files import non_finite_tensors
 from wsss.models.weights import (
     MSC_PREFIX,
     detect_format,
@@ -124,9 +125,7 @@ def adopted_record(cfg: DictConfig, name: str, external: dict[str, str]) -> dict
 
 
 def _finite_state(state: dict[str, Any], path: Path) -> None:
-    import torch
-
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = non_finite_tensors(state)
     if bad:
         raise AdoptionError(
             f"adopt.path={path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]}); "

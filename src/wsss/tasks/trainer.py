@@ -31,6 +31,7 @@ from PIL import Image
 from wsss.ddp.sync import ReleaseSpawnedProcessGroup
 from wsss.errors import CorruptArtifactError, DivergedTrainingError, TrainingError, UnknownKeyError
 from wsss.models.checkpoint import last_good_checkpoint
+from wsss.models.torch_files import load_torch_file, non_finite_tensors
 from wsss.pipeline.artifacts import Experiment, atomic_path, write_text
 from wsss.pipeline.registry import STAGES
 from wsss.tasks.memory import retain_freed_memory
@@ -44,17 +45,6 @@ LAST = "last.ckpt"
 BEST = "best.ckpt"
 WANDB_ID = "wandb_run_id"
 """File in a stage folder holding its W&B run id, so a resumed stage continues the same run."""
-
-
-def non_finite_tensors(state: dict[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` holding NaN or infinite values."""
-    return [
-        name
-        for name, value in state.items()
-        if isinstance(value, torch.Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
-    ]
 
 
 def _lr_key(stage: str) -> str:
@@ -300,10 +290,7 @@ def resume_checkpoint(out_dir: str | Path, resuming: bool, stage: str) -> str | 
         )
         return None
     fix = "delete it to train from the beginning, or start the stage over with resume=false"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated zip, pickle error, ...
-        raise CorruptArtifactError(f"{path}: cannot resume from it ({type(err).__name__}); {fix}") from err
+    ckpt = load_torch_file(path, error=CorruptArtifactError, what="cannot resume from it", fix=fix, mmap=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
         raise CorruptArtifactError(f"{path}: not a full Lightning checkpoint to resume from; {fix}")
     bad = non_finite_tensors(ckpt["state_dict"])
