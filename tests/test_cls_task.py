@@ -13,8 +13,8 @@ from conftest import make_classifier
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError
 from wsss.method.localization import class_maps as localization_maps
-from wsss.method.localization import maps_to_segmentation
 from wsss.method.metrics import exact_match_accuracy
+from wsss.method.seed_labels import maps_to_segmentation
 from wsss.tasks.classification import ClassifierTask
 
 COLOURS = {0: (1.0, 0.0, 0.0), 1: (0.0, 1.0, 0.0), 2: (0.0, 0.0, 1.0), 3: (1.0, 1.0, 0.0)}

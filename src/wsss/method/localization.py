@@ -201,18 +201,3 @@ def class_maps(scores: torch.Tensor, labels: torch.Tensor, size: Sequence[int]) 
     """Single-view maps (B, C, H, W) of ``scores`` at ``size`` (paper maths), zero for absent classes."""
     maps = view_maps(scores, size)
     return maps * (labels > 0).to(maps.dtype)[:, :, None, None]
-
-
-def maps_to_segmentation(
-    maps: torch.Tensor, threshold: float, saliency: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(B, H, W) labels 0..C from (B, C, H, W) maps; background score = threshold or 1 - saliency.
-
-    Ties go to background. With saliency (B, H, W) in [0, 1], maps below ``threshold`` are zeroed first.
-    """
-    if saliency is None:
-        background = torch.full_like(maps[:, :1], float(threshold))
-    else:
-        maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
-        background = (1.0 - saliency.float())[:, None]
-    return torch.cat([background, maps], dim=1).argmax(dim=1)

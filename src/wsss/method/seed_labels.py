@@ -1,4 +1,10 @@
-"""Seed evaluation: how well localization maps alone segment images, over a background-threshold sweep.
+"""Seed labels from localization maps, and how well they segment images over a background-threshold sweep.
+
+The one home of the seed rule: a pixel is background where no map exceeds the threshold t, else the
+class of its highest map (``top_of`` + ``seed_label``; ``maps_to_segmentation`` is the same rule on
+torch tensors for the classifier's validation mIoU). ``stage=maps`` sweeps t; the pseudo stage's
+no-saliency rule (``pseudo.background=fallback``) applies one t.
+
 
 For a threshold t, a pixel's label is the argmax over [t (background), maps of the present classes],
 ties going to background; i.e. the top present class where its map value exceeds t, else background.
@@ -16,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from wsss.constants import NUM_CLASSES
 from wsss.errors import ConfigError
@@ -28,6 +35,42 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(20))
 """0, 0.05, ..., 0.95: maps are in [0, 1]; compact maps (CAM) can peak at 0 (object = where any map is
 positive), maps that spread (DRS) late (0.6-0.95)."""
+
+
+def top_of(
+    maps: np.ndarray, class_ids: np.ndarray, floor: float = float("-inf")
+) -> tuple[np.ndarray, np.ndarray]:
+    """Highest map value per pixel of ``maps`` (K, H, W) and the class id (uint8, ``class_ids[k]``) of
+    its channel; the first channel wins ties. Exact wherever the highest value exceeds ``floor``:
+    channels that never exceed it are skipped (they cannot win there), which saves most of the work on
+    dense 20-class maps."""
+    peak = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.shape[0] else np.zeros(0, np.float32)
+    keep = np.flatnonzero(peak > floor)
+    if keep.size == 0:
+        return np.zeros(maps.shape[1:], np.float32), np.zeros(maps.shape[1:], np.uint8)
+    sub = maps[keep]
+    ids = np.asarray(class_ids, dtype=np.int64)[keep]
+    return sub.max(axis=0), ids.astype(np.uint8)[sub.argmax(axis=0)]
+
+
+def seed_label(top: np.ndarray, top_class: np.ndarray, threshold: float) -> np.ndarray:
+    """The seed label (uint8): background (0) where ``top <= threshold``, else ``top_class``."""
+    return np.where(top > threshold, top_class, np.uint8(0)).astype(np.uint8)
+
+
+def maps_to_segmentation(
+    maps: torch.Tensor, threshold: float, saliency: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, H, W) labels 0..C from (B, C, H, W) maps; background score = threshold or 1 - saliency.
+
+    Ties go to background. With saliency (B, H, W) in [0, 1], maps below ``threshold`` are zeroed first.
+    """
+    if saliency is None:
+        background = torch.full_like(maps[:, :1], float(threshold))
+    else:
+        maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
+        background = (1.0 - saliency.float())[:, None]
+    return torch.cat([background, maps], dim=1).argmax(dim=1)
 
 
 class SeedSweep:
@@ -45,16 +88,11 @@ class SeedSweep:
         """Add one image: present classes (0-based), their maps (K, h, w) and its mask (H, W)."""
         gt = np.asarray(gt)
         maps = resize_maps(np.asarray(maps, dtype=np.float32), gt.shape)
-        if maps.shape[0]:
-            top = maps.max(axis=0)
-            top_class = (np.asarray(classes, dtype=np.int64) + 1).astype(np.uint8)[maps.argmax(axis=0)]
-        else:
-            top = np.zeros(gt.shape, np.float32)
-            top_class = np.zeros(gt.shape, np.uint8)
-        background = np.uint8(0)
+        top, top_class = top_of(maps, np.asarray(classes, dtype=np.int64) + 1)
+        if not maps.shape[0]:
+            top, top_class = np.zeros(gt.shape, np.float32), np.zeros(gt.shape, np.uint8)
         for k, t in enumerate(self.thresholds):
-            labels = np.where(top > t, top_class, background)
-            self.cms[k] += confusion_counts(labels, gt, self.num_classes).numpy()
+            self.cms[k] += confusion_counts(seed_label(top, top_class, t), gt, self.num_classes).numpy()
         self.images += 1
 
     def curve(self) -> list[dict[str, float]]:

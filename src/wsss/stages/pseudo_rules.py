@@ -47,6 +47,7 @@ from wsss.data.voc import read_saliency
 from wsss.errors import ConfigError, MaskSizeError, MissingSaliencyError
 from wsss.method.crf import crf_labels
 from wsss.method.localization import resize_maps
+from wsss.method.seed_labels import seed_label, top_of
 
 if TYPE_CHECKING:
     from wsss.method.crf import CRFParams
@@ -77,23 +78,16 @@ def _saliency(saliency: np.ndarray | None, rule: str) -> np.ndarray:
     return saliency
 
 
-def _active(maps: np.ndarray, floor: float, strict: bool = True) -> np.ndarray:
-    """Sorted indices of the channels that exceed ``floor`` (or reach it, ``strict=False``) somewhere.
-
-    The other channels can never win the rules' maxima, so the rules look only at these (usually the
-    one to three classes of the image label): same labels, a fraction of the work.
-    """
+def _reaching(maps: np.ndarray, floor: float) -> np.ndarray:
+    """Sorted indices of the channels that reach ``floor`` somewhere: the others are zeroed by the
+    release rule and can never win its argmax (usually one to three classes remain: a fraction of the work)."""
     peak = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.shape[0] else np.zeros(0, np.float32)
-    return np.flatnonzero(peak > floor if strict else peak >= floor)
+    return np.flatnonzero(peak >= floor)
 
 
 def _top(maps: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Highest map value per pixel and its class id (1..20), exact wherever the highest value > floor."""
-    active = _active(maps, floor)
-    if active.size == 0:
-        return np.zeros(maps.shape[1:], np.float32), np.zeros(maps.shape[1:], np.uint8)
-    sub = maps[active]
-    return sub.max(axis=0), (active[sub.argmax(axis=0)] + 1).astype(np.uint8)
+    """Highest map value per pixel of dense maps and its class id (1..20), exact wherever it > floor."""
+    return top_of(maps, np.arange(1, maps.shape[0] + 1), floor)
 
 
 def paper_scores(maps: np.ndarray, saliency: np.ndarray) -> np.ndarray:
@@ -151,7 +145,7 @@ def release_label(
     """Release rule (see the module docstring): argmax over [1 - binary saliency, thresholded maps]."""
     saliency = _saliency(saliency, "release")
     maps = resize_maps(maps, saliency.shape)
-    active = _active(maps, alpha, strict=False)  # the channels that survive the zeroing somewhere
+    active = _reaching(maps, alpha)
     scores = release_scores(maps[active], saliency, alpha, salient_above)
     channel_id = np.concatenate([[0], active + 1]).astype(np.uint8)
     label = channel_id[scores.argmax(axis=0)]  # first maximum wins: ties go to background
@@ -177,8 +171,7 @@ def fallback_label(
         raise ConfigError(f"pseudo.fallback_threshold={bg_threshold} must lie in [0, 1] (maps are in [0, 1])")
     maps = np.asarray(maps, dtype=np.float32)
     maps = resize_maps(maps, size or maps.shape[1:])
-    top, top_class = _top(maps, bg_threshold)
-    return np.where(top > bg_threshold, top_class, np.uint8(0)).astype(np.uint8)
+    return seed_label(*_top(maps, bg_threshold), bg_threshold)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelEx
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.figures import overlay_heatmap, save_grid
 from wsss.errors import ConfigError
-from wsss.method.localization import class_maps, maps_to_segmentation
+from wsss.method.localization import class_maps
 from wsss.method.metrics import ConfusionMatrix, exact_match_accuracy
+from wsss.method.seed_labels import maps_to_segmentation
 from wsss.pipeline.config import OPTIMIZERS
 from wsss.tasks.speed import channels_last_input, use_channels_last
 from wsss.tasks.trainer import log_image
