@@ -56,11 +56,14 @@ $(STAMP): pyproject.toml constraints-cpu.txt $(LOCK) $(TORCH_CPU)
 lock: ## Re-resolve pyproject.toml's ranges into requirements/{cpu,gpu}.lock and torch-cpu.txt (a scratch venv; ~2 min)
 	bash requirements/lock.sh
 
-test: install ## Run the test suite (every stage end to end at tiny scale; not the slow-marked tests)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q
+# Two pytest processes (pytest-xdist): most tests wait on train.py subprocesses, so two keep 2 cores busy.
+TEST_PROCS ?= 2
+
+test: install ## Run the test suite (every stage end to end at tiny scale; not the slow-marked tests; ~8 min on 2 cores)
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_PROCS) -m "not slow" -q
 
 test-all: install ## Run every test, slow ones included
-	$(TEST_ENV) $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_PROCS) -q
 
 demo: install ## The method on built-in toy data: CAM vs DRS vs DRS-dagger, one table + Figure 1
 	$(ENV) $(PY) -m wsss.experiments.demo $(args)

@@ -15,7 +15,7 @@ from wsss.errors import ConfigError
 from wsss.method.localization import class_maps as localization_maps
 from wsss.method.metrics import exact_match_accuracy
 from wsss.method.seed_labels import maps_to_segmentation
-from wsss.tasks.classification import ClassifierTask
+from wsss.tasks.classification import PAPER_SGD, ClassifierTask
 
 COLOURS = {0: (1.0, 0.0, 0.0), 1: (0.0, 1.0, 0.0), 2: (0.0, 0.0, 1.0), 3: (1.0, 1.0, 0.0)}
 
@@ -87,16 +87,27 @@ def test_map_ignores_classes_without_positives() -> None:
     assert float(task.mean_average_precision()) == pytest.approx((1.0 + 5.0 / 6.0) / 2.0)
 
 
+def _task_kwargs(overrides: list[str]) -> dict:
+    """The arguments ``cls.task`` gives the ClassifierTask under ``overrides`` (the network aside)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    spec = OmegaConf.to_container(compose_config(overrides).cls.task, resolve=True)
+    assert spec.pop("_target_") == "wsss.tasks.classification.ClassifierTask"
+    return spec
+
+
 def test_optimizer_per_protocol() -> None:
     model = make_classifier("tiny")
-    paper = ClassifierTask(model, lr=1e-3, lr_steps=[5, 10])
+    paper = ClassifierTask(model, **_task_kwargs(["protocol=paper"]))
     opt = paper.configure_optimizers()
     sgd, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     assert len(sgd.param_groups) == 1 and not sgd.param_groups[0]["nesterov"]
     assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 5e-4
     assert sorted(sched.milestones) == [5, 10] and opt["lr_scheduler"]["interval"] == "epoch"
-    release_settings = {"lr_groups": "release", "nesterov": True, "lr_step_offset": -1}
-    release = ClassifierTask(model, **release_settings, lr=1e-3, lr_steps=[5, 10]).configure_optimizers()
+    release_settings = _task_kwargs(["protocol=release"])
+    release = ClassifierTask(model, **release_settings).configure_optimizers()
     groups = {g["name"]: g for g in release["optimizer"].param_groups}
     assert {k: round(g["lr"], 6) for k, g in groups.items()} == {
         "backbone_weight": 0.001,
@@ -110,12 +121,24 @@ def test_optimizer_per_protocol() -> None:
     assert sorted(release["lr_scheduler"]["scheduler"].milestones) == [4, 9]
     with pytest.raises(ValueError, match="cls.lr_groups='both'"):
         ClassifierTask(model, lr_groups="both")
-    adam = ClassifierTask(model, **release_settings, optimizer="adam", lr=1e-3, weight_decay=0.0)
+    adam = ClassifierTask(
+        model, **_task_kwargs(["protocol=release", "cls.optimizer=adam", "cls.weight_decay=0"])
+    )
     adam_groups = adam.configure_optimizers()["optimizer"]
     assert isinstance(adam_groups, torch.optim.Adam)
     assert sorted(round(g["lr"], 6) for g in adam_groups.param_groups) == [0.001, 0.002, 0.01, 0.02]
-    with pytest.raises(ValueError, match="cls.optimizer='adamw'"):
-        ClassifierTask(model, optimizer="adamw")
+    own = {"_target_": "torch.optim.AdamW", "lr": 0.003, "betas": [0.8, 0.9]}  # any optimizer by _target_
+    adamw = ClassifierTask(model, optimizer=own).configure_optimizers()["optimizer"]
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.8, 0.9)
+    assert adamw.param_groups[0]["lr"] == 0.003
+    with pytest.raises(
+        ConfigError, match=r"cls.task.optimizer._target_=torch.optim.Adamw: cannot be imported"
+    ):
+        ClassifierTask(model, optimizer={**own, "_target_": "torch.optim.Adamw"}).configure_optimizers()
+    with pytest.raises(
+        ConfigError, match=r"cls.task.optimizer: torch.optim.AdamW does not take these arguments"
+    ):
+        ClassifierTask(model, optimizer={**own, "nesterov": True}).configure_optimizers()
 
 
 def test_checkpoint_holds_only_model_weights_and_channels_last_agrees() -> None:
@@ -136,7 +159,7 @@ def test_tiny_classifier_overfits_toy_images(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = make_classifier("tiny", "learnable")
     loss0, acc0 = evaluate(model, samples)
-    task = ClassifierTask(model, lr=0.05, lr_steps=[1000], log_images=0)
+    task = ClassifierTask(model, optimizer={**PAPER_SGD, "lr": 0.05}, lr_steps=[1000], log_images=0)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=120,

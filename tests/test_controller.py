@@ -89,7 +89,8 @@ def test_no_controller_file_without_a_learnable_controller(tmp_path: Path) -> No
 
 def test_release_lr_groups_hold_every_parameter_once_at_its_rate() -> None:
     model = make_classifier("tiny", "learnable")
-    task = ClassifierTask(model, optimizer="adam", lr_groups="release", lr=1e-3, weight_decay=0.0)
+    adam = {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}
+    task = ClassifierTask(model, optimizer=adam, lr_groups="release")
     optimizer = task.configure_optimizers()["optimizer"]
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {g["name"]: (g["lr"], sorted(names[id(p)] for p in g["params"])) for g in optimizer.param_groups}

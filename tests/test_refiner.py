@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from wsss.models.checkpoint import network_state, read_checkpoint
-from wsss.tasks.refinement import RefinerTask, keep_top_class
+from wsss.tasks.refinement import PAPER_ADAM, RefinerTask, keep_top_class
 
 NUM_CLASSES = 20
 
@@ -80,7 +80,7 @@ def test_output_is_upsampled_to_the_input_size() -> None:
 
 def test_refiner_overfits_toy_maps(tmp_path: Path) -> None:
     data = ToyMaps()
-    task = RefinerTask(tiny_net(), lr=1e-2, lr_steps=[100])
+    task = RefinerTask(tiny_net(), optimizer={**PAPER_ADAM, "lr": 1e-2}, lr_steps=[100])
     before = _loss(task, data)
     _fit(task, data, epochs=40, root=tmp_path)
     after = _loss(task, data)
@@ -97,7 +97,7 @@ def test_release_target_keeps_only_the_top_class(tmp_path: Path) -> None:
 
 
 def test_lr_steps_per_epoch_and_checkpoint_keys_load_into_the_net(tmp_path: Path) -> None:
-    task = RefinerTask(tiny_net(), lr=1e-3, lr_steps=[1], lr_gamma=0.1)
+    task = RefinerTask(tiny_net(), optimizer={**PAPER_ADAM, "lr": 1e-3}, lr_steps=[1], lr_gamma=0.1)
     trainer = _fit(task, ToyMaps(2), epochs=2, root=tmp_path)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
     trainer.save_checkpoint(tmp_path / "best.ckpt")

@@ -12,11 +12,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import make_segmenter
 from wsss.method.metrics import confusion_counts, scores_from_confusion
-from wsss.tasks.segmentation import SegmenterTask, poly_factor
+from wsss.tasks.segmentation import DEEPLAB_SGD, SegmenterTask, poly_factor
 
 TINY = {"name": "largefov_tiny"}
 COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 60, 230)}
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def sgd(lr: float) -> dict:
+    """DeepLab's optimizer spec at another rate."""
+    return {**DEEPLAB_SGD, "lr": lr}
 
 
 def test_poly_factor_values() -> None:
@@ -31,7 +36,7 @@ def test_poly_factor_values() -> None:
 
 
 def test_optimizer_groups_follow_the_poly_schedule_per_step() -> None:
-    task = SegmenterTask(make_segmenter(**TINY), lr=1e-3, max_steps=100, poly_power=0.9)
+    task = SegmenterTask(make_segmenter(**TINY), optimizer=sgd(1e-3), max_steps=100, poly_power=0.9)
     conf = task.configure_optimizers()
     optimizer, sched = conf["optimizer"], conf["lr_scheduler"]
     assert sched["interval"] == "step"
@@ -138,7 +143,7 @@ def test_tiny_segmenter_learns_toy_pseudo_labels_beyond_all_background() -> None
     pl.seed_everything(0)
     train = DataLoader(ToySeg(48, seed=1, pseudo=True), batch_size=8, shuffle=True)
     val = DataLoader(ToySeg(12, seed=2, pseudo=False), batch_size=1)
-    task = SegmenterTask(make_segmenter(**TINY), num_classes=21, lr=0.03, max_steps=120)
+    task = SegmenterTask(make_segmenter(**TINY), num_classes=21, optimizer=sgd(0.03), max_steps=120)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=120,
@@ -262,7 +267,7 @@ def test_largefov_tiny_learns_the_toy_dataset(tmp_path) -> None:
 
     root = generate(tmp_path / "toy", seed=0, num_train=300, num_val=12, num_test=1, size=64)
     pl.seed_everything(0)
-    task = SegmenterTask(make_segmenter("largefov_tiny"), lr=0.1, max_steps=800)
+    task = SegmenterTask(make_segmenter("largefov_tiny"), optimizer=sgd(0.1), max_steps=800)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=800,

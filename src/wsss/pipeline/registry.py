@@ -209,7 +209,14 @@ STAGES: dict[str, Stage] = {
                 "cls",
                 *TRAINING,
             ),
-            ignore=("cls.log_images", "cls.compile", "cls.channels_last"),
+            ignore=(
+                "cls.log_images",
+                "cls.compile",
+                "cls.channels_last",
+                "cls.optimizers",  # the one cls.optimizer picks is in cls.task.optimizer
+                "cls.task.log_images",
+                "cls.task.channels_last",
+            ),
             data="cls",
             splits=(SplitRead("data.train_split", labels=True), SplitRead("data.val_split", labels=True)),
             cost=Cost(train="data.train_split", epochs="cls.epochs", validate="data.val_split"),
@@ -245,7 +252,7 @@ STAGES: dict[str, Stage] = {
                 "refine",
                 *TRAINING,
             ),
-            ignore=("refine.compile", "refine.channels_last"),
+            ignore=("refine.compile", "refine.channels_last", "refine.task.channels_last"),
             data="refine",
             splits=(SplitRead("data.maps_split", labels=True),),
             cost=Cost(train="data.maps_split", epochs="refine.epochs"),
@@ -292,7 +299,7 @@ STAGES: dict[str, Stage] = {
                 "seg",
                 *TRAINING,
             ),
-            ignore=("seg.compile", "seg.channels_last"),
+            ignore=("seg.compile", "seg.channels_last", "seg.task.channels_last"),
             data="seg",
             splits=(SplitRead("data.maps_split"), SplitRead("data.val_split", masks=True)),
             cost=Cost(

@@ -23,7 +23,7 @@ from wsss.errors import ConfigError
 from wsss.models.networks import build, classifier_spec
 from wsss.models.weights import init_score_network
 from wsss.pipeline.runner import StageContext
-from wsss.tasks.classification import ClassifierTask
+from wsss.tasks.build import instantiate_task
 from wsss.tasks.controller_log import CSV, ControllerLog, final_summary, learnable_controllers
 from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
@@ -53,26 +53,7 @@ def build_task(cfg: DictConfig) -> Any:
     )
     if bool(ccfg.get("compile", False)):
         model.compile()  # in place: parameter names (and checkpoint keys) stay the same
-    return ClassifierTask(
-        model,
-        network=spec,
-        optimizer=str(ccfg.optimizer),
-        lr_groups=str(ccfg.lr_groups),
-        nesterov=bool(ccfg.nesterov),
-        lr_step_offset=int(ccfg.lr_step_offset),
-        lr=float(ccfg.lr),
-        momentum=float(ccfg.momentum),
-        weight_decay=float(ccfg.weight_decay),
-        lr_steps=[int(s) for s in ccfg.lr_steps],
-        lr_gamma=float(ccfg.lr_gamma),
-        num_classes=int(cfg.data.num_classes),
-        map_miou=compute_miou,
-        map_threshold=float(ccfg.map_threshold),
-        log_images=int(ccfg.log_images),
-        channels_last=bool(ccfg.channels_last),
-        mean=tuple(cfg.data.mean),  # to draw the validation images of the map grid
-        std=tuple(cfg.data.std),
-    )
+    return instantiate_task(ccfg.task, "cls.task", model, network=spec, map_miou=compute_miou)
 
 
 def _value(metrics: dict[str, Any], key: str) -> float:

@@ -18,7 +18,7 @@ from wsss.data.datamodule import WSSSDataModule
 from wsss.models.networks import build, refiner_spec
 from wsss.models.weights import init_score_network
 from wsss.pipeline.runner import StageContext
-from wsss.tasks.refinement import RefinerTask
+from wsss.tasks.build import instantiate_task
 from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,7 @@ def build_task(cfg: DictConfig) -> Any:
     init_score_network(net, cfg.backbone.get("weights"))
     if bool(rcfg.get("compile", False)):
         net.compile()  # in place: parameter names (and checkpoint keys) stay the same
-    return RefinerTask(
-        net,
-        network=spec,
-        lr=float(rcfg.lr),
-        lr_steps=[int(s) for s in rcfg.lr_steps],
-        lr_gamma=float(rcfg.lr_gamma),
-        top_class_only=bool(rcfg.top_class_only),
-        align_corners=bool(rcfg.get("align_corners", False)),
-        channels_last=bool(rcfg.get("channels_last", False)),
-    )
+    return instantiate_task(rcfg.task, "refine.task", net, network=spec)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

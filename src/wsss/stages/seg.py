@@ -28,7 +28,7 @@ from wsss.errors import ConfigError
 from wsss.models.networks import build, segmenter_spec
 from wsss.models.segmenter_weights import load_weights
 from wsss.pipeline.runner import StageContext
-from wsss.tasks.segmentation import SegmenterTask
+from wsss.tasks.build import instantiate_task
 from wsss.tasks.trainer import build_trainer, require_checkpoint, resume_checkpoint
 
 STAGE = "seg"
@@ -126,19 +126,7 @@ def build_task(cfg: DictConfig) -> Any:
         load_weights(model, cfg.segmenter.weights)
     if bool(scfg.get("compile", False)):
         model.compile()  # in place: parameter names (and checkpoint keys) stay the same
-    return SegmenterTask(
-        model,
-        network=spec,
-        num_classes=int(cfg.data.seg_classes),
-        lr=float(scfg.lr),
-        momentum=float(scfg.momentum),
-        weight_decay=float(scfg.weight_decay),
-        poly_power=float(scfg.poly_power),
-        max_steps=int(scfg.max_steps),
-        loss=str(scfg.loss),
-        poly_step=int(scfg.poly_step),
-        channels_last=bool(scfg.get("channels_last", False)),
-    )
+    return instantiate_task(scfg.task, "seg.task", model, network=spec)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

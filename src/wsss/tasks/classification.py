@@ -1,7 +1,7 @@
 """Training of the DRS classifier on image-level labels (stage ``cls``).
 
-Loss: multi-label soft margin on GAP(F). Optimizer: SGD (momentum, weight decay; ``nesterov`` as the
-release) or Adam, with one lr group (``lr_groups="single"``, the paper) or the release's four
+Loss: multi-label soft margin on GAP(F). Optimizer: a ``_target_`` spec (``wsss.tasks.build``; SGD with
+momentum, weight decay and ``nesterov`` as the release, or Adam for the toy recipe), with one lr group (``lr_groups="single"``, the paper) or the release's four
 (``"release"``: backbone weights x1, backbone biases x2, new conv weights and all DRS controllers x10,
 new conv biases x20). MultiStepLR per epoch at ``lr_steps + lr_step_offset`` finished epochs: the release
 drops at the start of its (1-based) epochs 5 and 10, i.e. after 4 and 9 finished epochs (offset -1).
@@ -38,13 +38,15 @@ from wsss.errors import ConfigError
 from wsss.method.localization import class_maps
 from wsss.method.metrics import ConfusionMatrix, exact_match_accuracy
 from wsss.method.seed_labels import maps_to_segmentation
-from wsss.pipeline.config import OPTIMIZERS
+from wsss.tasks.build import base_lr, build_optimizer
 from wsss.tasks.speed import channels_last_input, use_channels_last
 from wsss.tasks.trainer import log_image
 
 log = logging.getLogger(__name__)
 
 LR_GROUPS = ("single", "release")
+PAPER_SGD = {"_target_": "torch.optim.SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+"""The paper's classifier optimizer (SGD lr 1e-3, momentum 0.9, weight decay 5e-4)."""
 RELEASE_LR_MULT = {"backbone_weight": 1.0, "backbone_bias": 2.0, "new_weight": 10.0, "new_bias": 20.0}
 
 
@@ -67,13 +69,9 @@ class ClassifierTask(pl.LightningModule):
         self,
         model: nn.Module,
         network: dict[str, Any] | None = None,
-        optimizer: str = "sgd",
+        optimizer: dict[str, Any] | None = None,
         lr_groups: str = "single",
-        nesterov: bool = False,
         lr_step_offset: int = 0,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
         lr_steps: Sequence[int] = (5, 10),
         lr_gamma: float = 0.1,
         num_classes: int = 20,
@@ -86,15 +84,12 @@ class ClassifierTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"cls.optimizer={optimizer!r} is not one of {OPTIMIZERS}")
         if lr_groups not in LR_GROUPS:
             raise ConfigError(f"cls.lr_groups={lr_groups!r} is not one of {LR_GROUPS}")
-        self.optimizer_name = optimizer
+        self.optimizer_spec = dict(optimizer or PAPER_SGD)
+        self.lr = base_lr(self.optimizer_spec, "cls.task.optimizer")
         self.lr_groups = lr_groups
-        self.nesterov = bool(nesterov)
         self.lr_step_offset = int(lr_step_offset)
-        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.lr_steps = [int(s) for s in lr_steps]
         self.lr_gamma = float(lr_gamma)
         self.num_classes = int(num_classes)
@@ -239,16 +234,7 @@ class ClassifierTask(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.optimizer_name == "adam":
-            optimizer = torch.optim.Adam(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(
-                self.param_groups(),
-                lr=self.lr,
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                nesterov=self.nesterov,
-            )
+        optimizer = build_optimizer(self.optimizer_spec, self.param_groups(), "cls.task.optimizer")
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=self.milestones(), gamma=self.lr_gamma
         )

@@ -28,9 +28,12 @@ from wsss.constants import IGNORE_INDEX
 from wsss.errors import ConfigError
 from wsss.method.metrics import ConfusionMatrix
 from wsss.method.release_losses import release_deeplabv2_loss, with_background
+from wsss.tasks.build import base_lr, build_optimizer
 from wsss.tasks.speed import channels_last_input, use_channels_last
 
 LOSSES = ("ce", "release_v2")
+DEEPLAB_SGD = {"_target_": "torch.optim.SGD", "lr": 2.5e-4, "momentum": 0.9}
+"""DeepLab v2's optimizer (SGD, lr 2.5e-4, momentum 0.9; weight decay is set per parameter group)."""
 
 
 def poly_factor(max_steps: int, power: float = 0.9, step: int = 1) -> Callable[[int], float]:
@@ -77,8 +80,7 @@ class SegmenterTask(pl.LightningModule):
         model: nn.Module,
         network: dict[str, Any] | None = None,
         num_classes: int = 21,
-        lr: float = 2.5e-4,
-        momentum: float = 0.9,
+        optimizer: dict[str, Any] | None = None,
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
         max_steps: int = 20000,
@@ -89,8 +91,8 @@ class SegmenterTask(pl.LightningModule):
         super().__init__()
         self.model = model
         self.num_classes = int(num_classes)
-        self.lr = float(lr)
-        self.momentum = float(momentum)
+        self.optimizer_spec = dict(optimizer or DEEPLAB_SGD)
+        self.lr = base_lr(self.optimizer_spec, "seg.task.optimizer")
         self.weight_decay = float(weight_decay)
         self.poly_power = float(poly_power)
         self.max_steps = int(max_steps)
@@ -104,8 +106,7 @@ class SegmenterTask(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "num_classes": self.num_classes,
-                "lr": self.lr,
-                "momentum": self.momentum,
+                "optimizer": self.optimizer_spec,
                 "weight_decay": self.weight_decay,
                 "poly_power": self.poly_power,
                 "max_steps": self.max_steps,
@@ -174,7 +175,7 @@ class SegmenterTask(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.param_groups(self.lr, self.weight_decay)
-        optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
+        optimizer = build_optimizer(self.optimizer_spec, groups, "seg.task.optimizer")
         factor = poly_factor(self.max_steps, self.poly_power, self.poly_step)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
