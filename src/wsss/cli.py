@@ -136,8 +136,10 @@ def _check_plan_and_data(cfg: DictConfig) -> None:
     running = [s.name for s in steps if s.action in ("run", "resume")]
     verify_for_stages(cfg, running)
     from wsss.models.config_checks import check_networks  # torch: only once the plan holds
+    from wsss.tasks.build import check_tasks  # torch and lightning, likewise
 
     check_networks(cfg, running)
+    check_tasks(cfg, running)
 
 
 TRAINING_STAGES = ("cls", "refine", "seg")

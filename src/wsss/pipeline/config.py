@@ -186,9 +186,13 @@ def _is_group(key: str, config_dirs: Sequence[str]) -> bool:
 
 def _passes_through(cfg: DictConfig, key: str) -> bool:
     """Whether a new ``key`` lands in a node whose keys go straight to a constructor (which checks them):
-    ``trainer.*`` (Trainer arguments, checked by ``wsss.tasks.trainer.build_trainer``) or a ``_target_`` node."""
+    ``trainer.*`` (Trainer arguments, checked by ``wsss.tasks.trainer.build_trainer``) or a ``_target_``
+    node, or is a ``_target_`` node itself (``+cls.optimizers.adamw={_target_: ...}``)."""
     parts = key.split(".")
     if parts[0] in ("trainer", "hydra"):
+        return True
+    node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if isinstance(node, DictConfig) and "_target_" in node:
         return True
     for end in range(len(parts) - 1, 0, -1):
         parent = OmegaConf.select(cfg, ".".join(parts[:end]), default=None, throw_on_missing=False)

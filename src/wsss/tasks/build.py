@@ -71,3 +71,23 @@ def base_lr(spec: Mapping[str, Any], key: str) -> float:
             f"{key} has no lr; the task's parameter groups are multiples of it: add {key}.lr=<rate>"
         )
     return float(spec["lr"])
+
+
+STAGE_ADDS: dict[str, tuple[str, ...]] = {
+    "cls": ("network", "map_miou"),
+    "refine": ("network",),
+    "seg": ("network",),
+}
+"""The training stages, and the arguments each adds to its ``<stage>.task`` (besides the network itself)."""
+
+
+def check_tasks(cfg: DictConfig, stages: Iterable[str]) -> None:
+    """Before any work: the task and optimizer of every training stage in ``stages`` import and take
+    their arguments (``ConfigError`` naming the key otherwise)."""
+    for stage in [s for s in stages if s in STAGE_ADDS]:
+        spec = OmegaConf.to_container(cfg[stage].task, resolve=True)
+        assert isinstance(spec, dict)
+        resolve_target(spec, f"{stage}.task", None, **dict.fromkeys(STAGE_ADDS[stage]))
+        optimizer = spec.get("optimizer")
+        if isinstance(optimizer, dict):
+            resolve_target(optimizer, f"{stage}.task.optimizer", [])
