@@ -28,6 +28,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def own_environment():
+    """Each test starts from the same environment variables: what a test, or a run inside it, sets in
+    ``os.environ`` (``WSSS_RUN_ID``, Lightning's ``PL_GLOBAL_SEED``, ...) is undone after it, so tests
+    that share a process (make test runs two) do not see each other's leftovers."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     import torch

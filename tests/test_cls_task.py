@@ -219,16 +219,14 @@ class StandInDataModule(pl.LightningDataModule):
 
 @pytest.mark.parametrize("select", [False, True])
 def test_stage_cls_writes_checkpoints_and_metrics(tmp_path: Path, monkeypatch, select: bool) -> None:
-    import sys
-    import types
-
+    import wsss.stages.cls
     from conftest import compose_config, run_stage
     from wsss.models.checkpoint import load_network
     from wsss.pipeline.artifacts import Experiment
 
-    fake = types.ModuleType("wsss.data.datamodule")
-    fake.WSSSDataModule = StandInDataModule
-    monkeypatch.setitem(sys.modules, "wsss.data.datamodule", fake)
+    # the stage module's own name, restored after the test (a stand-in module in sys.modules would stay
+    # bound in wsss.stages.cls when the stage is first imported here, for every later test in the process)
+    monkeypatch.setattr(wsss.stages.cls, "WSSSDataModule", StandInDataModule)
     overrides = ["backbone=tiny", "trainer=cpu", "logger=csv", "cls.epochs=2", "cls.log_images=2"]
     overrides += ["trainer.enable_progress_bar=false", f"cls.select_on_map_miou={str(select).lower()}"]
     cfg = compose_config([*overrides, "exp=e"], runs=tmp_path / "runs")
