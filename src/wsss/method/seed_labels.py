@@ -5,7 +5,6 @@ class of its highest map (``top_of`` + ``seed_label``; ``maps_to_segmentation`` 
 torch tensors for the classifier's validation mIoU). ``stage=maps`` sweeps t; the pseudo stage's
 no-saliency rule (``pseudo.background=fallback``) applies one t.
 
-
 For a threshold t, a pixel's label is the argmax over [t (background), maps of the present classes],
 ties going to background; i.e. the top present class where its map value exceeds t, else background.
 One 21x21 confusion matrix per threshold is accumulated over the split (255 ignored), and the
@@ -37,6 +36,13 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(
 positive), maps that spread (DRS) late (0.6-0.95)."""
 
 
+def channels_above(maps: np.ndarray, floor: float, inclusive: bool = False) -> np.ndarray:
+    """Sorted indices of the channels of ``maps`` (K, H, W) that exceed ``floor`` somewhere (or reach
+    it, ``inclusive=True``): the others cannot win a maximum above it."""
+    peak = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.shape[0] else np.zeros(0, np.float32)
+    return np.flatnonzero(peak >= floor if inclusive else peak > floor)
+
+
 def top_of(
     maps: np.ndarray, class_ids: np.ndarray, floor: float = float("-inf")
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +50,7 @@ def top_of(
     its channel; the first channel wins ties. Exact wherever the highest value exceeds ``floor``:
     channels that never exceed it are skipped (they cannot win there), which saves most of the work on
     dense 20-class maps."""
-    peak = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.shape[0] else np.zeros(0, np.float32)
-    keep = np.flatnonzero(peak > floor)
+    keep = channels_above(maps, floor)
     if keep.size == 0:
         return np.zeros(maps.shape[1:], np.float32), np.zeros(maps.shape[1:], np.uint8)
     sub = maps[keep]

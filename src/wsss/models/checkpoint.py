@@ -85,13 +85,8 @@ def _checkpoint_position(path: Path) -> tuple[int, int] | None:
     try:
         ckpt = load_torch_file(path, error=CorruptArtifactError, what="unreadable", fix="", mmap=True)
         return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
-    except (
-        CorruptArtifactError,
-        AttributeError,
-        TypeError,
-        ValueError,
-    ):  # only describes the file in a message
-        return None
+    except (CorruptArtifactError, AttributeError, TypeError, ValueError):  # not a checkpoint's dict
+        return None  # only used to describe the file in a message
 
 
 def last_good_checkpoint(folder: str | Path) -> str:

@@ -136,9 +136,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0.0 < _number(cfg, "drs.delta") <= 1.0:
         raise ConfigError(f"drs.delta={cfg.drs.delta} must be in (0, 1]")
     _check(cfg.maps.source, MAP_SOURCES, "maps.source")
-    _check(
-        cfg.cls.optimizer, list(cfg.cls.get("optimizers") or {}), "cls.optimizer"
-    )  # a name in cls.optimizers
+    _check(cfg.cls.optimizer, list(cfg.cls.get("optimizers") or {}), "cls.optimizer")
     if not 1 <= int(cfg.data.num_classes) <= 254:
         raise ConfigError(
             f"data.num_classes={cfg.data.num_classes}: give the number of foreground classes, 1..254 "

@@ -47,7 +47,7 @@ from wsss.data.voc import read_saliency
 from wsss.errors import ConfigError, MaskSizeError, MissingSaliencyError
 from wsss.method.crf import crf_labels
 from wsss.method.localization import resize_maps
-from wsss.method.seed_labels import seed_label, top_of
+from wsss.method.seed_labels import channels_above, seed_label, top_of
 
 if TYPE_CHECKING:
     from wsss.method.crf import CRFParams
@@ -76,13 +76,6 @@ def _saliency(saliency: np.ndarray | None, rule: str) -> np.ndarray:
             f"saliency must be a (H, W) uint8 array (0..255), got {saliency.dtype} {saliency.shape}"
         )
     return saliency
-
-
-def _reaching(maps: np.ndarray, floor: float) -> np.ndarray:
-    """Sorted indices of the channels that reach ``floor`` somewhere: the others are zeroed by the
-    release rule and can never win its argmax (usually one to three classes remain: a fraction of the work)."""
-    peak = maps.reshape(maps.shape[0], -1).max(axis=1) if maps.shape[0] else np.zeros(0, np.float32)
-    return np.flatnonzero(peak >= floor)
 
 
 def _top(maps: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +138,7 @@ def release_label(
     """Release rule (see the module docstring): argmax over [1 - binary saliency, thresholded maps]."""
     saliency = _saliency(saliency, "release")
     maps = resize_maps(maps, saliency.shape)
-    active = _reaching(maps, alpha)
+    active = channels_above(maps, alpha, inclusive=True)  # the rest is zeroed by the rule
     scores = release_scores(maps[active], saliency, alpha, salient_above)
     channel_id = np.concatenate([[0], active + 1]).astype(np.uint8)
     label = channel_id[scores.argmax(axis=0)]  # first maximum wins: ties go to background

@@ -1,7 +1,8 @@
 """Training of the DRS classifier on image-level labels (stage ``cls``).
 
 Loss: multi-label soft margin on GAP(F). Optimizer: a ``_target_`` spec (``wsss.tasks.build``; SGD with
-momentum, weight decay and ``nesterov`` as the release, or Adam for the toy recipe), with one lr group (``lr_groups="single"``, the paper) or the release's four
+momentum, weight decay and ``nesterov`` as the release, or Adam for the toy recipe), with one lr group
+(``lr_groups="single"``, the paper) or the release's four
 (``"release"``: backbone weights x1, backbone biases x2, new conv weights and all DRS controllers x10,
 new conv biases x20). MultiStepLR per epoch at ``lr_steps + lr_step_offset`` finished epochs: the release
 drops at the start of its (1-based) epochs 5 and 10, i.e. after 4 and 9 finished epochs (offset -1).
