@@ -62,3 +62,31 @@ def test_a_checkpoint_that_fails_half_way_leaves_nothing(tmp_path: Path, monkeyp
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
     assert target.read_bytes() == before  # the previous checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["best.ckpt"]  # no temporary file left
+
+
+def test_how_often_a_stage_validates_leaves_its_training_unchanged(tmp_path: Path) -> None:
+    """Validation frequency is not part of a stage's identity, so it must not change the weights: the
+    evaluation loaders draw from their own generator, not torch's global one."""
+    import torch
+
+    from conftest import TINY_TOY, compose_config, run_stage
+
+    weights = []
+    for every in (1, 3):
+        cfg = compose_config(
+            [
+                *TINY_TOY,
+                "stage=cls",
+                f"exp=v{every}",
+                "cls.epochs=3",
+                "data.batch_size=2",  # four batches an epoch: their order counts
+                f"trainer.check_val_every_n_epoch={every}",
+            ],
+            runs=tmp_path / f"runs{every}",  # apart: one store would hand the second run the first's weights
+        )
+        run_stage(cfg)
+        ckpt = Path(cfg.paths.exp_dir) / "cls" / "checkpoints" / "last.ckpt"
+        weights.append(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

@@ -212,6 +212,13 @@ def _require_files(folder: Path, ids: list[str], suffix: str, what: str, command
         )
 
 
+def evaluation_generator() -> torch.Generator:
+    """A private generator for the loaders that do not shuffle: starting one draws a seed from its
+    loader's generator, so with torch's global one, how often a stage validates would change the random
+    numbers of its training (and validation frequency is not part of a stage's identity)."""
+    return torch.Generator().manual_seed(0)
+
+
 class WSSSDataModule(pl.LightningDataModule):
     """The data of one stage (see the module doc).
 
@@ -414,9 +421,11 @@ class WSSSDataModule(pl.LightningDataModule):
         pin = torch.cuda.is_available() if pin == "auto" else bool(pin)
         trainer = getattr(self, "trainer", None)
         single = trainer is None or trainer.world_size == 1
-        loader = DataLoader
+        loader, extra = DataLoader, {}
         if shuffle and single:  # resumes mid-epoch exactly (wsss.data.resumable); DDP: Lightning's sampler
             loader = ResumableLoader
+        elif not shuffle:
+            extra["generator"] = evaluation_generator()
         return loader(
             dataset,
             batch_size=batch_size,
@@ -425,6 +434,7 @@ class WSSSDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=bool(self._get("persistent_workers", False)) and workers > 0,
             pin_memory=pin,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
