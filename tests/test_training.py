@@ -80,7 +80,7 @@ def test_how_often_a_stage_validates_leaves_its_training_unchanged(tmp_path: Pat
                 f"exp=v{every}",
                 "cls.epochs=3",
                 "data.batch_size=2",  # four batches an epoch: their order counts
-                f"trainer.check_val_every_n_epoch={every}",
+                f"cls.val_every_n_epochs={every}",
             ],
             runs=tmp_path / f"runs{every}",  # apart: one store would hand the second run the first's weights
         )
@@ -90,3 +90,19 @@ def test_how_often_a_stage_validates_leaves_its_training_unchanged(tmp_path: Pat
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_a_validation_interval_that_skips_the_last_epoch_is_refused(tmp_path: Path) -> None:
+    from conftest import TINY_TOY
+    from wsss.errors import ConfigError
+    from wsss.stages.cls import epoch_validation
+
+    cfg = compose_config([*TINY_TOY, "stage=cls", "cls.epochs=10", "cls.val_every_n_epochs=4"], runs=tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"cls.val_every_n_epochs=4 must be a positive divisor of cls.epochs=10"
+    ):
+        epoch_validation(cfg)
+    staged, kwargs = epoch_validation(
+        compose_config([*TINY_TOY, "cls.epochs=10", "cls.val_every_n_epochs=5"])
+    )
+    assert kwargs == {"check_val_every_n_epoch": 5} and staged.trainer.check_val_every_n_epoch is None

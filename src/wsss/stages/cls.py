@@ -3,7 +3,7 @@
 Builds the classifier from ``model``/``backbone``/``drs`` (``_target_`` specs; ``model.weights``
 continues from a whole classifier file, else ``backbone.weights`` gives the ImageNet init), trains it
 with the settings of ``cls`` (wsss/conf/settings/cls.yaml; the protocol group sets augmentation sizes and
-optimiser groups) on ``data``'s classification split, validates every epoch and writes
+optimiser groups) on ``data``'s classification split, validates every ``cls.val_every_n_epochs`` epochs and writes
 ``checkpoints/{best,last}.ckpt``. ``best.ckpt`` is the last epoch, unless ``cls.select_on_map_miou``
 keeps the epoch with the best validation map mIoU (the release's model selection, which uses
 ground-truth masks: ``metrics.json`` says so). With learnable DRS, ``controller.csv`` holds G per layer
@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from wsss.data.datamodule import WSSSDataModule
 from wsss.errors import ConfigError
@@ -41,6 +41,24 @@ def map_miou_settings(ccfg: DictConfig) -> tuple[bool, bool]:
     return compute, select
 
 
+def epoch_validation(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """``cfg`` and Trainer arguments for validation every ``cls.val_every_n_epochs`` epochs (null: the
+    trainer's ``check_val_every_n_epoch``); it must divide ``cls.epochs``, so the last epoch validates."""
+    every = cfg.cls.get("val_every_n_epochs")
+    if every is None:
+        return cfg, {}
+    every, epochs = int(every), int(cfg.cls.epochs)
+    if every < 1 or epochs % every:
+        raise ConfigError(
+            f"cls.val_every_n_epochs={every} must be a positive divisor of cls.epochs={epochs}, so that the "
+            f"last epoch validates (metrics.json holds its scores); e.g. cls.val_every_n_epochs={epochs}"
+        )
+    staged = cfg.copy()
+    with open_dict(staged):
+        staged.trainer.check_val_every_n_epoch = None  # dropped by build_trainer; the override below applies
+    return staged, {"check_val_every_n_epoch": every}
+
+
 def build_task(cfg: DictConfig) -> Any:
     """The classifier (weights from files) wrapped in its LightningModule, per ``cfg.cls``."""
 
@@ -63,7 +81,7 @@ def _value(metrics: dict[str, Any], key: str) -> float:
 
 def run(ctx: StageContext) -> dict[str, Any]:
 
-    cfg = ctx.cfg
+    cfg, validation = epoch_validation(ctx.cfg)
     compute_miou, select = map_miou_settings(cfg.cls)
     task = build_task(cfg)
     datamodule = WSSSDataModule(cfg.data, "cls", crop_size=cfg.cls.crop_size, squash_size=cfg.cls.squash_size)
@@ -78,6 +96,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         record=ctx.record,
         callbacks=[ControllerLog(ctx.out)] if controllers else None,
         max_epochs=int(cfg.cls.epochs),
+        **validation,
     )
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(ctx.out, ctx.resuming, "cls"))
     require_checkpoint(trainer, ctx.out, "cls")
