@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from conftest import compose_config
+from conftest import TINY_TOY, compose_config, run_stage
 from wsss.pipeline.provenance import staged_config
 from wsss.tasks.trainer import AtomicCheckpointIO, build_callbacks, build_logger
 
@@ -67,10 +67,6 @@ def test_a_checkpoint_that_fails_half_way_leaves_nothing(tmp_path: Path, monkeyp
 def test_how_often_a_stage_validates_leaves_its_training_unchanged(tmp_path: Path) -> None:
     """Validation frequency is not part of a stage's identity, so it must not change the weights: the
     evaluation loaders draw from their own generator, not torch's global one."""
-    import torch
-
-    from conftest import TINY_TOY, compose_config, run_stage
-
     weights = []
     for every in (1, 3):
         cfg = compose_config(
@@ -93,7 +89,6 @@ def test_how_often_a_stage_validates_leaves_its_training_unchanged(tmp_path: Pat
 
 
 def test_a_validation_interval_that_skips_the_last_epoch_is_refused(tmp_path: Path) -> None:
-    from conftest import TINY_TOY
     from wsss.errors import ConfigError
     from wsss.stages.cls import epoch_validation
 

@@ -215,7 +215,7 @@ def _require_files(folder: Path, ids: list[str], suffix: str, what: str, command
 def evaluation_generator() -> torch.Generator:
     """A private generator for the loaders that do not shuffle: starting one draws a seed from its
     loader's generator, so with torch's global one, how often a stage validates would change the random
-    numbers of its training (and validation frequency is not part of a stage's identity)."""
+    numbers of its training (and ``trainer.check_val_every_n_epoch`` is not part of a stage's identity)."""
     return torch.Generator().manual_seed(0)
 
 
