@@ -126,8 +126,12 @@ def test_debug_fdr_checks_the_wiring_but_never_completes_a_training_stage(tmp_pa
     assert not Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs).is_complete("cls")
 
 
-def test_a_killed_classifier_resumes_from_last_ckpt_and_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
-    """Finding 5: a classifier killed after epoch 1 restarted from epoch 0 with no message."""
+@pytest.mark.parametrize("validation", [[], ["cls.val_every_n_epochs=3"]], ids=["every_epoch", "at_the_end"])
+def test_a_killed_classifier_resumes_from_last_ckpt_and_says_so(
+    tmp_path: Path, monkeypatch, caplog, validation: list[str]
+) -> None:
+    """Finding 5: a classifier killed after epoch 1 restarted from epoch 0 with no message. Validating
+    only at the last epoch, last.ckpt must still follow every epoch."""
     from wsss.tasks.classification import ClassifierTask
 
     started: list[int] = []
@@ -140,12 +144,12 @@ def test_a_killed_classifier_resumes_from_last_ckpt_and_says_so(tmp_path: Path, 
 
     monkeypatch.setattr(ClassifierTask, "on_train_epoch_start", on_train_epoch_start)
     with pytest.raises(RuntimeError, match="killed"):
-        run_stage(_cls_cfg(tmp_path))
+        run_stage(_cls_cfg(tmp_path, *validation))
     assert started == [0, 1, 2]
     kill_at["epoch"] = None
     started.clear()
     with caplog.at_level(logging.WARNING):
-        metrics = run_stage(_cls_cfg(tmp_path))
+        metrics = run_stage(_cls_cfg(tmp_path, *validation))
     assert started == [2]  # epochs 0 and 1 were not trained again
     assert metrics["epochs"] == 3
     last = tmp_path / "runs" / "e" / "cls" / "checkpoints" / "last.ckpt"

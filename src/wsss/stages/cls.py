@@ -86,6 +86,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     task = build_task(cfg)
     datamodule = WSSSDataModule(cfg.data, "cls", crop_size=cfg.cls.crop_size, squash_size=cfg.cls.squash_size)
     monitor = "val/map_miou" if select else None
+    sparse = validation.get("check_val_every_n_epoch", 1) > 1
     controllers = bool(learnable_controllers(task.model))
     trainer = build_trainer(
         cfg,
@@ -96,6 +97,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         record=ctx.record,
         callbacks=[ControllerLog(ctx.out)] if controllers else None,
         max_epochs=int(cfg.cls.epochs),
+        # validating rarely, last.ckpt still follows every epoch (selection on map mIoU needs a validation)
+        checkpoint_every_epoch=sparse and not select,
         **validation,
     )
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_checkpoint(ctx.out, ctx.resuming, "cls"))

@@ -169,17 +169,29 @@ def wandb_run_id(cfg: DictConfig, stage: str) -> str | None:
 
 
 def build_callbacks(
-    cfg: DictConfig, out_dir: Path, monitor: str | None, mode: str, has_logger: bool, checkpoint: bool = True
+    cfg: DictConfig,
+    out_dir: Path,
+    monitor: str | None,
+    mode: str,
+    has_logger: bool,
+    checkpoint: bool = True,
+    checkpoint_every_epoch: bool = False,
 ) -> list[Callback]:
-    """The callbacks of ``cfg.callbacks`` (``_target_`` nodes; null entries are off) for one stage."""
+    """The callbacks of ``cfg.callbacks`` (``_target_`` nodes; null entries are off) for one stage.
+
+    ``checkpoint_every_epoch``: the checkpoints are saved at the end of every training epoch, not only
+    after a validation (a stage that validates rarely still resumes from its last epoch)."""
     callbacks: list[Callback] = []
     for key, node in (cfg.get("callbacks") or {}).items():
         if not node:
             continue
         if key == "model_checkpoint":
             if checkpoint:
+                every_epoch = {"save_on_train_epoch_end": True} if checkpoint_every_epoch else {}
                 callbacks.append(
-                    instantiate(node, dirpath=str(out_dir / "checkpoints"), monitor=monitor, mode=mode)
+                    instantiate(
+                        node, dirpath=str(out_dir / "checkpoints"), monitor=monitor, mode=mode, **every_epoch
+                    )
                 )
         elif key == "early_stopping":
             if monitor:
@@ -202,14 +214,15 @@ def build_trainer(
     callbacks: list[Callback] | None = None,
     checkpoint: bool = True,
     record: dict[str, Any] | None = None,
+    checkpoint_every_epoch: bool = False,
     **overrides: Any,
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with the stage's logger and checkpoints in ``out_dir/checkpoints``.
 
     ``overrides`` (e.g. ``max_epochs=15``) fill in what the stage decides; a non-null value in
     ``cfg.trainer`` for the same key wins, so ``trainer.max_epochs=1`` shortens any stage.
-    ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint.
-    On the CPU, freed tensor memory is kept for reuse (``wsss.tasks.memory.retain_freed_memory``).
+    ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint;
+    ``checkpoint_every_epoch``: see ``build_callbacks``. On the CPU, freed tensor memory is kept for reuse (``wsss.tasks.memory.retain_freed_memory``).
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
@@ -219,7 +232,13 @@ def build_trainer(
     if logger is True:
         logger = build_logger(cfg, stage)
     all_callbacks = build_callbacks(
-        cfg, out_dir, monitor, mode, has_logger=bool(logger), checkpoint=checkpoint
+        cfg,
+        out_dir,
+        monitor,
+        mode,
+        has_logger=bool(logger),
+        checkpoint=checkpoint,
+        checkpoint_every_epoch=checkpoint_every_epoch,
     )
     all_callbacks += [
         *(callbacks or []),
