@@ -73,6 +73,20 @@ def test_param_groups_give_10x_and_20x_to_the_classifier_only() -> None:
     assert set(aspp) == {"weight", "new_weight", "new_bias"} and len(aspp["new_weight"]["params"]) == 4
 
 
+def test_new_head_gives_fc6_fc7_the_new_layers_rate_too() -> None:
+    """With weights that hold no fc6/fc7 (the toy classifier's), the whole head is new: 10x / 20x."""
+    model = make_segmenter("largefov_tiny", new_head=True)
+    branch = model.head.branches[0]
+    groups = {g["name"]: g["params"] for g in model.param_groups(1e-3)}
+    assert groups["new_weight"] == [branch.fc6.weight, branch.fc7.weight, branch.fc8.weight]
+    assert groups["new_bias"] == [branch.fc6.bias, branch.fc7.bias, branch.fc8.bias]
+    head = {id(p) for p in model.head.parameters()}
+    assert not any(id(p) in head for p in groups["weight"] + groups["bias"])
+    assert sum(map(len, groups.values())) == len(list(model.parameters()))
+    default = {g["name"]: g["params"] for g in make_segmenter("largefov_tiny").param_groups(1e-3)}
+    assert len(default["new_weight"]) == 1  # fc8 only, DeepLab's groups
+
+
 def test_a_head_needs_a_rate_and_an_unknown_class_is_named() -> None:
     from hydra.errors import InstantiationException
 

@@ -198,6 +198,8 @@ class DeepLab(nn.Module):
         pool5: DeepLab v1's pool5 (3x3 max, stride 1) after the backbone (VGG-style backbones).
         pool5_avg: then the 3x3 stride-1 average pool of DeepLab v2's VGG-16 prototxts ("pool5a").
         input_format: ``imagenet`` (wsss's input as it is) or ``caffe`` (``CaffeInput`` first).
+        new_head: the whole head is new (fc6/fc7 as well as fc8 get the 10x / 20x rate), for weights
+            that hold no fc6/fc7 to start them from (the toy classifier's); False: DeepLab's groups.
     """
 
     def __init__(
@@ -210,8 +212,10 @@ class DeepLab(nn.Module):
         pool5: bool = False,
         pool5_avg: bool = True,
         input_format: str = "imagenet",
+        new_head: bool = False,
     ) -> None:
         super().__init__()
+        self.new_head = bool(new_head)
         self.input_format = str(input_format)
         self.input_adapter = input_adapter(self.input_format)
         self.backbone = backbone
@@ -229,6 +233,10 @@ class DeepLab(nn.Module):
         return self.head(self.pool5(self.backbone(self.input_adapter(x))))
 
     def classifier_parameters(self) -> Iterator[nn.Parameter]:
+        """The new layers (10x / 20x rate): fc8 of each branch, or the whole head with ``new_head``."""
+        if self.new_head:
+            yield from self.head.parameters()
+            return
         for conv in self.head.classifier_convs():
             yield from conv.parameters()
 
