@@ -33,7 +33,7 @@ def test_table_reads_each_variants_own_maps_pseudo_and_eval(tmp_path: Path, caps
     assert rows[3]["pseudo_miou"] == pytest.approx(0.53) and rows[3]["pseudo_ignored"] == 0.1
     assert rows[0]["seg_miou"] == 0.2 and rows[1]["seg_miou"] is None  # dagger reads maps/refine
     assert VARIANTS[3].maps_stage == "maps_refine"
-    assert SCHEDULE[0] == "dagger" and SCHEDULE[-1] == "drs"  # longest chain first; DRS reuses its classifier
+    assert SCHEDULE.index("dagger") < SCHEDULE.index("drs")  # DRS† first: DRS reuses its classifier
     print_table(rows)
     out = capsys.readouterr().out
     assert "Oracle (ground-truth labels)" in out and "90.0" in out and "100.0" in out
@@ -69,31 +69,62 @@ def test_controller_table_reads_the_learnable_classifiers_log(tmp_path: Path, ca
     assert out[-1].split()[0] == "1" and "0.610 ± 0.010" in out[-1] and len(out) == 5
 
 
-def test_seed_table_and_figure_come_before_the_segmenters(tmp_path: Path, monkeypatch, capsys) -> None:
-    import wsss.experiments.demo as demo
+def test_seed_table_and_figure_come_while_the_segmenters_train(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The early table is printed once CAM's and DRS†'s classifier maps are complete (DRS† makes DRS's),
+    while the pipelines still run; the default leaves delta out, --variants adds it."""
+    import threading
 
-    calls: list[tuple[str, tuple[str, ...]]] = []
+    import wsss.experiments.demo as demo
+    from wsss.pipeline.artifacts import COMPLETE
+
+    calls: list[str] = []
+    early_printed = threading.Event()
 
     def fake_variant(variant, runs, extra, threads, stages=()) -> None:
-        calls.append((variant.key, tuple(stages)))
-        if stages:  # the early phase writes the seed scores the table shows
-            write_json(
-                Experiment(runs / variant.key).stage_dir("maps_cls") / "metrics.json",
-                {"miou": 0.4, "best_threshold": 0.3},
-            )
+        calls.append(variant.key)
+        exp = Experiment(runs / variant.key)
+        if variant.key in ("cam", "dagger"):
+            write_json(exp.stage_dir("maps_cls") / "metrics.json", {"miou": 0.4, "best_threshold": 0.3})
+            (exp.stage_dir("maps_cls") / COMPLETE).touch()
+        if variant.key == "drs":  # the last pipeline: it ends only after the early table is out
+            assert early_printed.wait(10)
+        write_json(exp.stage_dir("eval") / "metrics.json", {"miou": 0.5})
 
-    def fake_figure(runs, out, data_root, n_images=6):
-        print(f"figure after {len(calls)} pipelines")
+    def fake_figure(runs, out, data_root, sources=None, n_images=6):
+        print(f"figure from {sorted((sources or {}).values())}")
+        if sources:
+            early_printed.set()
         return out
 
-    monkeypatch.setattr(demo, "pretrain", lambda runs, extra, threads: runs / "w.ckpt")
+    threads: list[int] = []
+    monkeypatch.setattr(demo, "pretrain", lambda runs, extra, t: threads.append(t) or runs / "w.ckpt")
     monkeypatch.setattr(demo, "run_variant", fake_variant)
     monkeypatch.setattr(demo, "figure", fake_figure)
     monkeypatch.setattr(demo, "_toy_root", lambda runs: runs)
-    demo.main(["--runs", str(tmp_path / "demo"), "--jobs", "1"])
-    assert calls[:2] == [("cam", ("cls", "maps_cls")), ("drs", ("cls", "maps_cls"))]
-    assert [k for k, stages in calls[2:]] == list(SCHEDULE) and all(not s for _, s in calls[2:])
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    demo.main(["--runs", str(tmp_path / "demo"), "--jobs", "2"])
+    assert calls == ["dagger", "cam", "gt", "drs"] and threads == [2]  # no delta; pre-training on both cores
     out = capsys.readouterr().out
-    early = out.index("figure after 2 pipelines")
-    assert out.index("40.0") < early < out.index("running DRS†")  # the seed table, then the figure
-    assert out.index("figure after 7 pipelines") > out.index("Oracle (ground-truth labels)")
+    early = out.index("figure from ['cam', 'dagger']")
+    assert out.index("40.0") < early < out.rindex("Oracle (ground-truth labels)")  # the final table
+    assert "DRS (delta 0.55)" not in out and out.index("figure from []") > early
+    calls.clear()
+    demo.main(
+        ["--runs", str(tmp_path / "demo2"), "--jobs", "1", "--variants", "cam", "drs", "dagger", "delta"]
+    )
+    assert calls == ["dagger", "cam", "drs", "delta"]
+    assert "DRS (delta 0.55)" in capsys.readouterr().out
+
+
+def test_a_failed_pipeline_stops_the_wait_for_the_early_table(tmp_path: Path) -> None:
+    from concurrent.futures import Future
+
+    from wsss.experiments.demo import wait_for_early
+
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("demo step 'cam' failed"))
+    with pytest.raises(RuntimeError, match="demo step 'cam' failed"):
+        wait_for_early(tmp_path, [failed], poll_s=0.01)
+    finished: Future = Future()
+    finished.set_result(None)
+    assert wait_for_early(tmp_path, [finished], poll_s=0.01) is False

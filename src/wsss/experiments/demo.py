@@ -1,15 +1,14 @@
 """``make demo``: the whole method on the built-in toy data, with the paper's comparison.
 
 First pre-trains the tiny backbone on 600 other toy images (``experiment=toy_pretrain``, the stand-in
-for the paper's ImageNet initialisation), then runs four pipelines on CPU from that backbone
-(classifier -> maps -> pseudo labels -> segmentation -> eval): plain CAM (DRS off), DRS with the
-learnable controller, DRS with delta=0.55, and learnable DRS + refinement (DRS†); and the oracle, the
-segmenter trained on the ground-truth masks (``pseudo.source=gt``), the upper bound of the last
-column. The classifiers and maps of CAM and DRS come first: their seed table and the CAM vs DRS figure
-are printed as soon as they exist. The artifact store (``wsss.pipeline.store``) makes the classifier and maps
-DRS and DRS† share once; the pipelines run two at a time, the longest chain (DRS†: it adds the
-refiner) first. Prints one table, the learnable controller's G per layer over training, and writes a
-Figure-1-style grid (image | CAM | DRS | DRS†).
+for the paper's ImageNet initialisation; alone, on every core), then runs the pipelines on CPU from that
+backbone (classifier -> maps -> pseudo labels -> segmentation -> eval), two at a time: learnable DRS +
+refinement (DRS†, the longest chain, first), plain CAM (DRS off), the oracle (the segmenter trained on the
+ground-truth masks, ``pseudo.source=gt``: the upper bound of the last column) and DRS with the learnable
+controller, whose classifier and maps DRS†'s pipeline made (the artifact store, ``wsss.pipeline.store``,
+shares them); ``--variants ... delta`` adds DRS with delta=0.55. The seed table and the CAM vs DRS figure
+are printed as soon as both classifiers' maps exist, while the segmenters train. Prints one table, the
+learnable controller's G per layer over training, and writes a Figure-1-style grid (image | CAM | DRS | DRS†).
 """
 
 from __future__ import annotations
@@ -45,15 +44,16 @@ VARIANTS = (
     Variant("dagger", "DRS† (learnable + refine)", ("drs=learnable", "pseudo.source=refine"), "maps_refine"),
     Variant("gt", "Oracle (ground-truth labels)", ("pseudo.source=gt",), None),
 )
-SCHEDULE = ("dagger", "cam", "delta", "gt", "drs")
-"""Start order: the longest chain first; DRS last, when DRS† has made the classifier and maps they share
-(the oracle, a segmenter only, fills the gap)."""
-
-
-EARLY = ("cam", "drs")
-"""Run first, classifier and maps only: the seed table and the CAM vs DRS figure are printed as soon as
-they exist; the full pipelines then skip those finished stages."""
-EARLY_STAGES = ("cls", "maps_cls")
+DEFAULT = ("cam", "drs", "dagger", "gt")
+"""What ``make demo`` runs; ``--variants`` adds ``delta`` (a third classifier: ``bench/bench_demo_seeds.py``
+compares it over seeds)."""
+SCHEDULE = ("dagger", "cam", "gt", "drs", "delta")
+"""Start order: the longest chain first (DRS†: classifier, refiner, segmenter); DRS after it has made the
+classifier and maps they share (the store hands them over), so DRS trains a segmenter only."""
+EARLY = {"cam": "cam", "drs": "dagger"}
+"""Variant -> the experiment whose classifier maps the early table reads (DRS's are made by DRS†'s
+pipeline, the same stage with the same settings): printed, with the CAM vs DRS figure, as soon as both
+exist, while the pipelines go on."""
 
 PRETRAIN = "pretrain"
 """Experiment folder (under the demo's runs) of the pre-trained toy backbone."""
@@ -114,10 +114,16 @@ def run_variant(
     train(variant.key, args, runs, threads)
 
 
-def collect(runs: Path) -> list[dict]:
+def collect(
+    runs: Path, keys: tuple[str, ...] | None = None, sources: dict[str, str] | None = None
+) -> list[dict]:
+    """One row per variant (``keys``: these only, in VARIANTS order), read from its experiment's metrics
+    (``sources``: a variant's experiment when another one's is read, e.g. ``EARLY``)."""
     rows = []
     for v in VARIANTS:
-        exp = Experiment(runs / v.key)
+        if keys is not None and v.key not in keys:
+            continue
+        exp = Experiment(runs / (sources or {}).get(v.key, v.key))
         maps = exp.metrics(v.maps_stage) if v.maps_stage else {}
         pseudo, seg = exp.metrics("pseudo"), exp.metrics("eval")
         rows.append(
@@ -198,13 +204,17 @@ def print_table(rows: list[dict]) -> None:
     Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
 
 
-def figure(runs: Path, out: Path, data_root: Path, n_images: int = 6) -> Path:
-    """Image | CAM | DRS | DRS† for the first toy train images with masks."""
+def figure(
+    runs: Path, out: Path, data_root: Path, sources: dict[str, str] | None = None, n_images: int = 6
+) -> Path:
+    """Image | CAM | DRS | DRS† for the first toy train images with masks (a column whose maps do not
+    exist yet is left out; ``sources`` as in ``collect``)."""
 
     dataset = VOCDataset(data_root, "train")
+    exp = {k: (sources or {}).get(k, k) for k in ("cam", "drs")}
     map_dirs = {
-        "CAM": Experiment(runs / "cam").stage_dir("maps_cls"),
-        "DRS": Experiment(runs / "drs").stage_dir("maps_cls"),
+        "CAM": Experiment(runs / exp["cam"]).stage_dir("maps_cls"),
+        "DRS": Experiment(runs / exp["drs"]).stage_dir("maps_cls"),
         "DRS†": Experiment(runs / "dagger").stage_dir("maps_refine"),
     }
     return figure1(list(dataset.ids[:n_images]), dataset, map_dirs, out)
@@ -224,6 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--jobs", type=int, default=2, help="pipelines run at once (each gets cores/jobs threads)"
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[v.key for v in VARIANTS],
+        default=list(DEFAULT),
+        help=f"which rows to run (default: {' '.join(DEFAULT)}; delta adds DRS with delta 0.55)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant, e.g. seed=1")
     args = parser.parse_args(argv)
 
@@ -231,30 +248,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs.exists() and not args.resume:
         shutil.rmtree(args.runs)
     args.runs.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, args.jobs))
     print("[demo] pre-training the tiny backbone on other toy images (the ImageNet stand-in) ...", flush=True)
-    pretrain(args.runs, args.overrides, threads)
+    pretrain(args.runs, args.overrides, cores)  # alone: every core
     by_key = {v.key: v for v in VARIANTS}
-    print(f"[demo] classifiers and maps of {' and '.join(by_key[k].title for k in EARLY)} ...", flush=True)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        early = [
-            pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads, EARLY_STAGES)
-            for k in EARLY
-        ]
-        for future in early:
-            future.result()
-    print_table([r for r, v in zip(collect(args.runs), VARIANTS, strict=True) if v.key in EARLY])
-    fig = figure(args.runs, args.runs / "figure1.png", _toy_root(args.runs))
-    print(f"[demo] CAM vs DRS maps: {fig} ({time.time() - start:.0f} s)", flush=True)
+    chosen = [k for k in SCHEDULE if k in args.variants]
     print(
-        f"[demo] running {', '.join(by_key[k].title for k in SCHEDULE)}, {args.jobs} at a time ...",
-        flush=True,
+        f"[demo] running {', '.join(by_key[k].title for k in chosen)}, {args.jobs} at a time ...", flush=True
     )
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # tasks start in submission order
-        futures = [pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads) for k in SCHEDULE]
+        futures = [pool.submit(run_variant, by_key[k], args.runs, args.overrides, threads) for k in chosen]
+        if wait_for_early(args.runs, futures):
+            print_table(collect(args.runs, tuple(EARLY), EARLY))
+            fig = figure(args.runs, args.runs / "figure1.png", _toy_root(args.runs), EARLY)
+            print(
+                f"[demo] CAM vs DRS maps: {fig} ({time.time() - start:.0f} s); segmenters next ...",
+                flush=True,
+            )
         for future in futures:
             future.result()
-    rows = collect(args.runs)
+    rows = collect(args.runs, tuple(args.variants))
     print_table(rows)
     controller = controller_rows(args.runs)
     print_controller(controller)
@@ -262,11 +276,23 @@ def main(argv: list[str] | None = None) -> None:
         args.runs / "results.json",
         {"rows": rows, "controller": controller, "seconds": round(time.time() - start, 1)},
     )
-    data_root = _toy_root(args.runs)
-    fig = figure(args.runs, args.runs / "figure1.png", data_root)
+    fig = figure(args.runs, args.runs / "figure1.png", _toy_root(args.runs))
     print(f"[demo] Figure-1 grid (image | CAM | DRS | DRS†): {fig}")
     print(f"[demo] experiment folders and logs: {args.runs}")
     print(f"[demo] finished in {time.time() - start:.0f} s")
+
+
+def wait_for_early(runs: Path, futures: list, poll_s: float = 2.0) -> bool:
+    """Wait until the maps of ``EARLY`` are complete (True) or no pipeline runs any more (False); a
+    pipeline that failed raises here."""
+    while not all(Experiment(runs / exp).is_complete("maps_cls") for exp in EARLY.values()):
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                future.result()
+        if all(future.done() for future in futures):
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _toy_root(runs: Path) -> Path:
