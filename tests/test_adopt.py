@@ -298,9 +298,10 @@ def test_an_adopted_segmenter_is_evaluated_as_the_one_it_holds(tmp_path: Path) -
     from conftest import make_seg_stage, segmenter_spec
 
     torch.manual_seed(3)
-    model = make_segmenter("largefov_tiny_wide")
+    toy = {"rates": [2, 4], "new_head": True}  # experiment=toy's segmenter
+    model = make_segmenter("largefov_tiny_wide", **toy)
     trained = toy_cfg(tmp_path, "exp=made", "stage=eval")
-    make_seg_stage(trained, model, segmenter_spec("largefov_tiny_wide"))
+    make_seg_stage(trained, model, segmenter_spec("largefov_tiny_wide", **toy))
     made = run_stage(trained)
     torch.save(
         {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "seg.ckpt"
