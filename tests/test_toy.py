@@ -268,3 +268,32 @@ def test_hydra_data_toy_compact_selects_the_compact_design() -> None:
     assert all(toy.toy[k] is None for k in SHAPE)  # the design's values unless overridden
     roots = [OmegaConf.to_container(c, resolve=False)["root"] for c in (toy, compact)]
     assert roots == ["${paths.data}/toy", "${paths.data}/toy_compact"]
+
+
+def _body_aspects(voc: Path) -> list[float]:
+    """Width / length of each single-object training mask's object (cv2.minAreaRect of its pixels)."""
+    import cv2
+    from PIL import Image
+
+    aspects = []
+    for path in sorted((voc / "SegmentationClassAug").glob("*.png")):
+        mask = np.asarray(Image.open(path))
+        classes = [c for c in np.unique(mask) if 0 < c < 255]
+        if len(classes) != 1:
+            continue
+        points = np.argwhere(mask == classes[0]).astype(np.float32)
+        w, h = cv2.minAreaRect(points)[1]
+        aspects.append(min(w, h) / max(w, h))
+    return aspects
+
+
+def test_the_thick_and_thin_data_configs_draw_elongated_objects_of_their_shape(tmp_path: Path) -> None:
+    """data=toy_thick / toy_thin: the elongated design with knobs changed, each in its own folder."""
+    aspects = {}
+    for name in ("toy_thick", "toy_thin"):
+        cfg = OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")
+        assert OmegaConf.to_container(cfg, resolve=False)["root"] == f"${{paths.data}}/{name}"
+        assert "design" not in cfg.toy  # toy.yaml's elongated design, knobs overridden
+        voc = generate(tmp_path / name, seed=0, num_train=40, num_val=1, num_test=1, **cfg.toy)
+        aspects[name] = float(np.median(_body_aspects(voc)))
+    assert aspects["toy_thin"] < 0.4 < 0.5 < aspects["toy_thick"], aspects
