@@ -4,7 +4,8 @@ For each seed (0, 1, 2): pre-trains the tiny backbone on other toy images (exper
 demo's ImageNet stand-in), then trains the toy classifier from it with DRS off / learnable / fixed
 (delta 0.55), on each toy object design (``elongated``: the discriminative part is a small share of a
 long object, what make demo runs; ``compact``: small round bodies that a CAM's blob around the part
-already mostly covers, data=toy_compact), writes maps and pseudo labels, and reports mean and standard
+already mostly covers, data=toy_compact; ``thick`` and ``thin``, elongated designs with other knobs:
+data=toy_thick, data=toy_thin), writes maps and pseudo labels, and reports mean and standard
 deviation over seeds of the seed mIoU (best background threshold of 0, 0.05 .. 0.95), the pseudo-label mIoU
 (255 counted as background, the WSSS convention) and the pseudo-label mIoU over labelled pixels only,
 the segmentation mIoU on toy val (segmenter from the same backbone; skipped with ``--no-seg``), and the
@@ -39,7 +40,12 @@ from wsss.method.seed_labels import DEFAULT_THRESHOLDS, evaluate_seeds
 from wsss.pipeline.artifacts import Experiment
 
 REPO = Path(__file__).resolve().parents[1]
-DESIGNS: dict[str, list[str]] = {"elongated": [], "compact": ["data=toy_compact"]}
+DESIGNS: dict[str, list[str]] = {
+    "elongated": [],
+    "compact": ["data=toy_compact"],
+    "thick": ["data=toy_thick"],  # elongated knobs: thick bodies, the part at an end in 30% of objects
+    "thin": ["data=toy_thin"],  # elongated knobs: thin long bodies, a smaller part, up to 6 distractors
+}
 """Object designs of the toy generator (``data.toy.design``) and the overrides that select them."""
 VARIANTS: dict[str, list[str]] = {
     "cam": ["drs=off"],
@@ -50,7 +56,8 @@ VARIANTS: dict[str, list[str]] = {
 ORACLE = "gt"
 """The oracle variant: the segmenter trained on the ground-truth masks (no classifier, no maps)."""
 STAGES = ["cls", "maps_cls", "pseudo", "seg", "eval"]
-METRICS = ("seed_miou", "pseudo_miou", "pseudo_miou_labeled", "seg_miou")
+METRICS = ("cls_accuracy", "seed_miou", "pseudo_miou", "pseudo_miou_labeled", "seg_miou")
+"""cls_accuracy: the classifier's exact match on toy val (every present class and no other predicted)."""
 
 
 def exp_name(design: str, variant: str, seed: int) -> str:
@@ -117,6 +124,7 @@ def read_row(runs: Path, design: str, variant: str, seed: int) -> dict:
         "design": design,
         "variant": variant,
         "seed": seed,
+        "cls_accuracy": None if variant == ORACLE else exp.metrics("cls").get("accuracy"),
         "seed_miou": seeds["miou"],
         "best_threshold": seeds["best_threshold"],
         "best_threshold_at_edge": seeds.get("best_threshold_at_edge"),
