@@ -83,7 +83,7 @@ def test_seed_table_and_figure_come_while_the_segmenters_train(tmp_path: Path, m
     def fake_variant(variant, runs, extra, threads, stages=()) -> None:
         calls.append(variant.key)
         exp = Experiment(runs / variant.key)
-        if variant.key in ("cam", "dagger"):
+        if variant.key in ("cam", "dagger", "drs"):
             write_json(exp.stage_dir("maps_cls") / "metrics.json", {"miou": 0.4, "best_threshold": 0.3})
             (exp.stage_dir("maps_cls") / COMPLETE).touch()
         if variant.key == "drs":  # the last pipeline: it ends only after the early table is out
@@ -114,6 +114,8 @@ def test_seed_table_and_figure_come_while_the_segmenters_train(tmp_path: Path, m
     )
     assert calls == ["dagger", "cam", "drs", "delta"]
     assert "DRS (delta 0.55)" in capsys.readouterr().out
+    demo.main(["--runs", str(tmp_path / "demo3"), "--jobs", "1", "--variants", "cam", "drs"])
+    assert "figure from ['cam', 'drs']" in capsys.readouterr().out  # without DRS†, DRS's own maps
 
 
 def test_a_failed_pipeline_stops_the_wait_for_the_early_table(tmp_path: Path) -> None:
