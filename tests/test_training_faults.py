@@ -126,7 +126,11 @@ def test_debug_fdr_checks_the_wiring_but_never_completes_a_training_stage(tmp_pa
     assert not Experiment(cfg.paths.exp_dir, runs=cfg.paths.runs).is_complete("cls")
 
 
-@pytest.mark.parametrize("validation", [[], ["cls.val_every_n_epochs=3"]], ids=["every_epoch", "at_the_end"])
+@pytest.mark.parametrize(
+    "validation",
+    [[], ["cls.val_every_n_epochs=3"], ["trainer.check_val_every_n_epoch=3"]],
+    ids=["every_epoch", "at_the_end", "at_the_end_by_the_trainer"],
+)
 def test_a_killed_classifier_resumes_from_last_ckpt_and_says_so(
     tmp_path: Path, monkeypatch, caplog, validation: list[str]
 ) -> None:

@@ -86,7 +86,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     task = build_task(cfg)
     datamodule = WSSSDataModule(cfg.data, "cls", crop_size=cfg.cls.crop_size, squash_size=cfg.cls.squash_size)
     monitor = "val/map_miou" if select else None
-    sparse = validation.get("check_val_every_n_epoch", 1) > 1
+    every = validation.get("check_val_every_n_epoch") or cfg.trainer.get("check_val_every_n_epoch") or 1
+    sparse = int(every) > 1  # cls.val_every_n_epochs, else the trainer's own interval
     controllers = bool(learnable_controllers(task.model))
     trainer = build_trainer(
         cfg,
