@@ -145,3 +145,15 @@ def test_a_bare_command_names_the_recipes_instead_of_training_vgg16_on_toy_data(
     )
     assert "paper_vgg16" in proc.stdout and "toy" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "data").exists()  # refused before the toy data was generated
+
+
+def test_a_config_file_that_is_not_yaml_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "experiment").mkdir()
+    bad = tmp_path / "experiment" / "mine.yaml"
+    bad.write_text("segmenter:\n  new_head: true\n  - rates\n")  # a list item inside a mapping
+    proc = run_train(
+        ["--config-dir", str(tmp_path), "experiment=mine", "stage=probe", "logger=none"], tracebacks=False
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "Error (ConfigFileError):" in proc.stdout and f'in "{bad}", line 3' in proc.stdout
+    assert "Traceback" not in proc.stdout and "a bug in wsss" not in proc.stdout

@@ -233,6 +233,13 @@ def user_error(err: BaseException) -> tuple[str, str] | None:
         return type(err).__name__, text
     if isinstance(err, InterpolationResolutionError | MissingMandatoryValue):
         return type(err).__name__, str(err)
+    import yaml
+
+    if isinstance(err, yaml.YAMLError):  # a config file (the user's own, or an edited one) does not parse
+        return (
+            "ConfigFileError",
+            f"a config file is not valid YAML: {err}\nFix that file at the line named above.",
+        )
     return None
 
 
