@@ -80,7 +80,7 @@ def test_seed_table_and_figure_come_while_the_segmenters_train(tmp_path: Path, m
     calls: list[str] = []
     early_printed = threading.Event()
 
-    def fake_variant(variant, runs, extra, threads, stages=()) -> None:
+    def fake_variant(variant, runs, extra, threads) -> None:
         calls.append(variant.key)
         exp = Experiment(runs / variant.key)
         if variant.key in ("cam", "dagger", "drs"):

@@ -95,11 +95,9 @@ def pretrain(runs: Path, extra: list[str], threads: int) -> Path:
     return pretrained_weights(runs)
 
 
-def run_variant(
-    variant: Variant, runs: Path, extra: list[str], threads: int, stages: tuple[str, ...] = ()
-) -> None:
-    """One pipeline from the pre-trained backbone (classifier, refiner and segmenter start from it);
-    ``stages``: only these (default: the whole pipeline, finished stages skipped)."""
+def run_variant(variant: Variant, runs: Path, extra: list[str], threads: int) -> None:
+    """One whole pipeline from the pre-trained backbone (classifier, refiner and segmenter start from it;
+    finished stages are skipped)."""
     weights = pretrained_weights(runs)
     args = [
         "stage=pipeline",
@@ -108,7 +106,6 @@ def run_variant(
         f"backbone.weights={weights}",
         f"segmenter.weights={weights}",
         *variant.overrides,
-        *([f"pipeline.stages=[{','.join(stages)}]"] if stages else []),
         *extra,
     ]
     train(variant.key, args, runs, threads)

@@ -222,7 +222,8 @@ def build_trainer(
     ``overrides`` (e.g. ``max_epochs=15``) fill in what the stage decides; a non-null value in
     ``cfg.trainer`` for the same key wins, so ``trainer.max_epochs=1`` shortens any stage.
     ``checkpoint=False`` for stages that only run inference. ``record`` goes into every checkpoint;
-    ``checkpoint_every_epoch``: see ``build_callbacks``. On the CPU, freed tensor memory is kept for reuse (``wsss.tasks.memory.retain_freed_memory``).
+    ``checkpoint_every_epoch``: see ``build_callbacks``. On the CPU, freed tensor memory is kept for
+    reuse (``wsss.tasks.memory.retain_freed_memory``).
     """
     out_dir = Path(out_dir)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
